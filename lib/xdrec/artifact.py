@@ -1,0 +1,111 @@
+"""The model artifact: what training writes and scoring loads. No Spark here.
+
+An artifact is a folder ``<warehouse>/models/<method>/<model_version>/`` holding
+
+- ``model.pt``: the ``TwoTower`` state dict;
+- ``artifact.json``: method, model version, model hyperparameters, source and target domain, the full
+  configuration, the Delta versions of the tables training read, and training history;
+- ``user_index.parquet`` (user_id, user_idx) and ``item_index.parquet`` (domain, item_id, item_idx).
+
+It is written to a temporary sibling folder and renamed into place, so a reader never sees half of one.
+``<warehouse>/models/<method>/LATEST`` names the newest complete version.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xdrec.errors import XdrecError
+from xdrec.model import TwoTower
+
+FORMAT_VERSION = 1
+
+
+def models_dir(warehouse: str, method: str) -> str:
+    return os.path.join(os.path.abspath(warehouse), "models", method)
+
+
+@dataclass
+class Artifact:
+    path: str
+    meta: dict[str, Any]
+    model: TwoTower
+    user_index: pd.DataFrame
+    item_index: pd.DataFrame
+
+    @property
+    def model_version(self) -> str:
+        return self.meta["model_version"]
+
+    @property
+    def method(self) -> str:
+        return self.meta["method"]
+
+    def domain_items(self, domain: str) -> np.ndarray:
+        """Sorted item indices of one domain."""
+        items = self.item_index.loc[self.item_index["domain"] == domain, "item_idx"].to_numpy()
+        return np.sort(items.astype(np.int64))
+
+
+def save(path: str, model: TwoTower, meta: dict[str, Any], user_index: pd.DataFrame,
+         item_index: pd.DataFrame) -> str:
+    """Write an artifact atomically at ``path`` and point ``LATEST`` at it."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".tmp-{uuid.uuid4().hex}")
+    os.makedirs(staging)
+    try:
+        torch.save(model.state_dict(), os.path.join(staging, "model.pt"))
+        meta = {**meta, "format": FORMAT_VERSION, "model": model.hyperparameters()}
+        with open(os.path.join(staging, "artifact.json"), "w") as handle:
+            json.dump(meta, handle, indent=2, sort_keys=True, default=str)
+        user_index.to_parquet(os.path.join(staging, "user_index.parquet"), index=False)
+        item_index.to_parquet(os.path.join(staging, "item_index.parquet"), index=False)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.rename(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    latest = os.path.join(parent, "LATEST")
+    with open(latest + ".tmp", "w") as handle:
+        handle.write(os.path.basename(path) + "\n")
+    os.replace(latest + ".tmp", latest)
+    return path
+
+
+def latest_path(warehouse: str, method: str) -> str:
+    """The folder of the newest complete artifact of ``method``."""
+    pointer = os.path.join(models_dir(warehouse, method), "LATEST")
+    if not os.path.isfile(pointer):
+        raise XdrecError(f"no trained '{method}' model under {models_dir(warehouse, method)}: run the train stage first")
+    with open(pointer) as handle:
+        return os.path.join(models_dir(warehouse, method), handle.read().strip())
+
+
+def load(path: str) -> Artifact:
+    """Load an artifact folder onto the CPU, model in eval mode."""
+    meta_path = os.path.join(path, "artifact.json")
+    if not os.path.isfile(meta_path):
+        raise XdrecError(f"not a model artifact (no artifact.json): {path}")
+    with open(meta_path) as handle:
+        meta = json.load(handle)
+    if meta.get("format") != FORMAT_VERSION:
+        raise XdrecError(f"{meta_path}: artifact format {meta.get('format')} is not {FORMAT_VERSION}")
+    model = TwoTower(**meta["model"])
+    model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True))
+    model.eval()
+    return Artifact(
+        path=path,
+        meta=meta,
+        model=model,
+        user_index=pd.read_parquet(os.path.join(path, "user_index.parquet")),
+        item_index=pd.read_parquet(os.path.join(path, "item_index.parquet")),
+    )

@@ -1,0 +1,82 @@
+"""Command line: ``xdrec STAGE [--conf NAME_OR_PATH] [--set section.key=value ...]``.
+
+The same entry serves the console script and the thin files in ``jobs/`` that ``spark-submit`` runs.
+A user error (bad config key, missing file, unknown stage, missing table) ends in one line on stderr
+and exit code 2; an unexpected failure in one line and exit code 1, with the traceback only when
+``XDREC_DEBUG=1``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from xdrec.config import DEFAULT_CONF, load_config
+from xdrec.errors import XdrecError
+
+PIPELINE = "pipeline"
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise XdrecError(message)
+
+
+def parse_args(argv: list[str], stage: str | None) -> argparse.Namespace:
+    from xdrec.pipeline import STAGES
+
+    parser = _ArgumentParser(prog="xdrec" if stage is None else f"jobs/{stage}.py",
+                             description="Cross-domain recommendation on Spark.")
+    if stage is None:
+        parser.add_argument("stage", help=f"one of: {', '.join([*STAGES, PIPELINE])}")
+    parser.add_argument("--conf", default=DEFAULT_CONF,
+                        help="a config name in conf/ (default: demo) or a path to a YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key; repeatable")
+    args = parser.parse_args(argv)
+    args.stage = stage or args.stage
+    if args.stage not in (*STAGES, PIPELINE):
+        raise XdrecError(f"unknown stage '{args.stage}' (known: {', '.join([*STAGES, PIPELINE])})")
+    return args
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def run_job(stage: str | None = None, argv: list[str] | None = None) -> int:
+    """Parse arguments, get the SparkSession, run one stage (or the pipeline); return the exit code."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv, stage)
+        config = load_config(args.conf, args.overrides)
+
+        from xdrec.pipeline import run_pipeline, run_stage
+        from xdrec.spark import get_spark
+
+        spark = get_spark(config.spark)
+        if args.stage == PIPELINE:
+            run_pipeline(spark, config)
+        else:
+            run_stage(spark, config, args.stage)
+        return 0
+    except XdrecError as error:
+        print(f"xdrec: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xdrec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns failures into an exit code
+        from pyspark.errors import PySparkException
+
+        if os.environ.get("XDREC_DEBUG") == "1":
+            traceback.print_exc()
+        hint = "" if os.environ.get("XDREC_DEBUG") == "1" else " (set XDREC_DEBUG=1 for the traceback)"
+        kind = "Spark error" if isinstance(error, PySparkException) else "failed"
+        print(f"xdrec: {kind}: {_one_line(error)}{hint}", file=sys.stderr)
+        return 1
+
+
+def main() -> None:
+    sys.exit(run_job())

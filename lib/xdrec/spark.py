@@ -1,0 +1,68 @@
+"""The SparkSession factory.
+
+When a session already exists (a Databricks notebook) or ``spark-submit`` started the JVM, that session is
+used as it is: whoever launched it configured the master and Delta. Otherwise a local session is started with Delta Lake from the jars
+that ``scripts/setup.sh`` cached (``$XDREC_CACHE/jars``), with quiet logs.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from xdrec.config import SparkConfig
+from xdrec.errors import XdrecError
+
+DELTA_VERSION = "4.0.1"
+_LOG4J = os.path.join(os.path.dirname(__file__), "log4j2.properties")
+
+
+def cache_dir() -> str:
+    return os.environ.get("XDREC_CACHE", os.path.expanduser("~/.cache/xdrec"))
+
+
+def delta_jars() -> list[str]:
+    jars = sorted(glob.glob(os.path.join(cache_dir(), "jars", f"delta-*-{DELTA_VERSION}.jar")))
+    if len(jars) != 2:
+        raise XdrecError(
+            f"Delta jars {DELTA_VERSION} not found in {cache_dir()}/jars: run scripts/setup.sh first"
+        )
+    return jars
+
+
+def get_spark(config: SparkConfig | None = None) -> SparkSession:
+    """The active SparkSession if there is one, else a local one with Delta configured."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Under spark-submit the JVM is already up with the submitter's master, jars and conf.
+        return SparkSession.builder.getOrCreate()
+    config = config or SparkConfig()
+    # Executors (and Horovod's workers) must run the driver's interpreter, not whatever python3 is.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    java_options = f"-Dlog4j2.configurationFile=file:{_LOG4J}"
+    builder = (
+        SparkSession.builder.master(config.master)
+        .appName(config.app_name)
+        .config("spark.jars", ",".join(delta_jars()))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.driver.memory", config.driver_memory)
+        .config("spark.driver.extraJavaOptions", java_options)
+        .config("spark.executor.extraJavaOptions", java_options)
+        .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.databricks.delta.snapshotPartitions", "2")
+        .config("spark.databricks.delta.optimizeWrite.enabled", "true")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.log_level)
+    return spark

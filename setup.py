@@ -1,0 +1,19 @@
+"""xdrec: cross-domain recommendation at Spark scale.
+
+The pinned runtime stack is installed by scripts/setup.sh (horovod needs a patched build and
+petastorm a --no-deps install, which install_requires cannot express); install_requires names
+only what the package imports directly, without pins.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="xdrec",
+    version="0.1.0",
+    description="Cross-domain recommender: Delta feature tables, Horovod transfer training, Spark UDF scoring",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    package_data={"xdrec": ["log4j2.properties"]},
+    python_requires=">=3.10,<3.12",
+    install_requires=["pyspark", "delta-spark", "torch", "pyyaml", "pandas", "numpy", "pyarrow"],
+    entry_points={"console_scripts": ["xdrec = xdrec.cli:main"]},
+)

@@ -1,0 +1,29 @@
+"""Shared fixtures: one SparkSession (with Delta) for the whole test session, small synthetic data."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from xdrec.config import SparkConfig, load_config
+from xdrec.spark import get_spark
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g"))
+    yield session
+    session.stop()
+
+
+def synthetic_config(warehouse, *overrides):
+    """conf/synthetic.yaml with its warehouse moved to ``warehouse`` and any extra overrides."""
+    return load_config("synthetic", [f"warehouse={warehouse}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def make_config():
+    return synthetic_config

@@ -1,0 +1,88 @@
+"""Configuration loading and validation, and the command line's one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xdrec.cli import run_job
+from xdrec.config import CONF_DIR, load_config
+from xdrec.errors import XdrecError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in CONF_DIR.glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    config = load_config(name)
+    assert config.data.source_domain in config.data.domains
+    assert config.data.target_domain in config.data.domains
+
+
+def test_overrides_are_typed():
+    config = load_config("synthetic", ["train.batch_size=64", "train.methods=[target_only]",
+                                       "score.exclude_seen=false", "features.seed=5"])
+    assert config.train.batch_size == 64
+    assert config.train.methods == ["target_only"]
+    assert config.score.exclude_seen is False
+    assert config.features.seed == 5
+
+
+def test_raw_placeholder_expands_under_the_warehouse(tmp_path):
+    config = load_config("synthetic", [f"warehouse={tmp_path}"])
+    assert config.domain_input("movies").interactions == f"{tmp_path}/raw/synthetic/movies/interactions.csv"
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.epochz=3", "'train.epochz'"),
+    ("train.batch_size=big", "'train.batch_size'"),
+    ("train.methods=[magic]", "magic"),
+    ("features.test_ratio=1.5", "features.test_ratio"),
+    ("data.domains.movies.format=xlsx", "data.domains.movies.format"),
+    ("score.exclude_seen=maybe", "'score.exclude_seen'"),
+])
+def test_bad_keys_are_named(override, named):
+    with pytest.raises(XdrecError) as error:
+        load_config("synthetic", [override])
+    message = str(error.value)
+    assert named in message and "synthetic.yaml" in message
+    assert "\n" not in message
+
+
+def test_bad_key_in_a_yaml_file_names_file_and_key(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text((CONF_DIR / "synthetic.yaml").read_text().replace("  k: 10\n", "  kk: 10\n", 1))
+    with pytest.raises(XdrecError, match=r"mine\.yaml: unknown key 'score\.kk'"):
+        load_config(str(path))
+
+
+def test_missing_config_file():
+    with pytest.raises(XdrecError, match="config file not found: .*nope.yaml"):
+        load_config("nope")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["launch"], "unknown stage 'launch'"),
+    (["ingest", "--conf", "nope"], "config file not found"),
+    (["ingest", "--set", "train.epochz=1"], "unknown key 'train.epochz'"),
+    (["ingest", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_cli_user_errors_are_one_line_with_exit_code_2(argv, expected, capsys):
+    assert run_job(argv=argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("xdrec: error:") and expected in err
+
+
+def test_job_file_reports_missing_input_in_one_line(tmp_path):
+    """A real process, as spark-submit would start it: a missing input file, no Java stack trace."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "ingest.py"), "--conf", "synthetic", "--set", f"warehouse={tmp_path}",
+         "--set", "data.fetch=none"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("xdrec:")]
+    assert len(lines) == 1 and "interactions.csv" in lines[0], result.stderr
+    assert "at org.apache" not in result.stderr and "Traceback" not in result.stderr
