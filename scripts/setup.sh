@@ -73,7 +73,7 @@ for artifact in delta-spark_2.13 delta-storage; do
   jar="$cache/jars/$artifact-$delta_version.jar"
   if [ ! -f "$jar" ]; then
     log "fetching $artifact $delta_version from Maven Central"
-    mvn -B -q dependency:copy -Dartifact="io.delta:$artifact:$delta_version" \
+    mvn -B -q -Dstyle.color=never dependency:copy -Dartifact="io.delta:$artifact:$delta_version" \
       -DoutputDirectory="$cache/jars" >&2
   fi
 done
