@@ -65,8 +65,10 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
   log "environment ready in $(( $(date +%s) - start ))s"
 else
-  # The editable install is cheap to refresh and keeps a moved checkout importable.
-  "$venv/bin/python" -c "import xdrec" 2>/dev/null || pip install --no-deps -e "$here"
+  # The venv is shared by every checkout on this machine: point its editable install at this one.
+  installed=$("$venv/bin/python" -c "import os, xdrec; print(os.path.dirname(os.path.dirname(xdrec.__file__)))" \
+    2>/dev/null || true)
+  [ "$installed" = "$here/lib" ] || pip install --no-deps -e "$here"
 fi
 
 for artifact in delta-spark_2.13 delta-storage; do

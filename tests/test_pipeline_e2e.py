@@ -22,8 +22,14 @@ def test_every_stage_writes_its_tables(spark, pipeline_run):
     for name in (tables.INTERACTIONS, tables.ITEMS, tables.USER_INDEX, tables.ITEM_INDEX, tables.COLD_START_USERS,
                  tables.INDEXED_INTERACTIONS, tables.TRAINING_EXAMPLES, tables.RECOMMENDATIONS, tables.METRICS):
         assert tables.read(spark, config.warehouse, name).count() > 0, name
-    with open(os.path.join(config.warehouse, "reports", "metrics.json")) as handle:
-        assert set(json.load(handle)["metrics"]) >= {"finetune", "target_only", "popularity"}
+    for name in (tables.USER_METRICS, tables.METRICS):
+        assert tables.read(spark, config.warehouse, name).count() > 0, name
+    report = os.path.join(config.warehouse, "reports", "latest")
+    assert {"summary.md", "metrics.json", "warm_vs_cold.png", "training_curves.png"} <= set(os.listdir(report))
+    with open(os.path.join(report, "metrics.json")) as handle:
+        evaluated = json.load(handle)["metrics"]
+    models = {"finetune", "target_only", "popularity", "als_target", "als_merged", "emcdr"}
+    assert set(evaluated["full"]) == models and set(evaluated["sampled"]) == models
 
 
 @pytest.mark.e2e
@@ -34,7 +40,11 @@ def test_artifact_records_the_delta_versions_it_was_trained_on(spark, pipeline_r
     assert versions[tables.TRAINING_EXAMPLES] == tables.version(spark, config.warehouse, tables.TRAINING_EXAMPLES)
     assert trained.meta["num_proc"] == 2
     phases = [epoch["phase"] for epoch in trained.meta["history"]]
-    assert phases == ["source"] * config.train.source_epochs + ["target"] * config.train.target_epochs
+    # The target phase stops early once validation NDCG@10 stalls for train.patience epochs.
+    target_epochs = len(phases) - config.train.source_epochs
+    assert phases == ["source"] * config.train.source_epochs + ["target"] * target_epochs
+    assert min(config.train.target_epochs, config.train.patience + 1) <= target_epochs <= config.train.target_epochs
+    assert all(epoch["validation"] for epoch in trained.meta["history"] if epoch["phase"] == "target")
 
 
 @pytest.mark.e2e
@@ -50,7 +60,7 @@ def test_every_user_gets_k_recommendations_cold_start_users_included(spark, pipe
 @pytest.mark.e2e
 def test_transfer_beats_popularity_and_target_only_on_cold_start_users(pipeline_run):
     _, results = pipeline_run
-    metrics = results["evaluate"]
+    metrics = results["evaluate"]["metrics"]["full"]
     cold_ndcg = {model: metrics[model]["cold"]["NDCG@10"] for model in ("finetune", "target_only", "popularity")}
     # The synthetic data plants one taste per user in both domains: a model that carries it over must
     # clearly beat the yardsticks, which know nothing of a cold user's taste.

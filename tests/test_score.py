@@ -1,4 +1,5 @@
-"""Batch scoring against a brute-force numpy reference, and the score stage's Delta writes."""
+"""Batch scoring against brute-force references, and the score stage's Delta contract: run_date
+partitions, idempotent reruns, failed runs, incremental runs and the unknown-user fallback."""
 from __future__ import annotations
 
 import os
@@ -9,13 +10,17 @@ import pytest
 import torch
 
 from xdrec import artifact, tables
+from xdrec.config import ScoreConfig, load_config
+from xdrec.errors import XdrecError
 from xdrec.model import TwoTower
-from xdrec.score import run_score, score_users, top_k
+from xdrec.score import (COLD_START, POPULARITY, WARM, TopKScorer, _stable_top_k, changed_users, recommend_top_k,
+                         run_score, score_pairs)
 
 SOURCE, TARGET = "books", "movies"
 NUM_USERS, SOURCE_ITEMS, TARGET_ITEMS = 12, 8, 12
-SOURCE_ITEM_IDX = np.arange(SOURCE_ITEMS)
 TARGET_ITEM_IDX = np.arange(SOURCE_ITEMS, SOURCE_ITEMS + TARGET_ITEMS)
+D1, D2 = "2030-01-01", "2030-01-02"
+INTERACTIONS = "domain string, user_idx int, item_idx int, timestamp long, split string, cold boolean"
 
 
 def random_model(seed: int) -> TwoTower:
@@ -61,12 +66,25 @@ def reference_top_k(model, users, candidates, seen, k):
     return expected
 
 
+def assert_rows_match_reference(rows: pd.DataFrame, expected: dict) -> None:
+    """``rows`` (user_idx, rank, item_idx, item_id, score) hold exactly the reference's items, in order."""
+    assert sorted(rows["user_idx"].unique()) == sorted(expected)
+    for user, ranked in rows.sort_values(["user_idx", "rank"]).groupby("user_idx"):
+        assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
+        assert ranked["item_idx"].tolist() == [item for item, _ in expected[user]], user
+        assert ranked["item_id"].tolist() == [f"i{item}" for item, _ in expected[user]]
+        np.testing.assert_allclose(ranked["score"], [score for _, score in expected[user]], atol=1e-5)
+
+
+# ----- the torch kernel -------------------------------------------------------------------------------
+
 def test_top_k_matches_numpy_reference_across_batches():
     model = random_model(0)
     users = np.arange(NUM_USERS)
     seen = {1: {8, 9, 10}, 4: {19}, 7: {0, 1}}  # 0 and 1 are source items: not candidates, ignored
-    items, scores = top_k(model, users, TARGET_ITEM_IDX, [np.array(sorted(seen.get(u, ())), dtype=np.int64)
-                                                          for u in users], k=4, batch_size=5)
+    scorer = TopKScorer(model, TARGET_ITEM_IDX, k=4)
+    items, scores = scorer.top_k(users, [np.array(sorted(seen[u])) if u in seen else None for u in users],
+                                 batch_size=5)
     expected = reference_top_k(model, users, TARGET_ITEM_IDX, seen, 4)
     assert items.dtype == np.int64 and scores.dtype == np.float32 and items.shape == (NUM_USERS, 4)
     for user in users:
@@ -81,81 +99,240 @@ def test_top_k_breaks_ties_by_lower_item_and_pads_with_minus_inf():
             model.item_embedding.weight[item] = model.item_embedding.weight[9]
             model.item_bias.weight[item] = model.item_bias.weight[9]
     # Candidates unsorted on purpose; user 0 has seen every candidate but three.
-    candidates = np.array([15, 12, 9, 10, 11])
-    items, scores = top_k(model, np.array([0, 3]), candidates, [np.array([10, 11]), np.array([], dtype=np.int64)], 4)
+    scorer = TopKScorer(model, np.array([15, 12, 9, 10, 11]), k=4)
+    items, scores = scorer.top_k(np.array([0, 3]), [np.array([10, 11]), np.array([], dtype=np.int64)])
     assert items[0, :3].tolist() == [9, 12, 15] and scores[0, 3] == float("-inf")
     tie_positions = [items[1].tolist().index(item) for item in (9, 12, 15) if item in items[1]]
     assert tie_positions == sorted(tie_positions)
-    # Without exclusion only the three tied candidates remain against the full set: ascending order.
-    tied_items, _ = top_k(model, np.array([0]), np.array([15, 12, 9]), None, 2)
+    # Without exclusion only the three tied candidates remain: the lower items win the two places.
+    tied_items, _ = TopKScorer(model, np.array([15, 12, 9]), k=2).top_k(np.array([0]))
     assert tied_items.tolist() == [[9, 12]]
 
 
+@pytest.mark.parametrize("k", [1, 4, 29, 30])
+def test_stable_top_k_equals_a_full_sort_under_heavy_ties(k):
+    scores = torch.from_numpy(np.random.default_rng(k).integers(0, 4, size=(40, 30)).astype(np.float32))
+    scores[5, :] = float("-inf")
+    positions, values = _stable_top_k(scores.clone(), k)
+    for row in range(len(scores)):
+        expected = np.lexsort((np.arange(30), -scores[row].numpy()))[:k]  # by score, then lower column
+        assert positions[row].tolist() == expected.tolist()
+        assert values[row].tolist() == scores[row, expected].tolist()
+
+
+def test_nan_scores_stop_scoring():
+    model = random_model(2)
+    with torch.no_grad():
+        model.user_embedding.weight[3] = float("nan")
+    with pytest.raises(XdrecError, match="NaN"):
+        TopKScorer(model, TARGET_ITEM_IDX, k=3).top_k(np.arange(6))
+
+
+def test_score_settings_are_validated_by_key():
+    for override, key in (("score.mode=sometimes", "score.mode"), ("score.run_date=01/02/2030", "score.run_date"),
+                          ("score.partitions=-1", "score.partitions"), ("score.device=tpu", "score.device"),
+                          ("score.arrow_batch_size=0", "score.arrow_batch_size")):
+        with pytest.raises(XdrecError, match=key.replace(".", r"\.")):
+            load_config("synthetic", [override])
+
+
+# ----- the Spark UDFs ---------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("exclude_seen", [True, False])
-def test_score_users_udf_matches_numpy_reference(spark, tmp_path, exclude_seen):
+def test_recommend_top_k_udf_matches_numpy_reference(spark, tmp_path, exclude_seen):
     model = random_model(2)
     path = save_artifact(tmp_path, "finetune", "v1", model)
     seen = {0: {8, 9}, 1: set(range(8, 18)), 5: {19, 3}}  # user 1 has two unseen target items left
-    users_df = spark.createDataFrame([(u, f"u{u}") for u in range(NUM_USERS)], "user_idx int, user_id string")
-    seen_df = spark.createDataFrame([(u, i) for u, items in seen.items() for i in items], "user_idx int, item_idx int")
+    users = spark.createDataFrame(
+        [(u, f"u{u}", WARM, sorted(seen.get(u, ()))) for u in range(NUM_USERS)],
+        "user_idx int, user_id string, route string, seen array<long>")
+    settings = ScoreConfig(k=5, users_per_batch=2, exclude_seen=exclude_seen, partitions=3)
 
-    rows = score_users(spark, path, users_df, seen_df, TARGET, k=5, exclude_seen=exclude_seen,
-                       users_per_batch=4).collect()
+    rows = recommend_top_k(users, path, TARGET, settings).toPandas()
 
-    expected = reference_top_k(model, list(range(NUM_USERS)), TARGET_ITEM_IDX, seen if exclude_seen else {}, 5)
-    got = {}
-    for row in sorted(rows, key=lambda r: (r.user_idx, r.rank)):
-        assert (row.model, row.model_version, row.domain) == ("finetune", "v1", TARGET)
-        assert row.user_id == f"u{row.user_idx}" and row.item_id == f"i{row.item_idx}"
-        got.setdefault(row.user_idx, []).append((row.rank, row.item_idx, row.score))
-    assert sorted(got) == list(range(NUM_USERS))
-    for user, recommendations in got.items():
-        assert [rank for rank, _, _ in recommendations] == list(range(1, len(recommendations) + 1))
-        assert [item for _, item, _ in recommendations] == [item for item, _ in expected[user]]
-        np.testing.assert_allclose([s for _, _, s in recommendations], [s for _, s in expected[user]], atol=1e-5)
-    if exclude_seen:
-        assert len(got[1]) == 2 and not any(item in seen[0] for _, item, _ in got[0])
-    else:
-        assert all(len(recommendations) == 5 for recommendations in got.values())
+    assert_rows_match_reference(rows, reference_top_k(model, list(range(NUM_USERS)), TARGET_ITEM_IDX,
+                                                      seen if exclude_seen else {}, 5))
+    assert set(rows["route"]) == {WARM} and (rows["user_id"] == "u" + rows["user_idx"].astype(str)).all()
+    per_user = rows.groupby("user_idx").size()
+    assert per_user[1] == (2 if exclude_seen else 5) and per_user.drop(1).eq(5).all()
 
 
-def write_interaction_tables(spark, warehouse):
-    """u0-u5 have target history; u6 and u7 are cold (source rows only); u8 has no interactions at all."""
-    user_index = spark.createDataFrame([(f"u{i}", i) for i in range(9)], "user_id string, user_idx int")
-    tables.overwrite(user_index, warehouse, tables.USER_INDEX)
+def test_score_pairs_matches_the_model_and_leaves_unknown_pairs_null(spark, tmp_path):
+    model = random_model(3)
+    path = save_artifact(tmp_path, "finetune", "v1", model)
+    known = [(f"u{u}", f"i{i}", n) for n, (u, i) in enumerate([(0, 8), (0, 19), (7, 12), (11, 8), (3, 3)])]
+    unknown = [("stranger", "i8", 90), ("u1", "i999", 91), (None, "i9", 92)]
+    pairs = spark.createDataFrame(known + unknown, "user_id string, item_id string, line int")
+
+    # i3 is a books item: scored against the books domain it is known, against movies it is not.
+    rows = {row.line: row.score for row in score_pairs(pairs, path, TARGET, pairs_per_call=2).collect()}
+
+    for user_id, item_id, line in known:
+        user, item = int(user_id[1:]), int(item_id[1:])
+        if item < SOURCE_ITEMS:
+            assert rows[line] is None
+        else:
+            assert rows[line] == pytest.approx(numpy_scores(model, np.array([user]), np.array([item]))[0, 0], abs=1e-5)
+    assert all(rows[line] is None for _, _, line in unknown)
+
+
+def test_changed_users_sees_added_removed_altered_and_repeated_rows(spark):
+    schema = "domain string, user_idx int, item_idx int, split string"
+    before = spark.createDataFrame([(TARGET, 1, 1, "train"), (TARGET, 1, 2, "train"), (TARGET, 2, 1, "train"),
+                                    (TARGET, 3, 5, "test"), (TARGET, 4, 7, "train"), (TARGET, 5, 1, "train")], schema)
+    after = spark.createDataFrame([(TARGET, 1, 2, "train"), (TARGET, 1, 1, "train"),  # u1: same rows, other order
+                                   (TARGET, 2, 1, "train"), (TARGET, 2, 1, "train"),  # u2: a row repeated
+                                   (TARGET, 3, 5, "valid"),                           # u3: a row altered
+                                   (TARGET, 5, 1, "train"), (TARGET, 6, 1, "train")], schema)  # u4 gone, u6 new
+    assert sorted(row.user_idx for row in changed_users(before, after).collect()) == [2, 3, 4, 6]
+
+
+# ----- the stage: one warehouse, four runs -----------------------------------------------------------
+
+def write_tables(spark, warehouse, rows, users):
+    tables.overwrite(spark.createDataFrame(users, "user_id string, user_idx int"), warehouse, tables.USER_INDEX)
+    tables.overwrite(spark.createDataFrame(
+        [(SOURCE, f"i{i}", i) for i in range(SOURCE_ITEMS)] + [(TARGET, f"i{i}", int(i)) for i in TARGET_ITEM_IDX],
+        "domain string, item_id string, item_idx int"), warehouse, tables.ITEM_INDEX)
+    tables.overwrite(spark.createDataFrame(rows, INTERACTIONS), warehouse, tables.INDEXED_INTERACTIONS,
+                     partition_by=["domain"])
+
+
+def base_interactions():
+    """u0-u5 have target history; u6 and u7 are cold (source rows only); u8 has no interactions at all.
+
+    'newcomer' (user_idx 9, which the model knows as u9) and 'late' (user_idx 12, past the model's users)
+    are unknown to the model and have target history of their own.
+    """
+    users = [(f"u{i}", i) for i in range(9)] + [("newcomer", 9), ("late", 12)]
     rows = [(TARGET, u, 8 + (u + j) % TARGET_ITEMS, 0, "train", False) for u in range(6) for j in range(3)]
     rows += [(TARGET, u, 8 + (u + 5) % TARGET_ITEMS, 0, "test", False) for u in range(6)]
     rows += [(SOURCE, u, u % SOURCE_ITEMS, 0, "train", u >= 6) for u in range(8)]
-    rows += [(TARGET, 3, 19, 0, "valid", False)]
-    interactions = spark.createDataFrame(
-        rows, "domain string, user_idx int, item_idx int, timestamp long, split string, cold boolean")
-    tables.overwrite(interactions, warehouse, tables.INDEXED_INTERACTIONS, partition_by=["domain"])
-    return {u: {8 + (u + j) % TARGET_ITEMS for j in range(3)} for u in range(6)}
+    rows += [(TARGET, 9, 10, 0, "train", False), (TARGET, 12, 8, 0, "train", False), (SOURCE, 12, 1, 0, "train", False)]
+    return rows, users
 
 
-def test_run_score_scores_cold_users_and_rerun_replaces_rows(spark, tmp_path, make_config):
-    warehouse = str(tmp_path)
-    config = make_config(warehouse, "score.k=4")
-    seen = write_interaction_tables(spark, warehouse)
-    save_artifact(warehouse, "finetune", "v1", random_model(3))
-    save_artifact(warehouse, "target_only", "v1", random_model(4))
+def seen_of(rows):
+    seen = {}
+    for domain, user, item, _, split, _ in rows:
+        if domain == TARGET and split == "train":
+            seen.setdefault(user, set()).add(item)
+    return seen
 
-    summary = run_score(spark, config)
 
-    assert set(summary) == {"finetune", "target_only"} and summary["finetune"]["users"] == 8
-    first = tables.read(spark, warehouse, tables.RECOMMENDATIONS).toPandas()
-    assert len(first) == 2 * 8 * 4
-    per_user = first.groupby(["model", "user_idx"]).size()
-    assert (per_user == 4).all() and set(first["user_idx"]) == set(range(8))  # cold u6, u7 in; u8 out
-    assert set(first["item_idx"]) <= set(TARGET_ITEM_IDX)
-    for user, items in seen.items():
-        assert not items & set(first.loc[first["user_idx"] == user, "item_idx"])
+def partitions(spark, warehouse):
+    """{run_date: rows} of every finetune partition of recommendations, as it is now."""
+    rows = tables.read(spark, warehouse, tables.RECOMMENDATIONS).where("model = 'finetune'").toPandas()
+    return {str(day): group.drop(columns="run_date").sort_values(["user_idx", "rank"]).reset_index(drop=True)
+            for day, group in rows.groupby("run_date")}
 
-    save_artifact(warehouse, "finetune", "v2", random_model(5))
-    run_score(spark, config, methods=["finetune"])
 
-    second = tables.read(spark, warehouse, tables.RECOMMENDATIONS).toPandas()
-    assert len(second) == len(first)
-    assert set(second.loc[second["model"] == "finetune", "model_version"]) == {"v2"}
-    target_only = lambda df: df[df["model"] == "target_only"].sort_values(["user_idx", "rank"]).reset_index(drop=True)  # noqa: E731
-    pd.testing.assert_frame_equal(target_only(first), target_only(second))
+@pytest.fixture(scope="module")
+def scenario(spark, tmp_path_factory, make_config):
+    """Four runs on one warehouse, with what each left behind:
+
+    1. D1 in incremental mode, but with no run recorded yet: a full run;
+    2. the interactions change; D2 incremental;
+    3. D2 again, full: a rerun of the same date (and what incremental must equal);
+    4. D2 again with a model whose vector of user 4 is NaN: the run fails midway.
+    """
+    warehouse = str(tmp_path_factory.mktemp("score"))
+
+    def config(day, *more):
+        return make_config(warehouse, "score.k=4", f"score.run_date={day}", "train.methods=[finetune]", *more)
+
+    rows, users = base_interactions()
+    write_tables(spark, warehouse, rows, users)
+    model = random_model(4)
+    save_artifact(warehouse, "finetune", "v1", model)
+    result = {"model": model, "rows": rows, "summaries": {}, "snapshots": {}, "versions": {}}
+
+    def run(step, day, *more):
+        result["summaries"][step] = run_score(spark, config(day, *more))["finetune"]
+        result["snapshots"][step] = partitions(spark, warehouse)
+        result["versions"][step] = tables.version(spark, warehouse, tables.RECOMMENDATIONS)
+
+    run(1, D1, "score.mode=incremental")
+    result["input_versions"] = {name: tables.version(spark, warehouse, name)
+                                for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
+    # u2 gains its top recommendation as a training item, u4 loses its test row, u10 arrives (known to
+    # the model), u7 leaves.
+    day1 = result["snapshots"][1][D1]
+    top_of_u2 = int(day1.loc[(day1["user_idx"] == 2) & (day1["rank"] == 1), "item_idx"].iloc[0])
+    changed_rows = [row for row in rows if row[1] != 7 and not (row[1] == 4 and row[4] == "test")]
+    changed_rows += [(TARGET, 2, top_of_u2, 5, "train", False), (TARGET, 10, 9, 5, "train", False)]
+    write_tables(spark, warehouse, changed_rows, users + [("u10", 10)])
+    result.update(top_of_u2=top_of_u2, changed_rows=changed_rows)
+    run(2, D2, "score.mode=incremental")
+    run(3, D2)
+
+    broken = random_model(8)
+    with torch.no_grad():  # one user's vector diverged: the task scoring that user fails, others succeed
+        broken.user_embedding.weight[4] = float("nan")
+    save_artifact(warehouse, "finetune", "broken", broken)
+    with pytest.raises(Exception) as failure:
+        run(4, D2, "score.partitions=4")
+    result["failure"] = str(failure.value)
+    result["snapshots"][4] = partitions(spark, warehouse)
+    result["versions"][4] = tables.version(spark, warehouse, tables.RECOMMENDATIONS)
+    result["runs"] = tables.read(spark, warehouse, tables.SCORE_RUNS).orderBy("recommendations_version").toPandas()
+    return result
+
+
+def test_full_run_routes_every_user_and_matches_the_references(scenario):
+    summary, first = scenario["summaries"][1], scenario["snapshots"][1][D1]
+    assert {key: summary[key] for key in ("model_version", "mode", "users", "scored", "cold_start", "fallback",
+                                          "copied", "rows")} == {
+        "model_version": "v1", "mode": "full", "users": 10, "scored": 8, "cold_start": 2, "fallback": 2,
+        "copied": 0, "rows": 40}
+    by_route = first.groupby("route")["user_idx"].unique().map(sorted).to_dict()
+    assert by_route == {WARM: list(range(6)), COLD_START: [6, 7], POPULARITY: [9, 12]}  # u8: no interactions
+    seen = seen_of(scenario["rows"])
+    assert_rows_match_reference(first[first["route"] != POPULARITY],
+                                reference_top_k(scenario["model"], list(range(8)), TARGET_ITEM_IDX, seen, 4))
+    # Popularity by brute force: training counts, ties to the lower item, the user's own items left out.
+    counts = pd.Series([item for items in seen.values() for item in items]).value_counts()
+    for user in (9, 12):
+        ranked = sorted((item for item in counts.index if item not in seen[user]), key=lambda i: (-counts[i], i))[:4]
+        got = first[first["user_idx"] == user]
+        assert got["item_idx"].tolist() == ranked and got["score"].tolist() == [counts[i] for i in ranked]
+    assert set(first["model_version"]) == {"v1"} and set(first["domain"]) == {TARGET}
+
+
+def test_each_run_is_recorded_with_model_and_input_versions(scenario):
+    runs = scenario["runs"]
+    assert runs["run_date"].astype(str).tolist() == [D1, D2, D2]  # the failed run left no record
+    assert runs["mode"].tolist() == ["full", "incremental", "full"] and set(runs["model_version"]) == {"v1"}
+    assert runs["recommendations_version"].tolist() == [scenario["versions"][step] for step in (1, 2, 3)]
+    assert runs["input_versions"][0] == scenario["input_versions"]
+    first_version = scenario["input_versions"][tables.INDEXED_INTERACTIONS]
+    assert runs["input_versions"][1][tables.INDEXED_INTERACTIONS] == first_version + 1  # the changed interactions
+
+
+def test_incremental_run_rescores_only_changed_users_and_equals_a_full_run(scenario):
+    incremental, full = scenario["summaries"][2], scenario["summaries"][3]
+    assert {key: incremental[key] for key in ("mode", "users", "scored", "fallback", "copied")} == {
+        "mode": "incremental", "users": 10, "scored": 3, "fallback": 2, "copied": 5}  # u2, u4, u10 changed
+    assert (full["mode"], full["scored"], full["copied"]) == ("full", 8, 0)
+    day2 = scenario["snapshots"][2][D2]
+    pd.testing.assert_frame_equal(day2, scenario["snapshots"][3][D2])
+    assert 7 not in set(day2["user_idx"])
+    assert scenario["top_of_u2"] not in set(day2.loc[day2["user_idx"] == 2, "item_idx"])
+    assert_rows_match_reference(day2[day2["route"] != POPULARITY], reference_top_k(
+        scenario["model"], [0, 1, 2, 3, 4, 5, 6, 10], TARGET_ITEM_IDX, seen_of(scenario["changed_rows"]), 4))
+
+
+def test_a_rerun_replaces_its_date_only(scenario):
+    before, after = scenario["snapshots"][2], scenario["snapshots"][3]
+    assert scenario["versions"][3] > scenario["versions"][2] and len(after[D2]) == 40  # replaced, not appended
+    pd.testing.assert_frame_equal(after[D1], before[D1])
+    pd.testing.assert_frame_equal(after[D1], scenario["snapshots"][1][D1])
+
+
+def test_a_failed_run_leaves_the_previous_partition_in_place(scenario):
+    assert "NaN" in scenario["failure"]
+    assert scenario["versions"][4] == scenario["versions"][3]
+    before, after = scenario["snapshots"][3], scenario["snapshots"][4]
+    assert before.keys() == after.keys() == {D1, D2}
+    for day in before:
+        pd.testing.assert_frame_equal(after[day], before[day])

@@ -1,86 +1,182 @@
-"""The training loop on its own, single-process: learning, freezing, checkpoint and resume."""
+"""The training loop on its own, single-process: learning, freezing, learning rates, validation, early
+stopping, checkpoint and resume (also inside a distillation's student phase)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from planted_world import NUM_ITEMS, NUM_USERS, SOURCE, TARGET, in_memory_batches, make_world
 from xdrec import trainer
+from xdrec.distributed import DomainData, TrainSpec
+from xdrec.methods import MethodSettings
 from xdrec.model import TwoTower
-from xdrec.trainer import Phase
+from xdrec.trainer import Collective, EarlyStopping, Phase, parameter_groups
+from xdrec.validation import ValidationSet, ranking_figures
 
-NUM_USERS, NUM_ITEMS, BATCH = 40, 30, 64
-
-
-def planted_examples(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Users like the items of their own group (user % 3 == item % 3): learnable structure."""
-    generator = torch.Generator().manual_seed(seed)
-    users = torch.randint(0, NUM_USERS, (2000,), generator=generator)
-    items = torch.randint(0, NUM_ITEMS, (2000,), generator=generator)
-    labels = (users % 3 == items % 3).float()
-    return users, items, labels
+BATCH = 32
+WORLD = make_world(0)
 
 
-def in_memory_batches(examples):
-    users, items, labels = examples
-
-    def batches(phase: Phase, epoch: int):
-        order = torch.randperm(len(users), generator=torch.Generator().manual_seed(epoch))
-        for start in range(0, len(order), BATCH):
-            index = order[start:start + BATCH]
-            yield users[index], items[index], labels[index]
-
-    return batches
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: threads only contend on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
-def fresh_model() -> TwoTower:
+def fresh_model(**options) -> TwoTower:
     torch.manual_seed(0)
-    return TwoTower(NUM_USERS, NUM_ITEMS, embedding_dim=8, hidden_dim=16)
+    return TwoTower(NUM_USERS, NUM_ITEMS, embedding_dim=8, hidden_dim=16, **options)
 
 
-def run(phases, checkpoint_dir=None, model=None):
+def validate(model):
+    return ranking_figures(model, WORLD.validation, 10, Collective())
+
+
+def run(phases, checkpoint_dir=None, model=None, batches=None, **options):
     model = model or fresh_model()
-    history = trainer.train(model, phases, in_memory_batches(planted_examples()), lambda phase: 2000 // BATCH,
-                            checkpoint_dir=checkpoint_dir, log=lambda message: None)
+    default_batches, steps = in_memory_batches(WORLD.examples, BATCH)
+    history = trainer.train(model, phases, batches or default_batches, steps, checkpoint_dir=checkpoint_dir,
+                            log=lambda message: None, **options)
     return model, history
 
 
 def test_loss_falls_on_learnable_data():
-    _, history = run([Phase("target", "b", epochs=6, learning_rate=0.05)])
+    _, history = run([Phase("target", [TARGET], epochs=6, learning_rate=0.05)])
     assert history[-1].loss < 0.5 * history[0].loss
     assert [result.epoch for result in history] == list(range(6))
-    assert all(result.examples == (2000 // BATCH) * BATCH for result in history)
+    steps = len(WORLD.examples[TARGET][0]) // BATCH
+    assert all(result.examples == steps * BATCH for result in history)
 
 
 def test_frozen_parts_do_not_move():
     model = fresh_model()
     before = model.user_embedding.weight.detach().clone()
+    first_layer = model.user_tower.mlp[0].weight.detach().clone()
+    second_layer = model.user_tower.mlp[2].weight.detach().clone()
     item_before = model.item_embedding.weight.detach().clone()
-    run([Phase("target", "b", epochs=1, learning_rate=0.05, freeze=["user_embedding", "user_tower"])], model=model)
+    run([Phase("target", [TARGET], epochs=1, learning_rate=0.05, freeze=["user_embedding", "user_tower.mlp.0"])],
+        model=model)
     assert torch.equal(model.user_embedding.weight, before)
+    assert torch.equal(model.user_tower.mlp[0].weight, first_layer)
+    assert not torch.equal(model.user_tower.mlp[2].weight, second_layer)  # the other layer of that tower trains
     assert not torch.equal(model.item_embedding.weight, item_before)
 
 
-def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
-    phases = [Phase("source", "a", epochs=2, learning_rate=0.05), Phase("target", "b", epochs=3, learning_rate=0.02)]
-    uninterrupted, full_history = run(phases, checkpoint_dir=str(tmp_path / "full"))
+def test_part_learning_rates_give_parts_their_own_rate_and_the_most_specific_part_wins():
+    model = fresh_model()
+    groups = parameter_groups(model, 0.01, {"user_tower": 0.001, "user_tower.mlp.2": 0.0001})
+    rate_of = {id(parameter): group["lr"] for group in groups for parameter in group["params"]}
+    assert rate_of[id(model.user_tower.mlp[0].weight)] == 0.001
+    assert rate_of[id(model.user_tower.mlp[2].bias)] == 0.0001
+    assert rate_of[id(model.item_embedding.weight)] == 0.01
+    assert len(rate_of) == len(list(model.parameters()))
+    # A tiny rate keeps a part nearly still while the rest of the model learns at the base rate.
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    run([Phase("target", [TARGET], epochs=1, learning_rate=0.05, part_learning_rates={"item_embedding": 1e-7})],
+        model=model)
+    item_change = (model.item_embedding.weight - before["item_embedding.weight"]).abs().max()
+    user_change = (model.user_embedding.weight - before["user_embedding.weight"]).abs().max()
+    assert item_change < 1e-4 < user_change
+
+
+def reference_figures(model: TwoTower, validation: ValidationSet, k: int) -> dict[str, float]:
+    """HR@k and NDCG@k by brute force: sort every unseen candidate per user, ties to the lower item."""
+    with torch.no_grad():
+        scores = model.score_matrix(torch.from_numpy(validation.users), torch.from_numpy(validation.candidates))
+    column = {item: position for position, item in enumerate(validation.candidates.tolist())}
+    per_group: dict[str, list[tuple[float, float]]] = {"all": [], "warm": [], "cold": []}
+    for row, user in enumerate(validation.users):
+        seen = set(validation.seen[row].tolist())
+        ranked = sorted((item for item in validation.candidates.tolist() if item not in seen),
+                        key=lambda item: (-float(scores[row, column[item]]), item))[:k]
+        relevant = set(validation.relevant[row].tolist())
+        dcg = sum(1 / np.log2(position + 2) for position, item in enumerate(ranked) if item in relevant)
+        ideal = sum(1 / np.log2(position + 2) for position in range(min(len(relevant), k)))
+        figures = (float(any(item in relevant for item in ranked)), dcg / ideal)
+        per_group["all"].append(figures)
+        per_group["cold" if validation.cold[row] else "warm"].append(figures)
+    return {f"{group}/{name}@{k}": float(np.mean([values[index] for values in rows]))
+            for group, rows in per_group.items() for index, name in enumerate(("HR", "NDCG"))}
+
+
+def test_validation_figures_match_a_brute_force_reference():
+    model, _ = run([Phase("target", [TARGET], epochs=2, learning_rate=0.05)])
+    model.eval()
+    for k in (3, 10):
+        got = ranking_figures(model, WORLD.validation, k, Collective())
+        expected = reference_figures(model, WORLD.validation, k)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    figures = iter([0.1, 0.3, 0.2, 0.25, 0.9])  # epoch 2 (index 1) is best; patience 2 stops after index 3
+    states = []
+
+    def scripted_validate(model):
+        states.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
+        return {"all/NDCG@10": next(figures)}
+
+    model, history = run([Phase("target", [TARGET], epochs=5, learning_rate=0.05, validate=True)],
+                         validate=scripted_validate, early_stopping=EarlyStopping(patience=2))
+    assert [result.validation["all/NDCG@10"] for result in history] == [0.1, 0.3, 0.2, 0.25]
+    for name, tensor in states[1].items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_global_batch_keeps_steps_and_rate_while_per_process_batch_scales_them():
+    phases = [Phase("target", [TARGET], 1, 0.01, part_learning_rates={"item_bias": 0.001})]
+    data = {TARGET: DomainData("file:///unused", rows=10_000)}
+    global_spec = TrainSpec(model={}, phases=phases, data=data, batch_size=1000, seed=0, checkpoint_dir="")
+    assert [global_spec.rank_batch_size(size) for size in (1, 2, 4)] == [1000, 500, 250]
+    assert {global_spec.steps_per_epoch(phases[0], size) for size in (1, 2, 4)} == {10}
+    assert global_spec.scaled_phases(4)[0].learning_rate == 0.01
+    per_process = TrainSpec(model={}, phases=phases, data=data, batch_size=1000, seed=0, checkpoint_dir="",
+                            batch_scope="process", lr_scaling="linear")
+    assert [per_process.steps_per_epoch(phases[0], size) for size in (1, 2, 4)] == [10, 5, 2]
+    scaled = per_process.scaled_phases(4)[0]
+    assert scaled.learning_rate == pytest.approx(0.04) and scaled.part_learning_rates["item_bias"] == pytest.approx(0.004)
+    assert TrainSpec(model={}, phases=phases, data=data, batch_size=1000, seed=0, checkpoint_dir="",
+                     lr_scaling="sqrt").learning_rate_factor(4) == 2.0
+
+
+DISTILL_PHASES = [
+    Phase("teacher", [SOURCE, TARGET], epochs=2, learning_rate=0.05, objective="joint"),
+    Phase("student", [TARGET, SOURCE], epochs=3, learning_rate=0.03, objective="distill", validate=True, student=True),
+]
+
+
+@pytest.mark.parametrize("phases, dies_at_epoch", [
+    ([Phase("source", [SOURCE], epochs=2, learning_rate=0.05),
+      Phase("target", [TARGET], epochs=3, learning_rate=0.02, validate=True)], 4),
+    (DISTILL_PHASES, 4),  # dies at the start of the student's second epoch: the teacher must come back
+])
+def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, phases, dies_at_epoch):
+    options = {"validate": validate, "settings": MethodSettings(), "early_stopping": EarlyStopping(patience=5)}
+    uninterrupted, full_history = run(phases, checkpoint_dir=str(tmp_path / "full"), **options)
 
     class Killed(Exception):
         pass
 
     calls = {"epochs": 0}
-    base_batches = in_memory_batches(planted_examples())
+    base_batches, _ = in_memory_batches(WORLD.examples, BATCH)
 
     def dying_batches(phase, epoch):
         calls["epochs"] += 1
-        if calls["epochs"] == 4:  # dies at the start of the second target epoch
+        if calls["epochs"] == dies_at_epoch:
             raise Killed()
         return base_batches(phase, epoch)
 
     with pytest.raises(Killed):
-        trainer.train(fresh_model(), phases, dying_batches, lambda phase: 2000 // BATCH,
-                      checkpoint_dir=str(tmp_path / "killed"), log=lambda message: None)
-    resumed, resumed_history = run(phases, checkpoint_dir=str(tmp_path / "killed"))
+        run(phases, checkpoint_dir=str(tmp_path / "killed"), batches=dying_batches, **options)
+    resumed, resumed_history = run(phases, checkpoint_dir=str(tmp_path / "killed"), **options)
 
     assert [(r.phase, r.epoch) for r in resumed_history] == [(r.phase, r.epoch) for r in full_history]
+    assert [r.validation for r in resumed_history] == [r.validation for r in full_history]
     for name, tensor in uninterrupted.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)

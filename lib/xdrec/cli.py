@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import traceback
+from typing import Callable
 
 from xdrec.config import DEFAULT_CONF, load_config
 from xdrec.errors import XdrecError
@@ -46,9 +47,33 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
+def guarded(body: Callable[[], None]) -> int:
+    """Run ``body``; turn what it raises into one line on stderr and an exit code (see module doc)."""
+    try:
+        body()
+        return 0
+    except XdrecError as error:
+        print(f"xdrec: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xdrec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns failures into an exit code
+        from pyspark.errors import PySparkException
+
+        debug = os.environ.get("XDREC_DEBUG") == "1"
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (set XDREC_DEBUG=1 for the traceback)"
+        kind = "Spark error" if isinstance(error, PySparkException) else "failed"
+        print(f"xdrec: {kind}: {_one_line(error)}{hint}", file=sys.stderr)
+        return 1
+
+
 def run_job(stage: str | None = None, argv: list[str] | None = None) -> int:
     """Parse arguments, get the SparkSession, run one stage (or the pipeline); return the exit code."""
-    try:
+
+    def body() -> None:
         args = parse_args(sys.argv[1:] if argv is None else argv, stage)
         config = load_config(args.conf, args.overrides)
 
@@ -60,22 +85,8 @@ def run_job(stage: str | None = None, argv: list[str] | None = None) -> int:
             run_pipeline(spark, config)
         else:
             run_stage(spark, config, args.stage)
-        return 0
-    except XdrecError as error:
-        print(f"xdrec: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xdrec: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - the one place that turns failures into an exit code
-        from pyspark.errors import PySparkException
 
-        if os.environ.get("XDREC_DEBUG") == "1":
-            traceback.print_exc()
-        hint = "" if os.environ.get("XDREC_DEBUG") == "1" else " (set XDREC_DEBUG=1 for the traceback)"
-        kind = "Spark error" if isinstance(error, PySparkException) else "failed"
-        print(f"xdrec: {kind}: {_one_line(error)}{hint}", file=sys.stderr)
-        return 1
+    return guarded(body)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ Every file is written to a temporary name and renamed, so a file that exists is 
 """
 from __future__ import annotations
 
+import glob
 import os
 import zipfile
 
@@ -203,7 +204,7 @@ def is_local_path(path: str) -> bool:
 
 
 def _missing_inputs(config: Config) -> list[str]:
-    """Configured local input files of the source and target domains that do not exist.
+    """Configured local inputs (files, folders or globs) of the source and target domains that match nothing.
 
     Remote URIs are never created here; ingest checks that they exist.
     """
@@ -211,7 +212,8 @@ def _missing_inputs(config: Config) -> list[str]:
     for domain in (config.data.source_domain, config.data.target_domain):
         spec = config.domain_input(domain)
         paths += [spec.interactions] + ([spec.items] if spec.items else [])
-    return [path for path in paths if is_local_path(path) and not os.path.exists(path)]
+    # A path may be a folder or a glob (docs/data.md): present when it matches anything.
+    return [path for path in paths if is_local_path(path) and not glob.glob(path)]
 
 
 def run_fetch(spark: SparkSession, config: Config) -> dict:

@@ -1,21 +1,27 @@
 """Distributed training: Horovod processes launched inside Spark, each reading its shard with Petastorm.
 
 ``launch`` starts ``horovod.spark.run`` on the active SparkSession; every process runs ``train_worker``,
-which builds the model, reads its own shard of the staged Parquet training examples through a
-Petastorm batch reader, and runs the shared loop in :mod:`xdrec.trainer` with gradients averaged by
-Horovod (gloo on CPU). Rank 0 logs, checkpoints and writes the final weights.
+which builds the model, reads its own shard of the staged Parquet training examples through Petastorm
+batch readers (one per domain of a phase), and runs the shared loop in :mod:`xdrec.trainer` with
+gradients and metrics averaged by Horovod (gloo on CPU, a GPU per process when there is one). Rank 0
+logs, checkpoints and writes the final weights. ``run_local`` runs the same code in this process alone,
+for development.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
-from xdrec.trainer import Batch, Collective, Phase
+from xdrec.methods import MethodSettings
+from xdrec.trainer import Batch, Collective, EarlyStopping, Phase
+from xdrec.validation import ValidationSet
 
 FINAL_WEIGHTS = "final.pt"
 
@@ -29,19 +35,59 @@ class DomainData:
 
 
 @dataclass
+class ModelData:
+    """What a model carries besides weights (see :class:`xdrec.model.TwoTower`); None where unused."""
+
+    item_text: np.ndarray | None = None  # float32 [num_items, text_dim]
+    item_has_text: np.ndarray | None = None  # bool [num_items]
+    has_source_history: np.ndarray | None = None  # bool [num_users]
+    has_target_history: np.ndarray | None = None  # bool [num_users]
+    history_offsets: np.ndarray | None = None  # int64 [num_users + 1], CSR of source items
+    history_items: np.ndarray | None = None  # int64 [history_size]
+
+    def apply(self, model: nn.Module) -> None:
+        if model.text_dim:
+            model.set_item_text(self.item_text, self.item_has_text)
+        if model.bridge_kind != "none":
+            model.set_histories(self.has_source_history, self.has_target_history, self.history_offsets,
+                                self.history_items)
+
+
+@dataclass
 class TrainSpec:
     """Everything a worker needs, picklable and free of Spark objects."""
 
-    model: dict[str, int]
+    model: dict
     phases: list[Phase]
     data: dict[str, DomainData]
     batch_size: int
     seed: int
     checkpoint_dir: str
+    model_data: ModelData = field(default_factory=ModelData)
+    settings: MethodSettings = field(default_factory=MethodSettings)
+    validation: ValidationSet | None = None
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    # "global": batch_size is split over the processes; "process": each process takes batch_size.
+    batch_scope: str = "global"
+    # How the learning rate follows the number of processes: "none", "linear" or "sqrt".
+    lr_scaling: str = "none"
 
-    def steps_per_epoch(self, phase: Phase) -> int:
-        """Steps every rank takes in an epoch: the global batch is split evenly over the ranks."""
-        return max(1, self.data[phase.domain].rows // self.batch_size)
+    def rank_batch_size(self, size: int) -> int:
+        return max(1, self.batch_size // size) if self.batch_scope == "global" else self.batch_size
+
+    def steps_per_epoch(self, phase: Phase, size: int) -> int:
+        """Steps every rank takes in an epoch: one pass over the phase's largest domain in global batches."""
+        global_batch = self.rank_batch_size(size) * size
+        return max(1, max(self.data[domain].rows for domain in phase.domains) // global_batch)
+
+    def learning_rate_factor(self, size: int) -> float:
+        return {"none": 1.0, "linear": float(size), "sqrt": math.sqrt(size)}[self.lr_scaling]
+
+    def scaled_phases(self, size: int) -> list[Phase]:
+        factor = self.learning_rate_factor(size)
+        return [replace(phase, learning_rate=phase.learning_rate * factor,
+                        part_learning_rates={part: rate * factor for part, rate in phase.part_learning_rates.items()})
+                for phase in self.phases]
 
 
 class HorovodCollective(Collective):
@@ -56,7 +102,8 @@ class HorovodCollective(Collective):
             gradient.copy_(average)
 
     def broadcast_model(self, model: nn.Module) -> None:
-        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        # Parameters only: buffers (item text, histories) come from the spec, the same on every rank.
+        self.hvd.broadcast_parameters(dict(model.named_parameters()), root_rank=0)
 
     def average(self, value: float, name: str) -> float:
         return self.hvd.allreduce(torch.tensor(float(value)), name=name, op=self.hvd.Average).item()
@@ -87,6 +134,15 @@ def petastorm_batches(url: str, rank: int, size: int, batch_size: int, seed: int
         reader.join()
 
 
+def zipped_batches(streams: list[Iterator[Batch]]) -> Iterator[tuple[Batch, ...]]:
+    """One batch of every stream per step; closing this closes every stream (and stops its reader)."""
+    try:
+        yield from zip(*streams)
+    finally:
+        for stream in streams:
+            stream.close()
+
+
 def quiet_warnings() -> None:
     """Petastorm on pyarrow 14 warns about deprecated pyarrow APIs on every read."""
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -94,43 +150,65 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*pyarrow.*")
 
 
+def run_training(spec: TrainSpec, collective: Collective, device: torch.device) -> tuple[nn.Module, list]:
+    """Build the model and train it through the spec's phases on this rank; return (model, history)."""
+    from xdrec import trainer
+    from xdrec.model import TwoTower
+    from xdrec.validation import ranking_figures
+
+    quiet_warnings()
+    torch.manual_seed(spec.seed)
+    model = TwoTower(**spec.model)
+    spec.model_data.apply(model)
+    rank_batch = spec.rank_batch_size(collective.size)
+    phases = spec.scaled_phases(collective.size)
+
+    def batches(phase: Phase, epoch: int) -> Iterator[tuple[Batch, ...]]:
+        # A seed per (phase, epoch, rank, domain) makes a resumed run read what an uninterrupted one would.
+        seed = spec.seed + 1000 * phases.index(phase) + 10 * epoch + collective.rank
+        return zipped_batches([
+            petastorm_batches(spec.data[domain].url, collective.rank, collective.size, rank_batch,
+                              seed + 100_003 * number)
+            for number, domain in enumerate(phase.domains)])
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        return ranking_figures(model, spec.validation, spec.early_stopping.k, collective)
+
+    history = trainer.train(
+        model,
+        phases,
+        batches,
+        lambda phase: spec.steps_per_epoch(phase, collective.size),
+        settings=spec.settings,
+        validate=validate if spec.validation is not None and len(spec.validation) else None,
+        early_stopping=spec.early_stopping,
+        collective=collective,
+        checkpoint_dir=spec.checkpoint_dir,
+        device=device,
+        seed=spec.seed,
+        log=lambda message: print(f"[train] {message}", flush=True),
+    )
+    return model, history
+
+
+def save_final_weights(model: nn.Module, checkpoint_dir: str) -> None:
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    path = os.path.join(checkpoint_dir, FINAL_WEIGHTS)
+    torch.save(weights, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
 def train_worker(spec: TrainSpec) -> list[dict]:
     """The body of one Horovod process. Returns the epoch history (rank 0 also saves the weights)."""
     import horovod.torch as hvd
 
-    from xdrec import trainer
-    from xdrec.model import TwoTower
-
-    quiet_warnings()
     hvd.init()
     collective = HorovodCollective(hvd)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
     device = torch.device(f"cuda:{hvd.local_rank()}" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(spec.seed)
-    model = TwoTower(**spec.model)
-    per_rank_batch = max(1, spec.batch_size // collective.size)
-
-    def batches(phase: Phase, epoch: int) -> Iterator[Batch]:
-        # A seed per (phase, epoch, rank) makes a resumed run read what an uninterrupted one would.
-        seed = spec.seed + 1000 * spec.phases.index(phase) + 10 * epoch + collective.rank
-        return petastorm_batches(spec.data[phase.domain].url, collective.rank, collective.size,
-                                 per_rank_batch, seed)
-
-    history = trainer.train(
-        model,
-        spec.phases,
-        batches,
-        spec.steps_per_epoch,
-        collective=collective,
-        checkpoint_dir=spec.checkpoint_dir,
-        device=device,
-        log=lambda message: print(f"[train] {message}", flush=True),
-    )
+    model, history = run_training(spec, collective, device)
     if collective.rank == 0:
-        weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-        torch.save(weights, os.path.join(spec.checkpoint_dir, FINAL_WEIGHTS + ".tmp"))
-        os.replace(os.path.join(spec.checkpoint_dir, FINAL_WEIGHTS + ".tmp"),
-                   os.path.join(spec.checkpoint_dir, FINAL_WEIGHTS))
+        save_final_weights(model, spec.checkpoint_dir)
     hvd.shutdown()
     return [asdict(result) for result in history]
 
@@ -144,3 +222,12 @@ def launch(spec: TrainSpec, num_proc: int, start_timeout: int) -> list[dict]:
     results = horovod.spark.run(train_worker, args=(spec,), num_proc=num_proc, use_gloo=True,
                                 start_timeout=start_timeout, env=env, verbose=0)
     return results[0]
+
+
+def run_local(spec: TrainSpec) -> list[dict]:
+    """The same training in this process alone, without Horovod (for development and debugging)."""
+    os.makedirs(spec.checkpoint_dir, exist_ok=True)
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    model, history = run_training(spec, Collective(), device)
+    save_final_weights(model, spec.checkpoint_dir)
+    return [asdict(result) for result in history]

@@ -1,175 +1,273 @@
-"""Offline evaluation: HR@K and NDCG@K of every scored model and a popularity baseline on held-out
-target-domain interactions, for warm users, cold-start users and all of them.
+"""Offline evaluation: every trained method and every baseline, ranked against the held-out target items.
 
-The metric and baseline functions are pure DataFrame transforms; :func:`run_evaluate` is the stage.
+Two protocols, reported side by side and labelled:
+
+- **full** ranking (the honest one): each test user's held-out target items are ranked among *all*
+  target items the user has no training interaction with; HR, Recall, Precision, F1, NDCG and MAP at
+  every K in ``evaluate.ks``, MRR and AUC, averaged over users (warm, cold-start, all);
+- **sampled** (the cold-start literature's, for comparison with published tables): each test line's item
+  is ranked among ``evaluate.sampled_negatives`` items drawn uniformly with replacement from the target
+  domain's training items, the user's own items not excluded; MRR, HR@K and NDCG@K averaged over lines.
+
+Per-user values go to the ``user_metrics`` table so methods can be compared pairwise; means to
+``metrics``; a paired bootstrap confidence interval compares the best transfer method with the best
+baseline; catalogue coverage comes from the ``recommendations`` table. Scoring runs in pandas UDFs that
+load a model artifact or a baseline's factors once per task.
 """
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
+import time
+from functools import reduce
+from typing import Any, Iterator
 
-from pyspark.sql import DataFrame, SparkSession, Window
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from xdrec import tables
+from xdrec import artifact as artifacts
+from xdrec import baselines, report, tables
 from xdrec.config import Config
 from xdrec.errors import XdrecError
+from xdrec.metrics import metric_names, sampled_line_metrics, user_metrics
+from xdrec.ranking import full_ranks, sampled_ranks
 
-POPULARITY = "popularity"
-METRICS = ("HR", "NDCG")
+FULL, SAMPLED = "full", "sampled"
 GROUPS = ("warm", "cold", "all")
 
 
-def _discount(rank: F.Column) -> F.Column:
-    """The DCG gain of a relevant item at 1-based ``rank``: 1 / log2(rank + 1)."""
-    return 1.0 / F.log2(rank + 1)
+def load_scorer(path: str):
+    """A model artifact's TwoTower or a baseline's FactorScorer, from its folder."""
+    if os.path.isfile(os.path.join(path, baselines.FACTORS_FILE)):
+        return baselines.load_scorer(path)
+    return artifacts.load(path).model
 
 
-def per_user_metrics(recommendations: DataFrame, test: DataFrame, k: int) -> DataFrame:
-    """HR@k and NDCG@k of each (model, test user), binary relevance.
+def target_test_users(indexed: DataFrame, target_domain: str) -> DataFrame:
+    """(user_idx, cold, relevant array, seen array) of every user with target test interactions."""
+    target = indexed.where(F.col("domain") == target_domain)
+    relevant = (target.where(F.col("split") == "test").groupBy("user_idx")
+                .agg(F.bool_or("cold").alias("cold"), F.sort_array(F.collect_set("item_idx")).alias("relevant")))
+    seen = (target.where(F.col("split") == "train").groupBy("user_idx")
+            .agg(F.sort_array(F.collect_set("item_idx")).alias("seen")))
+    return (relevant.join(seen, "user_idx", "left")
+            .withColumn("seen", F.coalesce("seen", F.array().cast("array<int>"))))
 
-    ``recommendations``: model, user_idx, rank, item_idx. ``test``: user_idx, item_idx, cold (the user is
-    a cold-start user). Every model present in ``recommendations`` is paired with every test user, so a
-    user the model recommended nothing to scores 0 instead of being dropped. NDCG divides the DCG of the
-    hits by the ideal DCG of min(#relevant items, k) hits.
 
-    Columns: model, user_idx, cold, relevant, hits, HR, NDCG.
+def full_ranking_metrics(users: DataFrame, scorer_path: str, candidates: np.ndarray, ks: list[int]) -> DataFrame:
+    """(user_idx, cold, relevant_count, candidate_count, values array) with values in ``metric_names(ks)`` order.
+
+    Users none of whose relevant items can be ranked (all seen, or not candidates) get no row.
     """
-    relevant = test.select("user_idx", "item_idx").distinct()
-    test_users = test.groupBy("user_idx").agg(
-        F.bool_or("cold").alias("cold"), F.countDistinct("item_idx").alias("relevant"))
-    hits = (
-        recommendations.where(F.col("rank") <= k)
-        .join(relevant, ["user_idx", "item_idx"])
-        .groupBy("model", "user_idx")
-        .agg(F.count("*").alias("hits"), F.sum(_discount(F.col("rank"))).alias("dcg"))
-    )
-    ideal_dcg = F.aggregate(F.sequence(F.lit(1), F.least(F.col("relevant"), F.lit(k))), F.lit(0.0),
-                            lambda total, rank: total + _discount(rank))
-    return (
-        recommendations.select("model").distinct()
-        .crossJoin(test_users)
-        .join(hits, ["model", "user_idx"], "left")
-        .fillna(0, subset=["hits", "dcg"])
-        .select("model", "user_idx", "cold", "relevant", "hits",
-                (F.col("hits") > 0).cast("double").alias("HR"),
-                (F.col("dcg") / ideal_dcg).alias("NDCG"))
-    )
+    names = metric_names(ks)
+
+    @F.pandas_udf(T.StructType([T.StructField("relevant_count", T.IntegerType()),
+                                T.StructField("candidate_count", T.IntegerType()),
+                                T.StructField("values", T.ArrayType(T.DoubleType()))]))
+    def rank_users(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        scorer = load_scorer(scorer_path)
+        for user_idx, relevant, seen in batches:
+            ranks, counts = full_ranks(scorer, user_idx.to_numpy(dtype=np.int64), list(relevant), list(seen),
+                                       candidates)
+            values = [_ordered(user_metrics(r, c, ks), names) if len(r) else None for r, c in zip(ranks, counts)]
+            yield pd.DataFrame({"relevant_count": [len(r) for r in ranks], "candidate_count": counts,
+                                "values": values})
+
+    return (users.select("user_idx", "cold", rank_users("user_idx", "relevant", "seen").alias("result"))
+            .select("user_idx", "cold", "result.*").where(F.col("values").isNotNull()))
 
 
-def group_metrics(per_user: DataFrame, k: int) -> DataFrame:
-    """Means of HR and NDCG over the users of each group ('warm', 'cold', 'all') of each model.
+def sampled_metrics(lines: DataFrame, scorer_path: str, train_items: np.ndarray, negatives: int, seed: int,
+                    ks: list[int]) -> DataFrame:
+    """(user_idx, item_idx, cold, values array) per test line, values in ``sampled_names(ks)`` order.
 
-    Columns: model, user_group, metric, k, value, users (the number of users averaged over).
+    A line's negatives come from a generator seeded by (seed, user, item): the same on every run and
+    partitioning.
     """
-    means = (
-        per_user.withColumn("user_group", F.explode(F.array(
-            F.when(F.col("cold"), F.lit("cold")).otherwise(F.lit("warm")), F.lit("all"))))
-        .groupBy("model", "user_group")
-        .agg(F.count("*").alias("users"), *[F.avg(metric).alias(metric) for metric in METRICS])
-    )
-    return (
-        means.unpivot(["model", "user_group", "users"], list(METRICS), "metric", "value")
-        .select("model", "user_group", "metric", F.lit(k).alias("k"), "value", "users")
-    )
+    names = sampled_names(ks)
+    train_items = np.asarray(train_items, dtype=np.int64)
+
+    @F.pandas_udf(T.ArrayType(T.DoubleType()))
+    def rank_lines(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
+        scorer = load_scorer(scorer_path)
+        for user_idx, item_idx in batches:
+            users, items = user_idx.to_numpy(dtype=np.int64), item_idx.to_numpy(dtype=np.int64)
+            drawn = np.stack([train_items[np.random.default_rng([seed, user, item]).integers(0, len(train_items), negatives)]
+                              for user, item in zip(users, items)]) if len(users) else np.empty((0, negatives))
+            ranks = sampled_ranks(scorer, users, items, drawn)
+            yield pd.Series([_ordered(sampled_line_metrics(int(rank), ks), names) for rank in ranks])
+
+    return lines.select("user_idx", "item_idx", "cold", rank_lines("user_idx", "item_idx").alias("values"))
 
 
-def popularity_recommendations(train: DataFrame, users: DataFrame, item_index: DataFrame, domain: str,
-                               k: int, model_version: str) -> DataFrame:
-    """The baseline: the ``k`` most interacted ``domain`` items of ``train`` each user has not seen.
+def _ordered(values: dict[str, float], names: list[str]) -> list[float]:
+    return [values[name] for name in names]
 
-    ``train``: user_idx, item_idx (the target domain's training rows); ``users``: user_idx, user_id to
-    recommend to; ``item_index``: domain, item_id, item_idx. Ties in popularity go to the lower item index.
-    Same columns as the ``recommendations`` table, model 'popularity', score = training interactions.
+
+def sampled_names(ks: list[int]) -> list[str]:
+    return ["MRR"] + [f"{name}@{k}" for k in ks for name in ("HR", "NDCG")]
+
+
+def long_format(frame: DataFrame, names: list[str], model: str, protocol: str) -> DataFrame:
+    """One row per (row of ``frame``, metric): model, protocol, user_idx, cold, metric, value."""
+    pairs = F.arrays_zip(F.array(*[F.lit(name) for name in names]).alias("metric"), F.col("values").alias("value"))
+    return (frame.select("user_idx", "cold", F.explode(pairs).alias("pair"))
+            .select(F.lit(model).alias("model"), F.lit(protocol).alias("protocol"), "user_idx", "cold",
+                    F.col("pair.metric").alias("metric"), F.col("pair.value").alias("value")))
+
+
+def group_means(per_unit: DataFrame) -> DataFrame:
+    """Means per (model, protocol, user_group, metric) over users (full) or test lines (sampled).
+
+    Columns: model, protocol, user_group, metric, value, count.
     """
-    popular = (train.groupBy("item_idx").agg(F.count("*").alias("count"))
-               .withColumn("popularity_rank", F.row_number().over(
-                   Window.orderBy(F.desc("count"), F.asc("item_idx")))))
-    seen = train.select("user_idx", "item_idx").distinct()
-    seen_counts = seen.groupBy("user_idx").agg(F.count("*").alias("seen"))
-    # A user's top k unseen items lie within the (k + #seen) most popular ones.
-    candidates = (
-        users.join(seen_counts, "user_idx", "left")
-        .join(F.broadcast(popular), F.col("popularity_rank") <= F.lit(k) + F.coalesce(F.col("seen"), F.lit(0)))
-        .join(seen, ["user_idx", "item_idx"], "left_anti")
-    )
-    ranked = candidates.withColumn("rank", F.row_number().over(
-        Window.partitionBy("user_idx").orderBy("popularity_rank")))
-    item_ids = item_index.where(F.col("domain") == domain).select("item_idx", "item_id")
-    return (
-        ranked.where(F.col("rank") <= k)
-        .join(item_ids, "item_idx")
-        .select(F.lit(POPULARITY).alias("model"), F.lit(model_version).alias("model_version"),
-                F.lit(domain).alias("domain"), "user_idx", "user_id", "rank", "item_idx", "item_id",
-                F.col("count").cast("float").alias("score"))
-    )
+    grouped = per_unit.withColumn("user_group", F.explode(F.array(
+        F.when(F.col("cold"), F.lit("cold")).otherwise(F.lit("warm")), F.lit("all"))))
+    return (grouped.groupBy("model", "protocol", "user_group", "metric")
+            .agg(F.avg("value").alias("value"), F.count("*").alias("count")))
 
 
-def metrics_dict(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model: {group: {"HR@k": value, "NDCG@k": value}}}`` from rows of the metrics table."""
-    result: dict[str, dict[str, dict[str, float]]] = {}
+def coverage(recommendations: DataFrame, catalogue_size: int, k: int) -> dict[str, float]:
+    """Share of the target catalogue that appears in anybody's top ``k``, per model (its latest run)."""
+    if "run_date" in recommendations.columns:
+        latest = recommendations.groupBy("model").agg(F.max("run_date").alias("run_date"))
+        recommendations = recommendations.join(latest, ["model", "run_date"])
+    rows = (recommendations.where(F.col("rank") <= k).groupBy("model")
+            .agg(F.countDistinct("item_idx").alias("items")).collect())
+    return {row["model"]: row["items"] / catalogue_size for row in rows}
+
+
+def paired_bootstrap(first: np.ndarray, second: np.ndarray, samples: int, seed: int) -> dict[str, float]:
+    """95% confidence interval of mean(first - second) over paired users, by resampling users."""
+    differences = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, len(differences), (samples, len(differences)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"difference": float(differences.mean()), "low": float(low), "high": float(high),
+            "users": int(len(differences)), "significant": bool(low > 0 or high < 0)}
+
+
+def fit_baselines(config: Config, indexed: DataFrame, num_users: int, num_items: int) -> dict[str, str]:
+    """Fit every configured baseline on the training split; return {name: folder of its factors}."""
+    settings, data = config.evaluate, config.data
+    train = indexed.where(F.col("split") == "train").select("domain", "user_idx", "item_idx")
+    target_train = train.where(F.col("domain") == data.target_domain)
+    source_train = train.where(F.col("domain") == data.source_domain)
+    als = dict(rank=settings.als_rank, iterations=settings.als_iterations,
+               regularization=settings.als_regularization, alpha=settings.als_alpha, seed=settings.seed)
+    paths = {}
+    for name in settings.baselines:
+        started = time.perf_counter()
+        if name == "popularity":
+            scorer = baselines.popularity(target_train, num_users, num_items)
+        elif name == "als_target":
+            scorer = baselines.FactorScorer(*baselines.als_factors(target_train, num_users, num_items, **als))
+        elif name == "als_merged":
+            scorer = baselines.FactorScorer(*baselines.als_factors(train, num_users, num_items, **als))
+        else:
+            scorer = baselines.emcdr(source_train, target_train, num_users, num_items, **als)
+        paths[name] = baselines.save_scorer(
+            os.path.join(os.path.abspath(config.warehouse), "baselines", name), scorer)
+        print(f"[evaluate] baseline {name} fitted in {time.perf_counter() - started:.1f}s", flush=True)
+    return paths
+
+
+def _nested(rows: list[Any]) -> dict:
+    """{protocol: {model: {group: {metric: value}}}} and the counts behind each group."""
+    values: dict = {}
+    counts: dict = {}
     for row in rows:
-        group = result.setdefault(row["model"], {}).setdefault(row["user_group"], {})
-        group[f"{row['metric']}@{row['k']}"] = row["value"]
+        values.setdefault(row["protocol"], {}).setdefault(row["model"], {}).setdefault(
+            row["user_group"], {})[row["metric"]] = row["value"]
+        counts.setdefault(row["protocol"], {}).setdefault(row["model"], {})[row["user_group"]] = row["count"]
+    return {"values": values, "counts": counts}
+
+
+def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[str], metric: str,
+                 samples: int, seed: int, means: dict) -> dict[str, Any]:
+    """Paired bootstrap of ``metric`` (full protocol) for the best transfer method vs the best baseline."""
+    transfer = [m for m in methods if m != "target_only"]
+    yardsticks = [m for m in [*baseline_names, *methods] if m not in transfer]
+    if not transfer or not yardsticks:
+        return {}
+    best = lambda models: max(models, key=lambda m: means[m]["all"].get(metric, float("-inf")))  # noqa: E731
+    best_transfer, best_baseline = best(transfer), best(yardsticks)
+    rows = (per_user.where(F.col("metric") == metric)
+            .where(F.col("model").isin(best_transfer, best_baseline))
+            .groupBy("user_idx", "cold").pivot("model", [best_transfer, best_baseline]).agg(F.first("value"))
+            .toPandas())
+    result: dict[str, Any] = {"metric": metric, "transfer": best_transfer, "baseline": best_baseline}
+    for group, selected in (("warm", ~rows["cold"]), ("cold", rows["cold"]), ("all", rows["cold"] | ~rows["cold"])):
+        paired = rows[selected].dropna()
+        if len(paired):
+            result[group] = paired_bootstrap(paired[best_transfer].to_numpy(), paired[best_baseline].to_numpy(),
+                                             samples, seed)
     return result
 
 
-def format_table(rows: list[dict[str, Any]], k: int) -> str:
-    """An aligned text table: one line per model, HR@k and NDCG@k per user group, with user counts."""
-    users = {row["user_group"]: row["users"] for row in rows}
-    values = {(row["model"], row["user_group"], row["metric"]): row["value"] for row in rows}
-    models = sorted({row["model"] for row in rows}, key=lambda model: (model == POPULARITY, model))
-    width = max([len("model"), *map(len, models)])
-    labels = [f"{group} ({users.get(group, 0)} users)" for group in GROUPS]
-    # Each group spans one cell per metric; widen the cells when its label is longer.
-    cell = max(9, *[(len(label) + 2 + len(METRICS) - 1) // len(METRICS) for label in labels])
-    group_header = "".join(f"{label:<{cell * len(METRICS)}}" for label in labels)
-    metric_header = "".join(f"{f'{metric}@{k}':<{cell}}" for _ in GROUPS for metric in METRICS)
-    lines = [f"{'':<{width}}  {group_header}".rstrip(), f"{'model':<{width}}  {metric_header}".rstrip()]
-    for model in models:
-        cells = [values.get((model, group, metric)) for group in GROUPS for metric in METRICS]
-        lines.append(f"{model:<{width}}  " + "".join(
-            f"{'-' if value is None else f'{value:.4f}':<{cell}}" for value in cells).rstrip())
-    return "\n".join(lines)
+def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
+    """Evaluate every trained method and baseline; write ``user_metrics``, ``metrics`` and a report."""
+    settings, target = config.evaluate, config.data.target_domain
+    ks = sorted(settings.ks)
+    versions = {name: tables.version(spark, config.warehouse, name)
+                for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
+    indexed = tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS, versions[tables.INDEXED_INTERACTIONS])
+    item_index = tables.read(spark, config.warehouse, tables.ITEM_INDEX, versions[tables.ITEM_INDEX]).toPandas()
+    num_users = int(tables.read(spark, config.warehouse, tables.USER_INDEX, versions[tables.USER_INDEX])
+                    .agg(F.max("user_idx")).first()[0]) + 1
+    num_items = int(item_index["item_idx"].max()) + 1
+    candidates = np.sort(item_index.loc[item_index["domain"] == target, "item_idx"].to_numpy(dtype=np.int64))
 
+    scorers = {method: artifacts.latest_path(config.warehouse, method) for method in config.train.methods}
+    scorers.update(fit_baselines(config, indexed, num_users, num_items))
 
-def run_evaluate(spark: SparkSession, config: Config) -> dict[str, dict[str, dict[str, float]]]:
-    """Evaluate every model in ``recommendations`` plus the popularity baseline on the target test split.
+    users = target_test_users(indexed, target).cache()
+    lines = (indexed.where((F.col("domain") == target) & (F.col("split") == "test"))
+             .select("user_idx", "item_idx", "cold").cache())
+    if users.count() == 0:
+        raise XdrecError(f"no test interactions of the target domain '{target}' in {tables.INDEXED_INTERACTIONS}")
+    train_items = np.array(sorted(row[0] for row in indexed.where(
+        (F.col("domain") == target) & (F.col("split") == "train")).select("item_idx").distinct().collect()))
 
-    Writes the ``metrics`` table and ``<warehouse>/reports/metrics.json``, prints the table, and returns
-    ``{model: {group: {"HR@k": value, "NDCG@k": value}}}``.
-    """
-    k, target = config.evaluate.k, config.data.target_domain
-    if k > config.score.k:
-        raise XdrecError(f"evaluate.k={k} exceeds score.k={config.score.k}: models were asked for fewer items")
-    interactions = (tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS)
-                    .where(F.col("domain") == target))
-    test = interactions.where(F.col("split") == "test").select("user_idx", "item_idx", "cold")
-    train = interactions.where(F.col("split") == "train").select("user_idx", "item_idx")
-    test_users = (tables.read(spark, config.warehouse, tables.USER_INDEX)
-                  .join(test.select("user_idx").distinct(), "user_idx"))
-    popularity = popularity_recommendations(
-        train, test_users, tables.read(spark, config.warehouse, tables.ITEM_INDEX), target, k,
-        f"{tables.INDEXED_INTERACTIONS}@v{tables.version(spark, config.warehouse, tables.INDEXED_INTERACTIONS)}")
-    recommendations = (tables.read(spark, config.warehouse, tables.RECOMMENDATIONS)
-                       .where(F.col("domain") == target)
-                       .select("model", "user_idx", "rank", "item_idx")
-                       .unionByName(popularity.select("model", "user_idx", "rank", "item_idx")))
+    full_frames, sampled_frames = [], []
+    for model, path in scorers.items():
+        full_frames.append(long_format(full_ranking_metrics(users, path, candidates, ks), metric_names(ks),
+                                       model, FULL))
+        sampled_frames.append(long_format(
+            sampled_metrics(lines, path, train_items, settings.sampled_negatives, settings.seed, ks),
+            sampled_names(ks), model, SAMPLED))
+    started = time.perf_counter()
+    union = lambda frames: reduce(DataFrame.unionByName, frames)  # noqa: E731
+    user_metrics_version = tables.overwrite(union(full_frames), config.warehouse, tables.USER_METRICS, ["model"])
+    per_user = tables.read(spark, config.warehouse, tables.USER_METRICS)
+    means = group_means(per_user).unionByName(group_means(union(sampled_frames)))
+    metrics_version = tables.overwrite(means, config.warehouse, tables.METRICS)
+    summary = _nested(tables.read(spark, config.warehouse, tables.METRICS).collect())
+    print(f"[evaluate] {len(scorers)} models x 2 protocols ranked in {time.perf_counter() - started:.1f}s",
+          flush=True)
 
-    metrics = group_metrics(per_user_metrics(recommendations, test, k), k)
-    collected = metrics.collect()  # a few dozen rows: compute them once, then write and report them
-    rows = [row.asDict() for row in collected]
-    if not rows:
-        raise XdrecError(f"no '{target}' test interactions or recommendations to evaluate in {config.warehouse}")
-    tables.overwrite(spark.createDataFrame(collected, metrics.schema), config.warehouse, tables.METRICS)
-
-    result = metrics_dict(rows)
-    report_path = os.path.join(os.path.abspath(config.warehouse), "reports", "metrics.json")
-    os.makedirs(os.path.dirname(report_path), exist_ok=True)
-    users = {row["user_group"]: row["users"] for row in rows}
-    with open(report_path, "w") as handle:
-        json.dump({"k": k, "domain": target, "users": users, "metrics": result}, handle, indent=2, sort_keys=True)
-    print(format_table(rows, k))
-    print(f"metrics written to {report_path}")
-    return result
+    headline = f"NDCG@{10 if 10 in ks else ks[-1]}"
+    results = {
+        "target_domain": target,
+        "ks": ks,
+        "protocols": {FULL: "all unseen target items", SAMPLED: f"{settings.sampled_negatives} sampled negatives"},
+        "metrics": summary["values"],
+        "counts": summary["counts"],
+        "coverage": (coverage(tables.read(spark, config.warehouse, tables.RECOMMENDATIONS), len(candidates),
+                              config.score.k)
+                     if tables.exists(spark, config.warehouse, tables.RECOMMENDATIONS) else {}),
+        "bootstrap": compare_best(per_user, config.train.methods, list(settings.baselines), headline,
+                                  settings.bootstrap_samples, settings.seed, summary["values"][FULL]),
+        "inputs": versions,
+        "written": {tables.USER_METRICS: user_metrics_version, tables.METRICS: metrics_version},
+        "histories": {method: artifacts.load(path).meta.get("history", [])
+                      for method, path in scorers.items() if method in config.train.methods},
+    }
+    users.unpersist()
+    lines.unpersist()
+    folder = report.write(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), results, headline)
+    print(report.summary_table(results, headline))
+    print(f"[evaluate] report in {folder}")
+    return results

@@ -1,203 +1,391 @@
-"""Ingest: read each domain's raw files, clean them, and write the ``interactions`` and ``items`` tables.
+"""Ingest: every configured input validated into Delta, good rows kept and every bad row quarantined.
 
-Cleaning rules, each a named drop reason (see :func:`label_interaction_problems`):
+Good rows are MERGEd into ``interactions``, ``items`` and ``user_links``; each rejected row goes to
+``quarantine`` with its reason, its source file and the raw record, and the counts per reason are printed.
+Ingest is incremental: ``ingested_files`` remembers every file (size, modification time) and table
+version it has read, so only new or changed sources are read again, and rows are merged by content, so a
+rerun on the same input changes no table. When more than ``data.max_bad_share`` of the rows read from one
+input is quarantined, the run writes the quarantine (to look at) and nothing else, and fails.
 
-- ``missing_id``: user_id or item_id is null or blank;
-- ``duplicate``: the same user, item and timestamp as a row that is kept or dropped before it;
-- ``superseded``: an older interaction of a (user, item) pair; only the latest one is kept;
-- ``unknown_item``: the item is not in the domain's catalogue (only when the domain has one).
+Quarantine reasons, the first that applies (docs/data.md, "Validation"):
+
+- ``malformed``: the line could not be parsed (wrong number of fields, broken quoting or JSON);
+- ``missing_id``: a key is null or blank (user_id, item_id; a link's domains and user ids);
+- ``unknown_domain``: a link names a domain that is not configured;
+- ``bad_timestamp``: a timestamp given but neither epoch seconds nor a date-time, or outside
+  [data.min_timestamp, data.max_timestamp];
+- ``bad_rating``: a rating given but not a number in the domain's [min_rating, max_rating];
+- ``bad_weight``: a weight given but not a finite number of at least 0;
+- ``unknown_item``: the item is not in the catalogue of a domain that has one;
+- ``duplicate``: the same values as a row kept from another file or earlier in the same file;
+- ``conflicting_item``: a catalogue row for an item that another row read in the same run describes
+  differently (the one first by source file, then title, is kept; a later run's rows update an item).
 """
 from __future__ import annotations
 
-import os
+import time
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xdrec import tables
-from xdrec.config import Config
-from xdrec.datasets import is_local_path
+from xdrec import contract, lineage, tables
+from xdrec.config import Config, DataConfig, DomainInput
 from xdrec.errors import XdrecError
+from xdrec.inputs import Source, list_sources, read_sources
 
-# Input columns (README, "Input format"): required ones, then optional ones read as null when absent.
-INTERACTION_COLUMNS = (("user_id", "item_id", "timestamp"), ("rating",))
-ITEM_COLUMNS = (("item_id", "title"), ("category",))
-
-
-def _input_exists(spark: SparkSession, path: str) -> bool:
-    """Whether a local path or a Hadoop URI (dbfs:/, s3a://, ...) exists, checked without reading it."""
-    if is_local_path(path):
-        return os.path.exists(path)
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(hadoop_path)
+# The table each kind of input is merged into, with the key that makes a row itself, and its partitioning.
+TARGETS = {
+    contract.USER_LINKS: (tables.USER_LINKS, ["link_id"], None),
+    contract.ITEMS: (tables.ITEMS, ["domain", "item_id"], ["domain"]),
+    contract.INTERACTIONS: (tables.INTERACTIONS, ["domain", "interaction_id"], ["domain"]),
+}
+QUARANTINE_COLUMNS = ("kind", "domain", "reason", "source_file", "record", "quarantine_id", "run_id")
+MANIFEST_SCHEMA = "kind string, domain string, source string, size bigint, modified bigint, run_id string"
+ITEM_TEXT_SEPARATOR = " | "
 
 
-def read_input(spark: SparkSession, path: str, file_format: str,
-               columns: tuple[tuple[str, ...], tuple[str, ...]]) -> DataFrame:
-    """One raw input file with (required, optional) ``columns`` as strings, absent optional ones null.
-
-    Raises XdrecError when the file or a required column is missing.
-    """
-    if not _input_exists(spark, path):
-        raise XdrecError(f"input file not found: {path}")
-    if file_format in ("csv", "tsv"):
-        # escape='"' reads quotes doubled inside quoted fields (RFC 4180), as pandas and Excel write them.
-        frame = (spark.read.option("header", True).option("escape", '"')
-                 .option("sep", "\t" if file_format == "tsv" else ",").csv(path))
-    else:
-        frame = spark.read.format(file_format).load(path)
-    required, optional = columns
-    missing = [column for column in required if column not in frame.columns]
-    if missing:
-        raise XdrecError(f"{path}: missing column(s) {', '.join(missing)} (required: {', '.join(required)})")
-    return frame.select(*(
-        (F.col(column) if column in frame.columns else F.lit(None)).cast("string").alias(column)
-        for column in (*required, *optional)
-    ))
-
-
-def _clean_id(column: str) -> Column:
-    """Trimmed id; blank ids become null."""
+def _blank_to_null(column: str) -> Column:
+    """The trimmed value; blank becomes null."""
     trimmed = F.trim(F.col(column))
     return F.when(trimmed != "", trimmed)
 
 
-def _epoch_seconds(column: str) -> Column:
-    """Seconds since the epoch from a number ("978300760", "978300760.0") or a date-time string."""
-    return F.coalesce(
-        F.col(column).try_cast("double").cast("long"),
-        F.unix_timestamp(F.try_to_timestamp(F.col(column))),
-    )
+def epoch_seconds(text: Column) -> Column:
+    """Seconds since the epoch from a number ("978300760", "978300760.0") or a date-time string (UTC);
+    null when it is neither."""
+    return F.coalesce(text.try_cast("double").try_cast("long"), F.unix_timestamp(F.try_to_timestamp(text)))
 
 
-def normalize_interactions(raw: DataFrame, domain: str) -> DataFrame:
-    """Raw string interactions of one domain as (domain, user_id, item_id, rating double, timestamp long).
+def parse_interactions(raw: DataFrame, domain: str, spec: DomainInput, data: DataConfig) -> DataFrame:
+    """Raw interaction rows of one domain, typed, with a ``reason`` for those that break a row rule.
 
-    A missing rating stays null: every interaction counts as implicit feedback whatever its rating.
+    Columns: domain, user_id, item_id, rating (double, null when not given), timestamp (epoch seconds,
+    null when not given), weight (1.0 when not given), interaction_id (a hash of all those values),
+    source_file, record, reason (null: no row rule broken). unknown_item and duplicate need other rows:
+    :func:`label_unknown_items`, :func:`label_duplicates`.
     """
-    return raw.select(
-        F.lit(domain).alias("domain"),
-        _clean_id("user_id").alias("user_id"),
-        _clean_id("item_id").alias("item_id"),
-        F.col("rating").try_cast("double").alias("rating"),
-        _epoch_seconds("timestamp").alias("timestamp"),
+    rating_text, timestamp_text, weight_text = (_blank_to_null(name) for name in ("rating", "timestamp", "weight"))
+    rating, timestamp, weight = rating_text.try_cast("double"), epoch_seconds(timestamp_text), weight_text.try_cast("double")
+    bad_rating = rating_text.isNotNull() & (rating.isNull() | F.isnan(rating) | (rating < spec.min_rating)
+                                            | (rating > spec.max_rating))
+    bad_timestamp = timestamp_text.isNotNull() & (timestamp.isNull() | (timestamp < data.min_timestamp)
+                                                  | (timestamp > data.max_timestamp))
+    bad_weight = weight_text.isNotNull() & (weight.isNull() | F.isnan(weight) | (weight < 0)
+                                            | (weight == float("inf")))
+    user_id, item_id = _blank_to_null("user_id"), _blank_to_null("item_id")
+    reason = (F.when(F.col("malformed"), "malformed")
+              .when(user_id.isNull() | item_id.isNull(), "missing_id")
+              .when(bad_timestamp, "bad_timestamp")
+              .when(bad_rating, "bad_rating")
+              .when(bad_weight, "bad_weight"))
+    typed = raw.select(
+        F.lit(domain).alias("domain"), user_id.alias("user_id"), item_id.alias("item_id"),
+        rating.alias("rating"), timestamp.alias("timestamp"), F.coalesce(weight, F.lit(1.0)).alias("weight"),
+        "source_file", "record", reason.alias("reason"),
     )
+    values = F.to_json(F.struct("domain", "user_id", "item_id", "rating", "timestamp", "weight"))
+    return typed.withColumn("interaction_id", F.md5(values))
 
 
-def normalize_items(raw: DataFrame, domain: str) -> DataFrame:
-    """Raw string items of one domain as (domain, item_id, title, category); null text becomes ""."""
-    return raw.select(
-        F.lit(domain).alias("domain"),
-        _clean_id("item_id").alias("item_id"),
-        F.coalesce(F.col("title"), F.lit("")).alias("title"),
-        F.coalesce(F.col("category"), F.lit("")).alias("category"),
-    )
+def label_unknown_items(interactions: DataFrame, catalogue: DataFrame, catalogued_domains: list[str]) -> DataFrame:
+    """``reason`` 'unknown_item' for good interactions of a catalogued domain whose (domain, item_id) is
+    not in ``catalogue``; domains without a catalogue accept every item."""
+    known = catalogue.select("domain", "item_id").distinct().withColumn("_known", F.lit(True))
+    unknown = F.col("domain").isin(catalogued_domains) & F.col("_known").isNull()
+    return (interactions.join(known, ["domain", "item_id"], "left")
+            .withColumn("reason", F.coalesce(F.col("reason"), F.when(unknown, "unknown_item")))
+            .drop("_known"))
 
 
-def label_item_problems(items: DataFrame) -> DataFrame:
-    """Items with a ``drop_reason`` column: missing_id, duplicate (a repeated item_id), or null to keep.
+def label_duplicates(rows: DataFrame, existing: DataFrame | None, keys: list[str]) -> DataFrame:
+    """``reason`` 'duplicate' for good rows whose ``keys`` repeat a row kept before them, and ``present``
+    True for good rows already in the table from the same source file (kept, nothing to write).
 
-    Of repeated item ids the row first by (title, category) is kept, so reruns keep the same one.
+    ``existing`` holds the table's ``keys`` and source_file. The row kept of repeats is the one the table
+    has, else the first by source file; the others are duplicates, so rereading a file adds nothing.
     """
-    order = Window.partitionBy("domain", "item_id").orderBy("title", "category")
-    return items.withColumn(
-        "drop_reason",
-        F.when(F.col("item_id").isNull(), "missing_id")
-        .when(F.row_number().over(order) > 1, "duplicate"),
-    )
+    if existing is None:
+        in_table = rows.withColumn("_kept_from", F.lit(None).cast("string"))
+    else:
+        in_table = rows.join(existing.select(*keys, F.col("source_file").alias("_kept_from")), keys, "left")
+    good = F.col("reason").isNull()
+    same_source = F.coalesce(F.col("_kept_from") == F.col("source_file"), F.lit(False))
+    first = Window.partitionBy(*keys, good).orderBy(same_source.desc(), "source_file", "record")
+    repeat = good & ((F.row_number().over(first) > 1) | (F.col("_kept_from").isNotNull() & ~same_source))
+    return (in_table
+            .withColumn("present", good & ~repeat & same_source)
+            .withColumn("reason", F.when(repeat, "duplicate").otherwise(F.col("reason")))
+            .drop("_kept_from"))
 
 
-def label_interaction_problems(interactions: DataFrame, catalogue: DataFrame) -> DataFrame:
-    """Interactions with a ``drop_reason`` column (null for rows to keep); the rules are in the module doc.
-
-    ``catalogue`` holds the kept (domain, item_id) of the domains that have an items file; interactions
-    of other domains are never ``unknown_item``. The first matching reason wins, in the module doc's order.
-    """
-    catalogued_domains = catalogue.select("domain").distinct().withColumn("has_catalogue", F.lit(True))
-    known_items = catalogue.select("domain", "item_id").distinct().withColumn("known_item", F.lit(True))
-    # Latest first; equal timestamps by rating, so the kept row of a pair does not depend on file order.
-    latest_first = (Window.partitionBy("domain", "user_id", "item_id")
-                    .orderBy(F.col("timestamp").desc_nulls_last(), F.col("rating").desc_nulls_last()))
-    valid_ids = F.col("user_id").isNotNull() & F.col("item_id").isNotNull()
-    return (
-        interactions
-        .join(F.broadcast(catalogued_domains), "domain", "left")
-        .join(known_items, ["domain", "item_id"], "left")
-        .withColumn("pair_rank", F.when(valid_ids, F.row_number().over(latest_first)))
-        .withColumn("previous_timestamp", F.lag("timestamp").over(latest_first))
-        .withColumn(
-            "drop_reason",
-            F.when(~valid_ids, "missing_id")
-            .when((F.col("pair_rank") > 1) & F.col("timestamp").eqNullSafe(F.col("previous_timestamp")),
-                  "duplicate")
-            .when(F.col("pair_rank") > 1, "superseded")
-            .when(F.col("has_catalogue") & F.col("known_item").isNull(), "unknown_item"),
-        )
-        .select(*interactions.columns, "drop_reason")
-    )
+def item_text(title: Column, description: Column, category: Column) -> Column:
+    """The text a sentence encoder embeds: title | description | category, blank parts left out."""
+    return F.concat_ws(ITEM_TEXT_SEPARATOR, *[F.when(F.trim(part) != "", F.trim(part)) for part in
+                                              (title, description, category)])
 
 
-def count_outcomes(labeled: DataFrame) -> dict[str, dict[str, int]]:
-    """{domain: {"kept" or drop_reason: rows}} of a frame labeled by one of the ``label_*_problems``."""
+def parse_items(raw: DataFrame, domain: str) -> DataFrame:
+    """Raw catalogue rows of one domain: domain, item_id, title, description, category (null text ""),
+    attributes, text, content_hash, source_file, record, reason (malformed, missing_id or null)."""
+    item_id = _blank_to_null("item_id")
+    text_or_empty = [F.coalesce(F.col(name), F.lit("")).alias(name) for name in ("title", "description", "category")]
+    typed = raw.select(F.lit(domain).alias("domain"), item_id.alias("item_id"), *text_or_empty, "attributes",
+                       "source_file", "record",
+                       F.when(F.col("malformed"), "malformed").when(item_id.isNull(), "missing_id").alias("reason"))
+    content = F.to_json(F.struct("title", "description", "category",
+                                 F.array_sort(F.map_entries("attributes")).alias("attributes")))
+    return (typed.withColumn("text", item_text(F.col("title"), F.col("description"), F.col("category")))
+            .withColumn("content_hash", F.md5(content)))
+
+
+def label_item_conflicts(items: DataFrame) -> DataFrame:
+    """``reason`` for good catalogue rows repeating an item_id of the same run: 'duplicate' when equal
+    to the row kept (the first by source file, title, description, category), 'conflicting_item' when not."""
+    good = F.col("reason").isNull()
+    first = Window.partitionBy("domain", "item_id", good).orderBy(
+        "source_file", "title", "description", "category", "content_hash", "record")
+    kept_hash = F.first("content_hash").over(first)
+    repeat = good & (F.row_number().over(first) > 1)
+    reason = F.when(repeat & (F.col("content_hash") == kept_hash), "duplicate").when(repeat, "conflicting_item")
+    return items.withColumn("reason", F.coalesce(F.col("reason"), reason))
+
+
+def parse_links(raw: DataFrame, domains: list[str]) -> DataFrame:
+    """Raw user link rows: domain_a, user_id_a, domain_b, user_id_b, link_id, source_file, record, reason
+    (malformed, missing_id, unknown_domain or null)."""
+    keys = {name: _blank_to_null(name) for name in contract.COLUMNS[contract.USER_LINKS][0]}
+    reason = (F.when(F.col("malformed"), "malformed")
+              .when(reduce(lambda a, b: a | b, [key.isNull() for key in keys.values()]), "missing_id")
+              .when(~keys["domain_a"].isin(domains) | ~keys["domain_b"].isin(domains), "unknown_domain"))
+    typed = raw.select(*[column.alias(name) for name, column in keys.items()], "source_file", "record",
+                       reason.alias("reason"))
+    return typed.withColumn("link_id", F.md5(F.to_json(F.struct(*keys))))
+
+
+def quarantine_rows(labeled: DataFrame, kind: str, domain: Column, run_id: str) -> DataFrame:
+    """The rows of ``labeled`` with a reason, as ``quarantine`` rows. quarantine_id hashes the kind,
+    source file, record and its occurrence there, so quarantining the same rows again adds none."""
+    bad = labeled.where(F.col("reason").isNotNull()).select(
+        F.lit(kind).alias("kind"), domain.alias("domain"), "reason", "source_file", "record")
+    occurrence = F.row_number().over(Window.partitionBy("kind", "source_file", "record").orderBy("reason"))
+    return (bad.withColumn("quarantine_id", F.md5(F.concat_ws("\n", "kind", "source_file", "record",
+                                                              occurrence.cast("string"))))
+            .withColumn("run_id", F.lit(run_id))
+            .select(*QUARANTINE_COLUMNS))
+
+
+def count_outcomes(labeled: DataFrame, domain: Column) -> dict[str, dict[str, int]]:
+    """{domain: {"read", "added", "present" and each reason: rows}} of one labeled kind."""
+    outcome = (F.when(F.col("reason").isNotNull(), F.col("reason"))
+               .when(F.col("present"), "present").otherwise("added"))
     counts: dict[str, dict[str, int]] = {}
-    outcome = F.coalesce(F.col("drop_reason"), F.lit("kept")).alias("outcome")
-    for row in labeled.groupBy("domain", outcome).count().orderBy("domain", "outcome").collect():
-        counts.setdefault(row["domain"], {})[row["outcome"]] = row["count"]
+    for row in labeled.groupBy(domain.alias("domain"), outcome.alias("outcome")).count().collect():
+        per_domain = counts.setdefault(row["domain"], {"read": 0, "added": 0, "present": 0})
+        per_domain[row["outcome"]] = row["count"]
+        per_domain["read"] += row["count"]
     return counts
 
 
-def with_item_text(items: DataFrame) -> DataFrame:
-    """Add ``text`` = title | category, the string a text encoder embeds."""
-    return items.withColumn("text", F.concat_ws(" | ", "title", "category"))
+def _union(frames: list[DataFrame]) -> DataFrame | None:
+    return reduce(DataFrame.unionByName, frames) if frames else None
 
 
-def _union_all(frames: list[DataFrame]) -> DataFrame:
-    return reduce(DataFrame.unionByName, frames)
-
-
-def _read_domains(spark: SparkSession, config: Config) -> tuple[DataFrame, DataFrame | None]:
-    """All configured domains' normalized interactions and items (None when no domain has an items file)."""
-    interactions, items = [], []
+def _new_sources(spark: SparkSession, config: Config, full: bool) -> dict[tuple[str, str | None], tuple[str, str, list[Source]]]:
+    """{(kind, domain): (location, format, sources not read before or changed since)} for every input;
+    ``full``: every source."""
+    inputs = []
     for domain in config.data.domains:
         spec = config.domain_input(domain)
-        raw = read_input(spark, spec.interactions, spec.format, INTERACTION_COLUMNS)
-        interactions.append(normalize_interactions(raw, domain))
+        inputs.append((contract.INTERACTIONS, domain, spec.interactions, spec.format))
         if spec.items:
-            items.append(normalize_items(read_input(spark, spec.items, spec.format, ITEM_COLUMNS), domain))
-    return _union_all(interactions), (_union_all(items) if items else None)
+            inputs.append((contract.ITEMS, domain, spec.items, spec.items_format or spec.format))
+    if config.data.user_links:
+        inputs.append((contract.USER_LINKS, None, config.expand(config.data.user_links), config.data.user_links_format))
+    seen = set()
+    if not full:
+        seen = {(row.kind, row.domain, row.source, row.size, row.modified)
+                for row in tables.read(spark, config.warehouse, tables.INGESTED_FILES).collect()}
+    found = {}
+    for kind, domain, location, file_format in inputs:
+        sources = list_sources(spark, location, file_format)
+        fresh = [source for source in sources if source.modified is None
+                 or (kind, domain, source.path, source.size, source.modified) not in seen]
+        found[(kind, domain)] = (location, file_format, fresh)
+    return found
+
+
+def _read_kind(spark: SparkSession, config: Config, kind: str, new_sources: dict) -> DataFrame | None:
+    """The new rows of one kind over all its inputs, parsed and labeled with their row-level reasons."""
+    frames = []
+    for (source_kind, domain), (location, file_format, sources) in new_sources.items():
+        if source_kind != kind or not sources:
+            continue
+        if kind == contract.USER_LINKS:
+            raw = read_sources(spark, sources, file_format, kind, location)
+            frames.append(parse_links(raw, list(config.data.domains)))
+            continue
+        spec = config.domain_input(domain)
+        column_map = spec.columns if kind == contract.INTERACTIONS else spec.item_columns
+        raw = read_sources(spark, sources, file_format, kind, location, spec.header, column_map)
+        frames.append(parse_interactions(raw, domain, spec, config.data) if kind == contract.INTERACTIONS
+                      else parse_items(raw, domain))
+    return _union(frames)
+
+
+def _label_all(spark: SparkSession, config: Config, new_sources: dict, full: bool) -> dict[str, DataFrame]:
+    """{kind: the new rows of that kind with ``reason`` and ``present``} for the kinds with new rows.
+
+    ``full``: the tables are rebuilt from these rows alone, so rows already in them do not count.
+    """
+    warehouse, labeled = config.warehouse, {}
+
+    def _existing(name: str) -> DataFrame | None:
+        return tables.read(spark, warehouse, name) if not full and tables.exists(spark, warehouse, name) else None
+    links = _read_kind(spark, config, contract.USER_LINKS, new_sources)
+    if links is not None:
+        labeled[contract.USER_LINKS] = label_duplicates(links, _existing(tables.USER_LINKS),
+                                                        ["link_id"])
+    items = _read_kind(spark, config, contract.ITEMS, new_sources)
+    existing_items = _existing(tables.ITEMS)
+    if items is not None:
+        items = label_item_conflicts(items)
+        if existing_items is None:
+            labeled[contract.ITEMS] = items.withColumn("present", F.lit(False))
+        else:
+            unchanged = existing_items.select("domain", "item_id", "content_hash", F.lit(True).alias("present"))
+            labeled[contract.ITEMS] = (items.join(unchanged, ["domain", "item_id", "content_hash"], "left")
+                                       .withColumn("present", F.coalesce("present", F.lit(False))
+                                                   & F.col("reason").isNull()))
+    interactions = _read_kind(spark, config, contract.INTERACTIONS, new_sources)
+    if interactions is not None:
+        catalogues = [frame.select("domain", "item_id") for frame in (
+            existing_items, items.where(F.col("reason").isNull()) if items is not None else None) if frame is not None]
+        catalogued = [domain for domain in config.data.domains if config.data.domains[domain].items]
+        catalogue = _union(catalogues) or spark.createDataFrame([], "domain string, item_id string")
+        interactions = label_unknown_items(interactions, catalogue, catalogued)
+        labeled[contract.INTERACTIONS] = label_duplicates(
+            interactions, _existing(tables.INTERACTIONS), ["domain", "interaction_id"])
+    return labeled
+
+
+def _domain_of(kind: str, for_counts: bool = False) -> Column:
+    """The domain a row of ``kind`` is filed under: a link's first domain, or none when counting links."""
+    if kind == contract.USER_LINKS:
+        return F.lit(None).cast("string") if for_counts else F.col("domain_a")
+    return F.col("domain")
+
+
+def _check_bad_shares(counts: dict[str, dict], max_bad_share: float, warehouse: str) -> str | None:
+    """A one-line message naming every input whose quarantined share is above ``max_bad_share``."""
+    failures = []
+    for kind, per_domain in counts.items():
+        for domain, outcome in per_domain.items():
+            bad = _quarantined(outcome)
+            share = sum(bad.values()) / max(1, outcome["read"])
+            if share > max_bad_share:
+                reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(bad.items(), key=lambda kv: -kv[1]))
+                where = kind if domain is None else f"{kind} of {domain}"
+                failures.append(f"{where}: {share:.1%} of {outcome['read']:,} rows ({reasons})")
+    if not failures:
+        return None
+    return (f"too many bad rows, above data.max_bad_share={max_bad_share}: {'; '.join(failures)}; see the "
+            f"quarantine table at {tables.table_path(warehouse, tables.QUARANTINE)}")
+
+
+def _write_good_rows(kind: str, labeled: DataFrame, config: Config, full: bool) -> int:
+    """MERGE the good rows that are not in the table yet (``full``: replace the table); return its version."""
+    name, keys, partition_by = TARGETS[kind]
+    rows = labeled.where(F.col("reason").isNull() & ~F.col("present")).drop("reason", "present", "record")
+    properties = tables.retention_properties(config.data.retention_days)
+    if full:
+        return tables.overwrite(rows, config.warehouse, name, partition_by, properties)
+    if kind == contract.ITEMS:
+        return tables.upsert(rows, config.warehouse, name, keys, "t.content_hash <> s.content_hash",
+                             partition_by, properties)
+    return tables.merge_new(rows, config.warehouse, name, keys, partition_by, properties)
+
+
+def _manifest_rows(spark: SparkSession, new_sources: dict, run_id: str) -> DataFrame:
+    rows = [(kind, domain, source.path, source.size, source.modified, run_id)
+            for (kind, domain), (_, _, sources) in new_sources.items() for source in sources]
+    return spark.createDataFrame(rows, MANIFEST_SCHEMA)
+
+
+def _quarantined(outcome: dict[str, int]) -> dict[str, int]:
+    return {reason: n for reason, n in outcome.items() if reason not in ("read", "added", "present")}
+
+
+def _print_outcomes(counts: dict[str, dict], new_sources: dict) -> None:
+    for kind, per_domain in counts.items():
+        for domain, outcome in sorted(per_domain.items(), key=lambda kv: str(kv[0])):
+            files = len(new_sources[(kind, domain)][2])
+            bad = _quarantined(outcome)
+            listed = ", ".join(f"{reason} {n:,}" for reason, n in sorted(bad.items()))
+            where = kind if domain is None else f"{kind} of {domain}"
+            print(f"[ingest] {where}: {outcome['read']:,} rows from {files} new source(s): {outcome['added']:,} added, "
+                  f"{outcome['present']:,} already present, {sum(bad.values()):,} quarantined"
+                  + (f" ({listed})" if listed else ""))
 
 
 def run_ingest(spark: SparkSession, config: Config) -> dict:
-    """Read, clean and write ``interactions`` and ``items``; return rows per domain, drops and versions."""
-    interactions, items = _read_domains(spark, config)
-    if items is None:
-        items = spark.createDataFrame([], "domain string, item_id string, title string, category string")
-    labeled_items = label_item_problems(items).cache()
-    catalogue = labeled_items.where(F.col("drop_reason").isNull()).drop("drop_reason")
-    labeled_interactions = label_interaction_problems(interactions, catalogue).cache()
+    """The ingest stage (see the module doc). Returns {"read", "added", "present": {kind: {domain: rows}},
+    "quarantined": {kind: {domain: {reason: rows}}}, "sources": new sources read, "versions": {table: v}}."""
+    started, run_id, warehouse = time.time(), lineage.new_run_id(), config.warehouse
+    # Without a record of what was read (a new warehouse, or tables from before ingest kept one), the
+    # tables are rebuilt from every source.
+    full = not tables.exists(spark, warehouse, tables.INGESTED_FILES)
+    new_sources = _new_sources(spark, config, full)
+    source_count = sum(len(sources) for _, _, sources in new_sources.values())
+    labeled = {kind: frame.cache() for kind, frame in _label_all(spark, config, new_sources, full).items()}
     try:
-        outcomes = {tables.ITEMS: count_outcomes(labeled_items),
-                    tables.INTERACTIONS: count_outcomes(labeled_interactions)}
-        kept = labeled_interactions.where(F.col("drop_reason").isNull()).drop("drop_reason")
-        versions = {
-            tables.ITEMS: tables.overwrite(with_item_text(catalogue), config.warehouse, tables.ITEMS, ["domain"]),
-            tables.INTERACTIONS: tables.overwrite(kept, config.warehouse, tables.INTERACTIONS, ["domain"]),
-        }
+        counts = {kind: count_outcomes(frame, _domain_of(kind, for_counts=True)) for kind, frame in labeled.items()}
+        _print_outcomes(counts, new_sources)
+        versions = {}
+        properties = tables.retention_properties(config.data.retention_days)
+        quarantine = _union([quarantine_rows(frame, kind, _domain_of(kind), run_id) for kind, frame in labeled.items()])
+        any_bad = any(_quarantined(outcome) for per_domain in counts.values() for outcome in per_domain.values())
+        if full and (any_bad or tables.exists(spark, warehouse, tables.QUARANTINE)):
+            versions[tables.QUARANTINE] = tables.overwrite(quarantine, warehouse, tables.QUARANTINE, ["domain"], properties)
+        elif any_bad and not full:
+            versions[tables.QUARANTINE] = tables.merge_new(quarantine, warehouse, tables.QUARANTINE,
+                                                           ["domain", "quarantine_id"], ["domain"], properties)
+        failure = _check_bad_shares(counts, config.data.max_bad_share, warehouse)
+        if failure:
+            lineage.record_run(spark, warehouse, "ingest", run_id, started, {}, versions, status="failed",
+                               summary={"error": failure})
+            raise XdrecError(failure)
+        for kind in (contract.USER_LINKS, contract.ITEMS, contract.INTERACTIONS):
+            if kind in labeled:
+                versions[TARGETS[kind][0]] = _write_good_rows(kind, labeled[kind], config, full)
+        if source_count:
+            versions[tables.INGESTED_FILES] = tables.upsert(
+                _manifest_rows(spark, new_sources, run_id), warehouse, tables.INGESTED_FILES,
+                ["kind", "domain", "source"], "t.size <> s.size OR NOT (t.modified <=> s.modified)",
+                properties=properties)
     finally:
-        labeled_items.unpersist()
-        labeled_interactions.unpersist()
-    rows = {name: {domain: counts.get("kept", 0) for domain, counts in per_domain.items()}
-            for name, per_domain in outcomes.items()}
-    dropped = {name: {domain: {reason: n for reason, n in counts.items() if reason != "kept"}
-                      for domain, counts in per_domain.items()}
-               for name, per_domain in outcomes.items()}
-    for name, version in versions.items():
-        per_domain = ", ".join(f"{domain} {count:,}" for domain, count in rows[name].items())
-        print(f"[ingest] {name}: {sum(rows[name].values()):,} rows ({per_domain}) (v{version})")
-        for domain, reasons in dropped[name].items():
-            if reasons:
-                listed = ", ".join(f"{reason} {n:,}" for reason, n in reasons.items())
-                print(f"[ingest] {name} of {domain}: dropped {listed}")
-    return {"rows": rows, "dropped": dropped, "versions": versions}
+        for frame in labeled.values():
+            frame.unpersist()
+    # A full run wrote its tables afresh, in few files; every merge adds files, so merged tables may
+    # need compacting.
+    for name in [] if full else list(versions):
+        if tables.compact(spark, warehouse, name, config.data.compact_files_per_partition, config.data.retention_days):
+            versions[name] = tables.version(spark, warehouse, name)
+            print(f"[ingest] {name}: compacted (v{versions[name]})")
+    if not source_count:
+        print("[ingest] no new or changed input since the last run: nothing to do")
+    else:
+        print("[ingest] tables: " + ", ".join(f"{name} v{version}" for name, version in versions.items()))
+    outputs = [name for name, _, _ in TARGETS.values()] + [tables.QUARANTINE, tables.INGESTED_FILES]
+    current = {name: tables.version(spark, warehouse, name) for name in outputs if tables.exists(spark, warehouse, name)}
+    summary = {
+        **{key: {kind: {domain: outcome[key] for domain, outcome in per_domain.items()}
+                 for kind, per_domain in counts.items()} for key in ("read", "added", "present")},
+        "quarantined": {kind: {domain: _quarantined(outcome) for domain, outcome in per_domain.items()}
+                        for kind, per_domain in counts.items()},
+        "sources": source_count,
+        "versions": current,
+    }
+    lineage.record_run(spark, warehouse, "ingest", run_id, started, {}, current,
+                       summary={key: summary[key] for key in ("added", "quarantined", "sources")})
+    return summary

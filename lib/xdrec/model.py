@@ -1,17 +1,33 @@
-"""The two-tower model: a plain ``torch.nn.Module`` that knows nothing of Spark, Delta or Horovod.
+"""The transfer model: a plain ``torch.nn.Module`` that knows nothing of Spark, Delta or Horovod.
 
-Users and items are integer indices (``user_index`` / ``item_index`` tables). One user embedding table
-is shared by every domain, which is what lets knowledge learned on the source domain reach users of the
-target domain; items of all domains share one table too, indexed globally.
+Users and items are integer indices (``user_index`` / ``item_index`` tables). Items of all domains share
+one table, indexed globally. By default one user embedding table is shared by every domain, which is
+what lets knowledge learned on the source domain reach users of the target domain.
 
-score(user, item) = <user_tower(user_embedding[user]), item_tower(item_embedding[item])> + item_bias[item]
+score(user, item) = <user_vector(user), item_vector(item)> + item_bias[item], where
+
+- item_vector = item_tower(item_embedding[item] + text_projection(item_text[item])): the text term only
+  when the model was built with item text (``text_dim > 0``), for items that have text; the id term
+  for every item unless ``item_ids_with_text`` is off, then only for items without text;
+- user_vector = user_tower(user_embedding[user]), or, for a bridge model (``bridge`` "emcdr" or
+  "ptupcdr"), user_tower(target_user_embedding[user]) for users with target history and
+  user_tower(bridge(source embedding, source history)) for the cold ones: users with source history only.
+
+Everything a model needs at scoring time (item text, which users are cold, their source histories) is
+in its state dict, so ``TwoTower(**hyperparameters()).load_state_dict(...)`` restores a working model and
+a scorer can call :meth:`TwoTower.user_vectors` / :meth:`TwoTower.score_matrix` without knowing the method.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from xdrec.config import FREEZABLE as PARTS
+from xdrec.config import BRIDGES, FREEZABLE as PARTS
+
+# Views of a user: what the target domain sees (with the bridge for cold users), the source domain's
+# own embedding, or the bridge forced for everyone (to train it).
+TARGET_VIEW, SOURCE_VIEW, BRIDGED_VIEW = "target", "source", "bridged"
 
 
 class Tower(nn.Module):
@@ -25,33 +41,164 @@ class Tower(nn.Module):
         return x + self.mlp(x)
 
 
-class TwoTower(nn.Module):
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 32, hidden_dim: int = 64):
+class PersonalisedBridge(nn.Module):
+    """PTUPCDR's meta-network: a user's source history -> that user's own ``dim x dim`` bridge matrix.
+
+    The characteristic encoder attends over the embeddings of the user's source items; a meta MLP turns
+    the pooled vector into the matrix, initialised so that every bridge starts as the identity.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
+        self.dim = dim
+        self.attention = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1, bias=False))
+        self.meta = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim * dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (*self.attention, *self.meta):
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        nn.init.zeros_(self.meta[2].weight)
+        with torch.no_grad():
+            self.meta[2].bias.copy_(torch.eye(self.dim).flatten())
+
+    def forward(self, source_vectors: torch.Tensor, history_vectors: torch.Tensor,
+                owners: torch.Tensor) -> torch.Tensor:
+        """Bridged vectors ``[B, dim]``: ``history_vectors[j]`` belongs to row ``owners[j]`` of the batch."""
+        logits = self.attention(history_vectors).squeeze(-1)
+        # A softmax within each user's history: subtract the per-user maximum, exponentiate, normalise.
+        batch = len(source_vectors)
+        maximum = torch.full((batch,), float("-inf"), device=logits.device).scatter_reduce(
+            0, owners, logits, reduce="amax", include_self=True)
+        weights = torch.exp(logits - maximum[owners])
+        totals = torch.zeros(batch, device=logits.device).index_add(0, owners, weights)
+        weights = weights / totals[owners]
+        pooled = torch.zeros_like(source_vectors).index_add(0, owners, weights.unsqueeze(-1) * history_vectors)
+        matrices = self.meta(pooled).view(batch, self.dim, self.dim)
+        return torch.bmm(source_vectors.unsqueeze(1), matrices).squeeze(1)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 32, hidden_dim: int = 64,
+                 text_dim: int = 0, item_ids_with_text: bool = True, bridge: str = "none",
+                 history_size: int = 0, domain_classifier: bool = False):
+        super().__init__()
+        if bridge not in BRIDGES:
+            raise ValueError(f"unknown bridge {bridge!r}; known: {', '.join(BRIDGES)}")
         self.num_users, self.num_items = num_users, num_items
         self.embedding_dim, self.hidden_dim = embedding_dim, hidden_dim
+        self.text_dim, self.item_ids_with_text = text_dim, item_ids_with_text
+        self.bridge_kind, self.history_size = bridge, history_size
+        self.has_domain_classifier = domain_classifier
         self.user_embedding = nn.Embedding(num_users, embedding_dim)
         self.item_embedding = nn.Embedding(num_items, embedding_dim)
         self.item_bias = nn.Embedding(num_items, 1)
         self.user_tower = Tower(embedding_dim, hidden_dim)
         self.item_tower = Tower(embedding_dim, hidden_dim)
-        nn.init.normal_(self.user_embedding.weight, std=0.1)
-        nn.init.normal_(self.item_embedding.weight, std=0.1)
-        nn.init.zeros_(self.item_bias.weight)
+        if text_dim:
+            self.text_projection = nn.Linear(text_dim, embedding_dim)
+            self.register_buffer("item_text", torch.zeros(num_items, text_dim))
+            self.register_buffer("item_has_text", torch.zeros(num_items, dtype=torch.bool))
+        if bridge != "none":
+            self.target_user_embedding = nn.Embedding(num_users, embedding_dim)
+            self.register_buffer("has_source_history", torch.zeros(num_users, dtype=torch.bool))
+            self.register_buffer("has_target_history", torch.zeros(num_users, dtype=torch.bool))
+            if bridge == "emcdr":
+                self.bridge = Tower(embedding_dim, hidden_dim)
+            else:
+                self.bridge = PersonalisedBridge(embedding_dim, hidden_dim)
+                # The source history as CSR: user u's items are history_items[history_offsets[u]:...[u + 1]].
+                self.register_buffer("history_offsets", torch.zeros(num_users + 1, dtype=torch.long))
+                self.register_buffer("history_items", torch.zeros(history_size, dtype=torch.long))
+        if domain_classifier:
+            self.domain_classifier = nn.Sequential(nn.Linear(embedding_dim, hidden_dim), nn.ReLU(),
+                                                   nn.Linear(hidden_dim, 1))
+        self.reset_parameters()
 
-    def hyperparameters(self) -> dict[str, int]:
+    def hyperparameters(self) -> dict:
+        """The constructor's arguments: enough to rebuild the model before loading its state dict."""
         return {"num_users": self.num_users, "num_items": self.num_items,
-                "embedding_dim": self.embedding_dim, "hidden_dim": self.hidden_dim}
+                "embedding_dim": self.embedding_dim, "hidden_dim": self.hidden_dim,
+                "text_dim": self.text_dim, "item_ids_with_text": self.item_ids_with_text,
+                "bridge": self.bridge_kind, "history_size": self.history_size,
+                "domain_classifier": self.has_domain_classifier}
 
-    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user_tower(self.user_embedding(users))
+    def reset_parameters(self) -> None:
+        """Fresh weights for every trainable part; buffers (text, histories) are kept."""
+        for embedding in (self.user_embedding, self.item_embedding, getattr(self, "target_user_embedding", None)):
+            if embedding is not None:
+                nn.init.normal_(embedding.weight, std=0.1)
+        nn.init.zeros_(self.item_bias.weight)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+        if isinstance(getattr(self, "bridge", None), PersonalisedBridge):
+            self.bridge.reset_parameters()
+
+    # ----- the data a model carries -------------------------------------------------------------------
+
+    def set_item_text(self, embeddings: np.ndarray, has_text: np.ndarray) -> None:
+        """Item text embeddings ``[num_items, text_dim]`` and which items have text."""
+        self.item_text.copy_(torch.as_tensor(embeddings, dtype=torch.float32))
+        self.item_has_text.copy_(torch.as_tensor(has_text, dtype=torch.bool))
+
+    def set_histories(self, has_source: np.ndarray, has_target: np.ndarray,
+                      history_offsets: np.ndarray | None = None, history_items: np.ndarray | None = None) -> None:
+        """Which users have training history in the source and target domains (bridge models), and for
+        the personalised bridge each user's source items as CSR (``offsets [num_users + 1]``, ``items``)."""
+        self.has_source_history.copy_(torch.as_tensor(has_source, dtype=torch.bool))
+        self.has_target_history.copy_(torch.as_tensor(has_target, dtype=torch.bool))
+        if self.bridge_kind == "ptupcdr":
+            self.history_offsets.copy_(torch.as_tensor(history_offsets, dtype=torch.long))
+            self.history_items.copy_(torch.as_tensor(history_items, dtype=torch.long))
+
+    # ----- representations ---------------------------------------------------------------------------
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return self.item_tower(self.item_embedding(items))
+        embedded = self.item_embedding(items)
+        if self.text_dim:
+            has_text = self.item_has_text[items].unsqueeze(-1)
+            text = self.text_projection(self.item_text[items]) * has_text
+            ids = embedded if self.item_ids_with_text else embedded * ~has_text
+            embedded = ids + text
+        return self.item_tower(embedded)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def bridged_embeddings(self, users: torch.Tensor) -> torch.Tensor:
+        """The bridge's estimate of the users' target embeddings from what they did in the source domain."""
+        source = self.user_embedding(users)
+        if self.bridge_kind == "emcdr":
+            return self.bridge(source)
+        starts, stops = self.history_offsets[users], self.history_offsets[users + 1]
+        lengths = stops - starts
+        owners = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+        # Position of each history entry: its owner's start plus its place within the owner's run.
+        first_of_owner = torch.cumsum(lengths, 0) - lengths
+        positions = starts[owners] + torch.arange(len(owners), device=users.device) - first_of_owner[owners]
+        history = self.item_embedding(self.history_items[positions])
+        bridged = self.bridge(source, history, owners)
+        # A user without source history has no bridge: keep the source embedding.
+        return torch.where((lengths > 0).unsqueeze(-1), bridged, source)
+
+    def user_embeddings(self, users: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
+        if self.bridge_kind == "none" or view == SOURCE_VIEW:
+            return self.user_embedding(users)
+        if view == BRIDGED_VIEW:
+            return self.bridged_embeddings(users)
+        own = self.target_user_embedding(users)
+        cold = ~self.has_target_history[users] & self.has_source_history[users]
+        if not bool(cold.any()):
+            return own
+        bridged = self.bridged_embeddings(users[cold])
+        return own.index_put((cold.nonzero().squeeze(-1),), bridged)
+
+    def user_vectors(self, users: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
+        """User vectors; the default target view applies the bridge to cold users of a bridge model."""
+        return self.user_tower(self.user_embeddings(users, view))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
         """Logits for (user, item) pairs, shape ``[batch]``."""
-        user_vectors = self.user_vectors(users)
+        user_vectors = self.user_vectors(users, view)
         item_vectors = self.item_vectors(items)
         return (user_vectors * item_vectors).sum(-1) + self.item_bias(items).squeeze(-1)
 
@@ -61,10 +208,20 @@ class TwoTower(nn.Module):
         bias = self.item_bias(items).squeeze(-1)
         return self.user_vectors(users) @ item_vectors.T + bias
 
+    # ----- training controls -------------------------------------------------------------------------
+
+    def has_part(self, part: str) -> bool:
+        try:
+            self.get_submodule(part)
+        except AttributeError:
+            return False
+        return True
+
     def freeze(self, parts: list[str] | tuple[str, ...]) -> None:
-        """Stop gradient updates of the named parts (see PARTS)."""
+        """Stop gradient updates of the named parts (see PARTS); parts this model lacks are skipped."""
         for part in parts:
             if part not in PARTS:
                 raise ValueError(f"unknown model part {part!r}; known: {', '.join(PARTS)}")
-            for parameter in getattr(self, part).parameters():
-                parameter.requires_grad_(False)
+            if self.has_part(part):
+                for parameter in self.get_submodule(part).parameters():
+                    parameter.requires_grad_(False)

@@ -1,89 +1,150 @@
-"""Batch scoring: the top-K target-domain items of every user, written to the ``recommendations`` table.
+"""Batch scoring: every user's top-K target-domain items into ``recommendations``, and pair scores for
+candidate lists that come from elsewhere. See docs/scoring.md.
 
-:func:`top_k` is the pure torch kernel; :func:`score_users` wraps it in an iterator pandas UDF that loads
-the model artifact once per Spark task; :func:`run_score` is the stage (Delta in, Delta out).
+Innermost first:
+
+- :class:`TopKScorer`: the torch kernel, no Spark: the item side computed once, then the exact top-k of
+  each batch of users from one matrix product, on the GPU when there is one;
+- :func:`recommend_top_k`: a DataFrame transform running the kernel in ``mapInPandas``, one artifact
+  load per Spark task; :func:`pair_score_udf` / :func:`score_pairs`: the same for given (user, item) rows;
+- :func:`users_to_score`, :func:`popularity_top_k` (the fallback for users the model does not know),
+  :func:`changed_users` (incremental mode), :func:`recommendation_rows`: the other transforms;
+- :func:`run_score`: the stage: pinned Delta inputs, full or incremental, one atomic replace of the
+  (run_date, model) partition per method, then a row in ``score_runs``.
 """
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager
+from datetime import date, datetime, timezone
+from functools import reduce
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from xdrec import artifact as artifacts
 from xdrec import tables
-from xdrec.config import Config
+from xdrec.config import Config, ScoreConfig
 from xdrec.errors import XdrecError
 from xdrec.model import TwoTower
 
-TOP_K_TYPE = T.StructType([
-    T.StructField("items", T.ArrayType(T.LongType())),
-    T.StructField("scores", T.ArrayType(T.FloatType())),
-])
+# How a user's recommendations were made: by the model for a user with target-domain training history,
+# by the model for a cold-start user (only other domains' history: the method's bridge carries it
+# over), or by the popularity fallback for a user the model does not know.
+WARM, COLD_START, POPULARITY = "warm", "cold_start", "popularity"
+
+TOP_K_SCHEMA = "user_idx int, user_id string, route string, rank int, item_idx int, item_id string, score float"
+PARTITION_COLUMNS = ["run_date", "model"]
+SCORE_RUNS_SCHEMA = (
+    "run_date date, model string, model_version string, domain string, mode string, k int, "
+    "exclude_seen boolean, artifact string, input_versions map<string,bigint>, "
+    "trained_on_versions map<string,bigint>, recommendations_version bigint, users bigint, scored bigint, "
+    "cold_start bigint, fallback bigint, copied bigint, rows bigint, seconds double, finished_at timestamp"
+)
+# The inputs a score run reads, pinned at one Delta version each and recorded in score_runs.
+INPUT_TABLES = (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)
+ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
-def top_k(model: TwoTower, user_idx: np.ndarray, candidate_items: np.ndarray,
-          seen: list[np.ndarray] | None, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best of ``candidate_items`` for each user, best first.
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU when this process sees one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise XdrecError("score.device=cuda but this executor has no GPU (torch.cuda.is_available() is False)")
+    return torch.device(device)
 
-    Scores are the model's logits (dot product of the towers' vectors plus item bias). When ``seen`` is
-    given (one array of item indices per user), those items score ``-inf``: they sort last, so a user with
-    fewer than ``k`` unseen candidates has ``-inf`` in the trailing slots. Ties go to the lower item index.
 
-    Returns ``(items [n, min(k, len(candidates))] int64, scores [same] float32)``.
+class TopKScorer:
+    """Exact top-k of one model over a fixed set of candidate items.
+
+    The candidates' vectors and biases are computed once; :meth:`top_k` then scores batches of users
+    with one ``addmm`` each. Scores are the model's logits. Ties go to the lower item index.
     """
-    candidates = np.unique(np.asarray(candidate_items, dtype=np.int64))  # sorted: position order = item order
-    if len(candidates) == 0:
-        raise ValueError("top_k needs at least one candidate item")
-    user_idx = np.array(user_idx, dtype=np.int64)  # a writable copy: Arrow hands over read-only buffers
-    k = min(k, len(candidates))
-    items = np.empty((len(user_idx), k), dtype=np.int64)
-    scores = np.empty((len(user_idx), k), dtype=np.float32)
-    with torch.inference_mode():
-        candidate_tensor = torch.from_numpy(candidates)
-        item_vectors = model.item_vectors(candidate_tensor)
-        item_bias = model.item_bias(candidate_tensor).squeeze(-1)
-        for start in range(0, len(user_idx), batch_size):
-            stop = min(start + batch_size, len(user_idx))
-            user_vectors = model.user_vectors(torch.from_numpy(user_idx[start:stop]))
-            batch_scores = user_vectors @ item_vectors.T + item_bias
-            if torch.isnan(batch_scores).any():
-                raise XdrecError("the model scores NaN: its weights diverged, retrain it")
-            if seen is not None:
-                rows, positions = _seen_positions(seen[start:stop], candidates)
-                batch_scores[rows, positions] = float("-inf")
-            best_positions, best_scores = _stable_top_k(batch_scores, k)
-            items[start:stop] = candidates[best_positions.numpy()]
-            scores[start:stop] = best_scores.numpy()
-    return items, scores
+
+    def __init__(self, model: TwoTower, candidate_items: np.ndarray, k: int, device: torch.device | str = "cpu"):
+        self.candidates = np.unique(np.asarray(candidate_items, dtype=np.int64))  # sorted: position = item order
+        if len(self.candidates) == 0:
+            raise ValueError("TopKScorer needs at least one candidate item")
+        self.k = min(k, len(self.candidates))
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        with torch.inference_mode():
+            items = torch.from_numpy(self.candidates).to(self.device)
+            self.item_vectors_t = self.model.item_vectors(items).T.contiguous()
+            self.item_bias = self.model.item_bias(items).squeeze(-1)
+
+    def top_k(self, user_idx: np.ndarray, seen: list[np.ndarray | None] | None = None,
+              batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best candidates of each user, best first: ``(items [n, k] int64, scores [n, k] float32)``.
+
+        With ``seen`` (per user an array of item indices, or None), those items score ``-inf``: they sort
+        last, so a user with fewer than ``k`` unseen candidates has ``-inf`` in the trailing slots.
+        """
+        user_idx = np.array(user_idx, dtype=np.int64)  # a writable copy: Arrow hands over read-only buffers
+        items = np.empty((len(user_idx), self.k), dtype=np.int64)
+        scores = np.empty((len(user_idx), self.k), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(user_idx), batch_size):
+                stop = min(start + batch_size, len(user_idx))
+                user_vectors = self.model.user_vectors(torch.from_numpy(user_idx[start:stop]).to(self.device))
+                batch_scores = torch.addmm(self.item_bias, user_vectors, self.item_vectors_t)
+                if seen is not None:
+                    rows, positions = _seen_positions(seen[start:stop], self.candidates)
+                    batch_scores[rows.to(self.device), positions.to(self.device)] = float("-inf")
+                best_positions, best_scores = _stable_top_k(batch_scores, self.k)
+                items[start:stop] = self.candidates[best_positions.cpu().numpy()]
+                scores[start:stop] = best_scores.cpu().numpy()
+        return items, scores
 
 
-def _seen_positions(seen: list[np.ndarray], candidates: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _seen_positions(seen: list[np.ndarray | None], candidates: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, candidate position) of every seen item that is a candidate; other seen items are ignored."""
-    rows, positions = [], []
-    for row, user_seen in enumerate(seen):
-        if user_seen is None or len(user_seen) == 0:
-            continue
-        user_seen = np.asarray(user_seen, dtype=np.int64)
-        found = np.searchsorted(candidates, user_seen).clip(max=len(candidates) - 1)
-        is_candidate = candidates[found] == user_seen
-        positions.append(found[is_candidate])
-        rows.append(np.full(int(is_candidate.sum()), row, dtype=np.int64))
-    if not rows:
+    lengths = np.fromiter((0 if items is None else len(items) for items in seen), dtype=np.int64, count=len(seen))
+    if lengths.sum() == 0:
         return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    return torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(positions))
+    flat = np.concatenate([np.asarray(items, dtype=np.int64) for items in seen if items is not None and len(items)])
+    rows = np.repeat(np.arange(len(seen)), lengths)
+    found = np.searchsorted(candidates, flat).clip(max=len(candidates) - 1)
+    is_candidate = candidates[found] == flat
+    return torch.from_numpy(rows[is_candidate]), torch.from_numpy(found[is_candidate])
 
 
 def _stable_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.topk`` with ties broken by lower column, also at the k-th place.
+    """``(positions, scores)`` of each row's ``k`` best columns, best first, ties to the lower column.
 
-    topk's choice among equal scores is unspecified, so keep every score above the k-th best, fill the
-    remaining places with the leftmost columns equal to it, then order the k kept by score (stable).
+    ``torch.topk`` chooses among equal scores arbitrarily. Taking k + 1 shows where that matters: a row
+    whose k-th and (k+1)-th scores differ has a unique top-k set, which only needs ordering; the rare rows
+    with a tie across that boundary (such as ``-inf`` padding) go through :func:`_exact_top_k`.
+    """
+    if k == scores.shape[1]:  # every column is kept: only the order is left to fix
+        ordered_scores, positions = torch.sort(scores, dim=1, descending=True, stable=True)
+        _raise_on_nan(ordered_scores)
+        return positions, ordered_scores
+    values, positions = torch.topk(scores, k + 1, dim=1)
+    _raise_on_nan(values)  # topk ranks NaN above every number: a NaN anywhere in a row shows here
+    boundary_tie = values[:, k - 1] == values[:, k]
+    positions, order = positions[:, :k].sort(dim=1)  # ascending columns, then a stable sort by score
+    values = values[:, :k].gather(1, order)
+    by_score = torch.sort(values, dim=1, descending=True, stable=True).indices
+    positions, values = positions.gather(1, by_score), values.gather(1, by_score)
+    tied_rows = boundary_tie.nonzero().squeeze(1)
+    if len(tied_rows):
+        positions[tied_rows], values[tied_rows] = _exact_top_k(scores[tied_rows], k)
+    return positions, values
+
+
+def _exact_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top k with ties broken by lower column also at the k-th place, from whole rows.
+
+    Keeps every score above the k-th best, fills the remaining places with the leftmost columns equal
+    to it, then orders the k kept by score (stable).
     """
     kth_best = torch.topk(scores, k, dim=1).values[:, -1:]
     above = scores > kth_best
@@ -96,112 +157,338 @@ def _stable_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return positions.gather(1, order), kept_scores.gather(1, order)
 
 
-def top_k_udf(artifact_path: str, candidate_items: np.ndarray, k: int, exclude_seen: bool,
-              users_per_batch: int):
-    """A pandas UDF ``(user_idx, seen item array) -> struct<items, scores>`` scoring with one artifact.
+def _raise_on_nan(scores: torch.Tensor) -> None:
+    if torch.isnan(scores).any():
+        raise XdrecError("the model scores NaN: its weights diverged, retrain it")
 
-    Only the path string, the candidate array and scalars travel in the closure; each task loads the
-    artifact itself, once, and then scores every Arrow batch it is given.
+
+@contextmanager
+def arrow_batch_size(spark: SparkSession, rows: int) -> Iterator[None]:
+    """Within the block, hand pandas UDFs Arrow batches of ``rows`` rows; restore the session's setting after."""
+    previous = spark.conf.get(ARROW_BATCH_KEY, None)
+    spark.conf.set(ARROW_BATCH_KEY, str(rows))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(ARROW_BATCH_KEY)
+        else:
+            spark.conf.set(ARROW_BATCH_KEY, previous)
+
+
+def recommend_top_k(users: DataFrame, artifact_path: str, domain: str, settings: ScoreConfig) -> DataFrame:
+    """The top ``settings.k`` ``domain`` items of each user, scored by the model at ``artifact_path``.
+
+    ``users``: user_idx (the model's index), user_id, route, seen (array of item_idx or null; left out
+    when ``settings.exclude_seen``). Users are hash-partitioned by user_idx into ``settings.partitions``
+    (0: the default parallelism) so scoring uses every core whatever the input's size in bytes. Each task
+    loads the artifact once from ``artifact_path`` (executors must be able to read it: shared storage)
+    and scores its Arrow batches ``settings.users_per_batch`` users per model call. A user gets fewer than
+    k rows when fewer unseen candidates remain.
+
+    Columns: user_idx, user_id, route, rank (1..k), item_idx, item_id, score (the model's logit).
     """
-    candidate_items = np.asarray(candidate_items, dtype=np.int64)
+    k, users_per_batch, exclude_seen, device = (settings.k, settings.users_per_batch, settings.exclude_seen,
+                                                settings.device)
 
-    @F.pandas_udf(TOP_K_TYPE)
-    def score_batches(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        model = artifacts.load(artifact_path).model
-        for user_idx, seen in batches:
-            items, scores = top_k(model, user_idx.to_numpy(dtype=np.int64), candidate_items,
-                                  list(seen) if exclude_seen else None, k, users_per_batch)
-            yield pd.DataFrame({"items": list(items), "scores": list(scores)})
+    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        scorer = item_ids = None
+        for batch in batches:
+            if scorer is None:  # on the first batch: an empty partition loads nothing
+                loaded = artifacts.load(artifact_path)
+                domain_items = (loaded.item_index[loaded.item_index["domain"] == domain]
+                                .set_index("item_idx")["item_id"])
+                scorer = TopKScorer(loaded.model, domain_items.index.to_numpy(), k, resolve_device(device))
+                item_ids = domain_items.loc[scorer.candidates].to_numpy()  # by candidate position
+            items, scores = scorer.top_k(batch["user_idx"].to_numpy(), list(batch["seen"]) if exclude_seen else None,
+                                         users_per_batch)
+            filled = np.isfinite(scores).ravel()  # -inf slots: past the user's last unseen candidate
+            rows = np.repeat(np.arange(len(batch)), scorer.k)[filled]
+            items = items.ravel()[filled]
+            yield pd.DataFrame({
+                "user_idx": batch["user_idx"].to_numpy(dtype=np.int32)[rows],
+                "user_id": batch["user_id"].to_numpy()[rows],
+                "route": batch["route"].to_numpy()[rows],
+                "rank": np.tile(np.arange(1, scorer.k + 1, dtype=np.int32), len(batch))[filled],
+                "item_idx": items.astype(np.int32),
+                "item_id": item_ids[np.searchsorted(scorer.candidates, items)],
+                "score": scores.ravel()[filled],
+            })
 
-    return score_batches
+    partitions = settings.partitions or users.sparkSession.sparkContext.defaultParallelism
+    return (users.select(F.col("user_idx").cast("int"), "user_id", "route", F.col("seen").cast("array<long>"))
+            .repartition(partitions, "user_idx")
+            .mapInPandas(score_partition, TOP_K_SCHEMA))
 
 
-def score_users(spark: SparkSession, artifact_path: str, users_df: DataFrame, seen_df: DataFrame | None,
-                domain: str, k: int, exclude_seen: bool, users_per_batch: int = 1024) -> DataFrame:
-    """Recommendation rows for ``users_df`` (user_idx, user_id) from the artifact at ``artifact_path``.
+def pair_score_udf(artifact_path: str, pairs_per_call: int = 65536, device: str = "auto"):
+    """An iterator pandas UDF ``(user_idx, item_idx) -> score`` (float) with the model at ``artifact_path``.
 
-    Candidates are every ``domain`` item of the artifact's item index; with ``exclude_seen`` the items of
-    ``seen_df`` (user_idx, item_idx) are left out, so a user may get fewer than ``k`` rows when fewer
-    unseen candidates remain. Reads the artifact's metadata and item index on the driver; scoring is lazy.
-
-    Columns: model, model_version, domain, user_idx, user_id, rank (1..k), item_idx, item_id, score.
+    Indices are the model's own (see :func:`score_pairs` to start from ids). The score is the same logit
+    as in ``recommendations``; it is null when either index is null or outside the model. Each task
+    loads the artifact once.
     """
-    artifact = artifacts.load(artifact_path)
-    candidates = artifact.domain_items(domain)
-    if len(candidates) == 0:
-        raise XdrecError(f"model artifact {artifact_path} has no items of domain {domain!r}")
-    item_ids = spark.createDataFrame(
-        artifact.item_index.loc[artifact.item_index["domain"] == domain, ["item_idx", "item_id"]]
-    ).withColumn("item_idx", F.col("item_idx").cast("long"))
+    @F.pandas_udf("float")
+    def score(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
+        model = target = None
+        for users, items in batches:
+            if model is None:
+                target = resolve_device(device)
+                model = artifacts.load(artifact_path).model.to(target)
+            known = (users.notna() & items.notna()
+                     & users.between(0, model.num_users - 1) & items.between(0, model.num_items - 1)).to_numpy()
+            user_idx = users[known].to_numpy(dtype=np.int64)
+            item_idx = items[known].to_numpy(dtype=np.int64)
+            known_scores = np.empty(len(user_idx), dtype=np.float32)
+            with torch.inference_mode():
+                for start in range(0, len(user_idx), pairs_per_call):
+                    stop = start + pairs_per_call
+                    known_scores[start:stop] = model(torch.from_numpy(user_idx[start:stop]).to(target),
+                                                     torch.from_numpy(item_idx[start:stop]).to(target)).cpu().numpy()
+            scores = np.full(len(users), np.nan, dtype=np.float32)  # NaN reaches Spark as null
+            scores[known] = known_scores
+            yield pd.Series(scores)
 
-    users = users_df.select(F.col("user_idx").cast("long"), "user_id")
-    if exclude_seen:
-        seen_lists = (seen_df.groupBy(F.col("user_idx").cast("long").alias("user_idx"))
-                      .agg(F.collect_set(F.col("item_idx").cast("long")).alias("seen")))
-        users = users.join(seen_lists, "user_idx", "left")
-    else:
-        users = users.withColumn("seen", F.lit(None).cast("array<long>"))
+    return score
 
-    score_batches = top_k_udf(artifact_path, candidates, k, exclude_seen, users_per_batch)
-    ranked = (
-        users.select("user_idx", "user_id", score_batches("user_idx", "seen").alias("top"))
-        .select("user_idx", "user_id", F.posexplode(F.arrays_zip("top.items", "top.scores")).alias("pos", "hit"))
+
+def score_pairs(pairs: DataFrame, artifact_path: str, domain: str, pairs_per_call: int = 65536,
+                device: str = "auto") -> DataFrame:
+    """``pairs`` (any columns, with user_id and item_id) plus ``score``: the model's logit of each pair.
+
+    Ids are mapped through the artifact's own user and ``domain`` item indexes; the score is null for a
+    user or item the model does not know. For re-ranking candidate lists made elsewhere.
+    """
+    spark = pairs.sparkSession
+    model_users = spark.read.parquet(os.path.join(artifact_path, "user_index.parquet"))
+    model_items = (spark.read.parquet(os.path.join(artifact_path, "item_index.parquet"))
+                   .where(F.col("domain") == domain))
+    scored = (
+        pairs.join(model_users.select(F.col("user_id").alias("_user_id"), F.col("user_idx").alias("_user_idx")),
+                   F.col("user_id").cast("string") == F.col("_user_id"), "left")
+        .join(F.broadcast(model_items.select(F.col("item_id").alias("_item_id"), F.col("item_idx").alias("_item_idx"))),
+              F.col("item_id").cast("string") == F.col("_item_id"), "left")
     )
+    udf = pair_score_udf(artifact_path, pairs_per_call, device)
+    return scored.select(*pairs.columns, udf("_user_idx", "_item_idx").alias("score"))
+
+
+def users_to_score(user_index: DataFrame, interactions: DataFrame, domain: str) -> DataFrame:
+    """Every user with interactions in any domain: user_idx, user_id, seen, route.
+
+    ``seen``: the user's ``domain`` training items (sorted, empty when none). ``route``: "warm" when the
+    user has some, "cold_start" when the user's history is in other domains only.
+    """
+    seen = (interactions.where((F.col("domain") == domain) & (F.col("split") == "train"))
+            .groupBy("user_idx").agg(F.array_sort(F.collect_set(F.col("item_idx").cast("long"))).alias("seen")))
+    active = interactions.select("user_idx").distinct()
     return (
-        ranked.where(F.col("hit.scores") > F.lit(float("-inf")))  # slots past the last unseen candidate
-        .join(F.broadcast(item_ids), F.col("hit.items") == item_ids["item_idx"])
-        .select(
-            F.lit(artifact.method).alias("model"),
-            F.lit(artifact.model_version).alias("model_version"),
-            F.lit(domain).alias("domain"),
-            "user_idx",
-            "user_id",
-            (F.col("pos") + 1).alias("rank"),
-            "item_idx",
-            "item_id",
-            F.col("hit.scores").alias("score"),
-        )
+        user_index.join(active, "user_idx").join(seen, "user_idx", "left")
+        .select("user_idx", "user_id",
+                F.coalesce("seen", F.array().cast("array<long>")).alias("seen"),
+                F.when(F.col("seen").isNotNull(), F.lit(WARM)).otherwise(F.lit(COLD_START)).alias("route"))
     )
+
+
+def popularity_top_k(train: DataFrame, users: DataFrame, item_index: DataFrame, domain: str, k: int) -> DataFrame:
+    """The fallback: the ``k`` most interacted ``domain`` items of ``train`` that each user has not seen.
+
+    ``train``: user_idx, item_idx (the domain's training rows: popularity and what users have seen);
+    ``users``: user_idx, user_id; ``item_index``: domain, item_id, item_idx. Ties in popularity go to the
+    lower item index. Columns: user_idx, user_id, rank, item_idx, item_id, score (training interactions).
+    """
+    popular = (train.groupBy("item_idx").agg(F.count("*").alias("count"))
+               .withColumn("popularity_rank", F.row_number().over(Window.orderBy(F.desc("count"), "item_idx"))))
+    seen = train.select("user_idx", "item_idx").distinct()
+    seen_counts = seen.groupBy("user_idx").agg(F.count("*").alias("seen"))
+    # A user's top k unseen items lie within the (k + #seen) most popular ones.
+    candidates = (
+        users.join(seen_counts, "user_idx", "left")
+        .join(F.broadcast(popular), F.col("popularity_rank") <= F.lit(k) + F.coalesce(F.col("seen"), F.lit(0)))
+        .join(seen, ["user_idx", "item_idx"], "left_anti")
+    )
+    ranked = candidates.withColumn("rank", F.row_number().over(
+        Window.partitionBy("user_idx").orderBy("popularity_rank")))
+    item_ids = item_index.where(F.col("domain") == domain).select("item_idx", "item_id")
+    return (ranked.where(F.col("rank") <= k).join(item_ids, "item_idx")
+            .select("user_idx", "user_id", "rank", "item_idx", "item_id", F.col("count").cast("float").alias("score")))
+
+
+def changed_users(before: DataFrame, after: DataFrame) -> DataFrame:
+    """user_idx of every user whose interaction rows differ between two versions of a table.
+
+    Each row (every column but user_idx) is hashed; a user's rows reduce to (count, XOR, sum of the low
+    32 bits) of those hashes: a fingerprint of the multiset of rows that Spark aggregates map-side.
+    Users whose fingerprints differ, and users present in only one version, have changed.
+    """
+    def fingerprints(frame: DataFrame, name: str) -> DataFrame:
+        row_hash = F.xxhash64(*sorted(column for column in frame.columns if column != "user_idx"))
+        return frame.groupBy("user_idx").agg(F.struct(
+            F.count("*"), F.bit_xor(row_hash), F.sum(row_hash.bitwiseAND(F.lit(0xFFFFFFFF)))).alias(name))
+
+    return (fingerprints(before, "before").join(fingerprints(after, "after"), "user_idx", "full_outer")
+            .where(~F.col("before").eqNullSafe(F.col("after")))
+            .select("user_idx"))
+
+
+def recommendation_rows(rows: DataFrame, run_date: date, method: str, model_version: str, domain: str) -> DataFrame:
+    """``rows`` (user_idx, user_id, rank, item_idx, item_id, score, route) as rows of ``recommendations``."""
+    return rows.select(
+        F.lit(run_date).alias("run_date"), F.lit(method).alias("model"), F.lit(model_version).alias("model_version"),
+        F.lit(domain).alias("domain"), F.col("user_idx").cast("int"), "user_id", F.col("rank").cast("int"),
+        F.col("item_idx").cast("int"), "item_id", F.col("score").cast("float"), "route",
+    )
+
+
+def _read_last_run(spark: SparkSession, config: Config, method: str, model_version: str,
+                   interactions: DataFrame) -> tuple[DataFrame, DataFrame, Any] | None:
+    """For an incremental run: (changed users, the last run's model-made rows, its score_runs row).
+
+    None, with the reason printed, when every user has to be scored: no recorded run, another model
+    version or setting, or the last run's Delta versions can no longer be read (vacuumed).
+    """
+    warehouse, target, settings = config.warehouse, config.data.target_domain, config.score
+
+    def score_everyone(reason: str) -> None:
+        print(f"[score] {method}: incremental mode, but {reason}: scoring every user", flush=True)
+
+    if not tables.exists(spark, warehouse, tables.SCORE_RUNS):
+        return score_everyone("no score run is recorded yet")
+    last = (tables.read(spark, warehouse, tables.SCORE_RUNS)
+            .where((F.col("model") == method) & (F.col("domain") == target))
+            .orderBy(F.desc("recommendations_version")).first())
+    if last is None:
+        return score_everyone(f"no '{method}' run on {target!r} is recorded yet")
+    for key, now in (("model_version", model_version), ("k", settings.k), ("exclude_seen", settings.exclude_seen)):
+        if last[key] != now:
+            return score_everyone(f"the last run ({last.run_date}) had {key}={last[key]}, this one {now}")
+    try:
+        before = tables.read(spark, warehouse, tables.INDEXED_INTERACTIONS,
+                             last.input_versions[tables.INDEXED_INTERACTIONS])
+        last_rows = (tables.read(spark, warehouse, tables.RECOMMENDATIONS, last.recommendations_version)
+                     .where((F.col("run_date") == F.lit(last.run_date)) & (F.col("model") == method)
+                            & (F.col("route") != POPULARITY)))
+    except AnalysisException as error:
+        return score_everyone(f"the last run's Delta versions cannot be read ({str(error).splitlines()[0]})")
+    return changed_users(before, interactions), last_rows, last
+
+
+def _user_counts(users: DataFrame) -> dict[str, int]:
+    """How many of ``users`` (known, changed, route) each part of a run handles."""
+    groups = [row.asDict() for row in users.groupBy("known", "changed", "route").count().collect()]
+
+    def count(**match: Any) -> int:
+        return sum(group["count"] for group in groups if all(group[key] == value for key, value in match.items()))
+
+    return {"users": count(), "known": count(known=True), "scored": count(known=True, changed=True),
+            "cold_start": count(known=True, changed=True, route=COLD_START), "fallback": count(known=False),
+            "copied": count(known=True, changed=False)}
+
+
+def _score_method(spark: SparkSession, config: Config, method: str, run_date: date, inputs: dict[str, DataFrame],
+                  input_versions: dict[str, int]) -> dict[str, Any]:
+    """Score one method into its (run_date, model) partition of recommendations and record the run."""
+    warehouse, target, settings = config.warehouse, config.data.target_domain, config.score
+    started = time.perf_counter()
+    path = artifacts.latest_path(warehouse, method)
+    artifact = artifacts.load(path)
+    if len(artifact.domain_items(target)) == 0:
+        raise XdrecError(f"model artifact {path} has no items of domain {target!r}")
+    # Known to the model: the same user_id at the same user_idx in the artifact's own user index.
+    model_users = (spark.read.parquet(os.path.join(path, "user_index.parquet"))
+                   .select("user_id", F.col("user_idx").cast("int"), F.lit(True).alias("known")))
+    users = inputs["users"].join(model_users, ["user_id", "user_idx"], "left").fillna(False, ["known"])
+    last_run = (_read_last_run(spark, config, method, artifact.model_version, inputs["interactions"])
+                if settings.mode == "incremental" else None)
+    if last_run is None:
+        users = users.withColumn("changed", F.lit(True))
+    else:
+        changed, last_rows, last = last_run
+        users = users.join(changed.withColumn("changed", F.lit(True)), "user_idx", "left").fillna(False, ["changed"])
+
+    users = users.cache()
+    try:
+        counts = _user_counts(users)
+        if counts["users"] == 0:
+            raise XdrecError(f"no user of {tables.USER_INDEX} has rows in {tables.INDEXED_INTERACTIONS}: "
+                             "nothing to score")
+        if last_run is not None:
+            print(f"[score] {method}: {counts['scored']:,} of {counts['known']:,} known users changed since the run "
+                  f"of {last.run_date} (indexed_interactions v{last.input_versions[tables.INDEXED_INTERACTIONS]} -> "
+                  f"v{input_versions[tables.INDEXED_INTERACTIONS]}); the others keep their rows", flush=True)
+        # Only the parts that have users: an empty part would still cost Spark jobs.
+        parts = []
+        if counts["scored"]:
+            parts.append(recommend_top_k(users.where(F.col("known") & F.col("changed")), path, target, settings))
+        if counts["fallback"]:  # popularity is global: every fallback user is redone on every run (no model call)
+            unknown = users.where(~F.col("known")).select("user_idx", "user_id")
+            parts.append(popularity_top_k(inputs["target_train"], unknown, inputs["item_index"], target, settings.k)
+                         .withColumn("route", F.lit(POPULARITY)))
+        if counts["copied"]:
+            parts.append(last_rows.join(users.where(F.col("known") & ~F.col("changed")), "user_idx", "left_semi"))
+        snapshot = reduce(DataFrame.unionByName, [
+            recommendation_rows(part, run_date, method, artifact.model_version, target) for part in parts])
+        # One commit replaces this (run_date, model) partition: a run failing before it leaves the old one.
+        predicate = f"run_date = DATE'{run_date.isoformat()}' AND model = '{method}'"
+        with arrow_batch_size(spark, settings.arrow_batch_size):
+            table_version = tables.replace_where(snapshot, warehouse, tables.RECOMMENDATIONS, predicate,
+                                                 partition_by=PARTITION_COLUMNS)
+    finally:
+        users.unpersist()
+
+    written = tables.read(spark, warehouse, tables.RECOMMENDATIONS, table_version).where(predicate).count()
+    seconds = time.perf_counter() - started
+    summary = {"model_version": artifact.model_version, "run_date": run_date.isoformat(),
+               "mode": "full" if last_run is None else "incremental",
+               **{key: counts[key] for key in ("users", "scored", "cold_start", "fallback", "copied")},
+               "rows": written, "seconds": round(seconds, 2), "users_per_second": round(counts["users"] / seconds, 1),
+               "table_version": table_version}
+    record = {key: summary[key] for key in ("model_version", "mode", "users", "scored", "cold_start", "fallback",
+                                             "copied", "rows", "seconds")}
+    record.update(run_date=run_date, model=method, domain=target, k=settings.k, exclude_seen=settings.exclude_seen,
+                  artifact=path, input_versions=input_versions,
+                  trained_on_versions=artifact.meta.get("inputs", {}).get("versions", {}),
+                  recommendations_version=table_version, finished_at=datetime.now(timezone.utc))
+    tables.append(spark.createDataFrame([record], SCORE_RUNS_SCHEMA), warehouse, tables.SCORE_RUNS)
+    print(f"[score] {method} ({artifact.model_version}) {run_date} {summary['mode']}: {counts['users']:,} users "
+          f"({counts['scored']:,} scored by the model, {counts['cold_start']:,} of them cold-start; "
+          f"{counts['fallback']:,} unknown to the model got popularity; {counts['copied']:,} kept) -> "
+          f"{written:,} rows in {seconds:.1f}s ({summary['users_per_second']:,.0f} users/s), "
+          f"recommendations v{table_version}", flush=True)
+    return summary
 
 
 def run_score(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict[str, Any]:
     """Score every user with interactions against the target domain, for each trained method.
 
-    Each method's rows of ``recommendations`` are replaced in one Delta commit, so a rerun never
-    duplicates them. Returns ``{method: {model_version, users, rows, seconds, users_per_second,
-    table_version}}``.
+    Writes the ``score.run_date`` partition (default today, UTC) of each method in ``recommendations``,
+    replacing that partition only, in one Delta commit, and appends the run to ``score_runs``. Returns
+    ``{method: {model_version, run_date, mode, users, scored, cold_start, fallback, copied, rows, seconds,
+    users_per_second, table_version}}``.
     """
-    target = config.data.target_domain
-    interactions = tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS)
-    # Every user with history in either domain: cold-start users of the target have only source rows.
-    users = (tables.read(spark, config.warehouse, tables.USER_INDEX)
-             .join(interactions.select("user_idx").distinct(), "user_idx")
-             .cache())
-    seen = (interactions.where((F.col("domain") == target) & (F.col("split") == "train"))
-            .select("user_idx", "item_idx"))
-    user_count, max_user_idx = users.agg(F.count("*"), F.max("user_idx")).first()
-    if user_count == 0:
-        raise XdrecError(f"no user of {tables.USER_INDEX} has rows in {tables.INDEXED_INTERACTIONS}: nothing to score")
-
-    summary = {}
-    for method in methods or config.train.methods:
-        path = artifacts.latest_path(config.warehouse, method)
-        artifact = artifacts.load(path)
-        if max_user_idx >= artifact.model.num_users:
-            raise XdrecError(f"user_index has user_idx {max_user_idx} but the '{method}' model at {path} "
-                             f"knows {artifact.model.num_users} users: retrain it on the current tables")
-        started = time.perf_counter()
-        recommendations = score_users(spark, path, users, seen, target, config.score.k,
-                                      config.score.exclude_seen, config.score.users_per_batch)
-        table_version = tables.replace_where(recommendations, config.warehouse, tables.RECOMMENDATIONS,
-                                             f"model = '{method}'", partition_by=["model"])
-        seconds = time.perf_counter() - started
-        rows = (tables.read(spark, config.warehouse, tables.RECOMMENDATIONS)
-                .where(F.col("model") == method).count())
-        summary[method] = {"model_version": artifact.model_version, "users": user_count, "rows": rows,
-                           "seconds": round(seconds, 2), "users_per_second": round(user_count / seconds, 1),
-                           "table_version": table_version}
-        print(f"score {method} ({artifact.model_version}): {user_count} users, {rows} rows in {seconds:.1f}s "
-              f"({user_count / seconds:.0f} users/s)")
-    users.unpersist()
-    return summary
+    warehouse, target = config.warehouse, config.data.target_domain
+    run_date = date.fromisoformat(config.score.run_date) if config.score.run_date else datetime.now(timezone.utc).date()
+    if (tables.exists(spark, warehouse, tables.RECOMMENDATIONS)
+            and "run_date" not in tables.read(spark, warehouse, tables.RECOMMENDATIONS).columns):
+        raise XdrecError(f"{tables.table_path(warehouse, tables.RECOMMENDATIONS)} has the layout of an older xdrec "
+                         "(no run_date partitions): delete that folder and score again")
+    # Pin every input at one version, so the versions recorded are exactly what was read.
+    input_versions = {name: tables.version(spark, warehouse, name) for name in INPUT_TABLES}
+    interactions = tables.read(spark, warehouse, tables.INDEXED_INTERACTIONS,
+                               input_versions[tables.INDEXED_INTERACTIONS])
+    user_index = tables.read(spark, warehouse, tables.USER_INDEX, input_versions[tables.USER_INDEX])
+    users = users_to_score(user_index, interactions, target).cache()
+    inputs = {
+        "interactions": interactions,
+        "users": users,
+        "target_train": (interactions.where((F.col("domain") == target) & (F.col("split") == "train"))
+                         .select("user_idx", "item_idx")),
+        "item_index": tables.read(spark, warehouse, tables.ITEM_INDEX, input_versions[tables.ITEM_INDEX]),
+    }
+    print(f"[score] run_date {run_date}, mode {config.score.mode}, inputs "
+          + ", ".join(f"{name} v{version}" for name, version in input_versions.items()), flush=True)
+    try:
+        return {method: _score_method(spark, config, method, run_date, inputs, input_versions)
+                for method in methods or config.train.methods}
+    finally:
+        users.unpersist()

@@ -5,17 +5,30 @@ only the stage functions call into this module.
 
 Tables (columns; partitioning):
 
-- ``interactions``: domain, user_id, item_id, rating, timestamp; by domain
-- ``items``: domain, item_id, title, category, text; by domain
-- ``user_index``: user_id, user_idx
+- ``interactions``: domain, user_id, item_id, rating, timestamp, weight, interaction_id, source_file;
+  by domain (docs/data.md)
+- ``items``: domain, item_id, title, description, category, attributes, text, content_hash, source_file;
+  by domain
+- ``user_links``: domain_a, user_id_a, domain_b, user_id_b, link_id, source_file
+- ``quarantine``: kind, domain, reason, source_file, record, quarantine_id, run_id; by domain
+- ``ingested_files``: kind, domain, source, size, modified, rows, run_id (what ingest has read)
+- ``user_index``: user_id (the person, see docs/data.md), user_idx
 - ``item_index``: domain, item_id, item_idx
 - ``cold_start_users``: user_idx, split ("valid" or "test")
 - ``indexed_interactions``: domain, user_idx, item_idx, timestamp, split ("train"/"valid"/"test"),
-  cold (the user is a cold-start user of the target domain); by domain
-- ``training_examples``: domain, user_idx, item_idx, label (1.0 positive, 0.0 sampled negative); by domain
-- ``recommendations``: model, model_version, domain, user_idx, user_id, rank, item_idx, item_id, score;
-  by model
-- ``metrics``: model, user_group, metric, k, value, users
+  cold (the user is a cold-start user of the target domain), rating, weight, events; by domain
+- ``user_features``, ``item_features``, ``cross_domain_users``, ``item_embeddings``,
+  ``text_embedding_cache``: feature tables, columns in docs/data.md
+- ``training_examples``: domain, shard, user_idx, item_idx, label (1.0 positive, 0.0 sampled negative);
+  by domain, shard
+- ``runs``: one row per stage run: the Delta versions it read and wrote (xdrec.lineage)
+- ``recommendations``: run_date, model, model_version, domain, user_idx, user_id, rank, item_idx, item_id,
+  score, route ("warm", "cold_start" or "popularity"); by run_date, model (see docs/scoring.md)
+- ``score_runs``: one row per successful score run of a model: run_date, model, model_version, mode,
+  input_versions, recommendations_version, user counts (see docs/scoring.md)
+- ``user_metrics``: model, protocol, user_idx, cold, metric, value (full ranking, one row per user and
+  metric, for paired comparisons); by model
+- ``metrics``: model, protocol ("full" or "sampled"), user_group, metric, value, count (users or lines)
 """
 from __future__ import annotations
 
@@ -33,7 +46,18 @@ ITEM_INDEX = "item_index"
 COLD_START_USERS = "cold_start_users"
 INDEXED_INTERACTIONS = "indexed_interactions"
 TRAINING_EXAMPLES = "training_examples"
+USER_LINKS = "user_links"
+QUARANTINE = "quarantine"
+INGESTED_FILES = "ingested_files"
+USER_FEATURES = "user_features"
+ITEM_FEATURES = "item_features"
+CROSS_DOMAIN_USERS = "cross_domain_users"
+ITEM_EMBEDDINGS = "item_embeddings"
+TEXT_EMBEDDING_CACHE = "text_embedding_cache"
+RUNS = "runs"
 RECOMMENDATIONS = "recommendations"
+SCORE_RUNS = "score_runs"
+USER_METRICS = "user_metrics"
 METRICS = "metrics"
 
 
@@ -63,12 +87,17 @@ def version(spark: SparkSession, warehouse: str, name: str) -> int:
     return int(history.select("version").first()[0])
 
 
-def overwrite(df: DataFrame, warehouse: str, name: str, partition_by: list[str] | None = None) -> int:
-    """Replace a table's content (schema included) in one Delta commit; return the new version."""
+def overwrite(df: DataFrame, warehouse: str, name: str, partition_by: list[str] | None = None,
+              properties: dict[str, str] | None = None) -> int:
+    """Replace a table's content (schema included) in one Delta commit; return the new version.
+
+    ``properties`` (Delta table properties) are set when the table is created, else by :func:`set_properties`.
+    """
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(table_path(warehouse, name))
+    writer.options(**(properties or {})).save(table_path(warehouse, name))
+    set_properties(df.sparkSession, warehouse, name, properties or {})
     return version(df.sparkSession, warehouse, name)
 
 
@@ -81,3 +110,74 @@ def replace_where(df: DataFrame, warehouse: str, name: str, predicate: str,
     (df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
      .save(table_path(warehouse, name)))
     return version(spark, warehouse, name)
+
+
+def append(df: DataFrame, warehouse: str, name: str) -> int:
+    """Add rows to a table (created by the first append) in one Delta commit; return the new version."""
+    df.write.format("delta").mode("append").save(table_path(warehouse, name))
+    return version(df.sparkSession, warehouse, name)
+
+
+def retention_properties(days: int) -> dict[str, str]:
+    """Table properties that keep every version of the last ``days`` days readable by time travel."""
+    interval = f"interval {days} days"
+    return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval}
+
+
+def set_properties(spark: SparkSession, warehouse: str, name: str, properties: dict[str, str]) -> None:
+    """Set Delta table properties; commits only when one differs from the table's."""
+    path = table_path(warehouse, name)
+    current = {row.key: row.value for row in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    changed = {key: value for key, value in properties.items() if current.get(key) != value}
+    if changed:
+        assignments = ", ".join(f"'{key}' = '{value}'" for key, value in sorted(changed.items()))
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})")
+
+
+def _match_on(keys: list[str]) -> str:
+    return " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys)
+
+
+def merge_new(df: DataFrame, warehouse: str, name: str, keys: list[str], partition_by: list[str] | None = None,
+              properties: dict[str, str] | None = None) -> int:
+    """MERGE: insert the rows whose ``keys`` the table lacks (creating it if absent); return its version.
+
+    Rows already there are left alone, so merging the same rows again commits nothing. ``df`` must not
+    repeat a key. Put the partition columns among ``keys`` so the merge reads only their partitions.
+    """
+    spark = df.sparkSession
+    if not exists(spark, warehouse, name):
+        return overwrite(df, warehouse, name, partition_by, properties)
+    (DeltaTable.forPath(spark, table_path(warehouse, name)).alias("t")
+     .merge(df.alias("s"), _match_on(keys)).whenNotMatchedInsertAll().execute())
+    set_properties(spark, warehouse, name, properties or {})
+    return version(spark, warehouse, name)
+
+
+def upsert(df: DataFrame, warehouse: str, name: str, keys: list[str], changed_when: str,
+           partition_by: list[str] | None = None, properties: dict[str, str] | None = None) -> int:
+    """MERGE: insert rows with new ``keys``, replace the rows where SQL ``changed_when`` holds (t: table,
+    s: ``df``), leave the others; return the version. Unchanged rows commit nothing."""
+    spark = df.sparkSession
+    if not exists(spark, warehouse, name):
+        return overwrite(df, warehouse, name, partition_by, properties)
+    (DeltaTable.forPath(spark, table_path(warehouse, name)).alias("t")
+     .merge(df.alias("s"), _match_on(keys))
+     .whenMatchedUpdateAll(condition=changed_when).whenNotMatchedInsertAll().execute())
+    set_properties(spark, warehouse, name, properties or {})
+    return version(spark, warehouse, name)
+
+
+def compact(spark: SparkSession, warehouse: str, name: str, max_files_per_partition: int,
+            retention_days: int) -> bool:
+    """Compact a table's small files once it holds more than ``max_files_per_partition`` files per
+    partition on average, then remove files unreferenced for ``retention_days`` (VACUUM). Returns
+    whether it compacted; a table below the limit is not touched."""
+    table = DeltaTable.forPath(spark, table_path(warehouse, name))
+    files = table.toDF().inputFiles()  # the current snapshot's files, from the log: no data is read
+    partitions = {path.rsplit("/", 1)[0] for path in files}
+    if len(files) <= max_files_per_partition * max(1, len(partitions)):
+        return False
+    table.optimize().executeCompaction()
+    table.vacuum(retention_days * 24.0)
+    return True

@@ -1,10 +1,12 @@
-"""The train stage: Delta tables at pinned versions in, a model artifact out.
+"""The train stage: Delta tables at pinned versions in, a model artifact (and an MLflow run) out.
 
 For each configured method it pins the versions of the feature tables, stages the training examples
 of that version as plain Parquet for Petastorm (Delta's folder also holds files of older versions,
-which a Parquet reader would read too), launches Horovod inside Spark, and saves the artifact with the
-versions it was trained on. The model version is a hash of the method, its settings and those input
-versions, so a rerun with the same inputs resumes or reuses the same run instead of starting another.
+which a Parquet reader would read too), gathers what the model carries (item text embeddings, users'
+source histories) and the validation split, launches Horovod inside Spark (or one local process), and
+saves the artifact with the versions it was trained on. The model version is a hash of the method, its
+settings and those input versions, so a rerun with the same inputs resumes or reuses the same run
+instead of starting another.
 """
 from __future__ import annotations
 
@@ -14,35 +16,30 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import torch
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xdrec import artifact, distributed, tables
+from xdrec import artifact, distributed, tables, tracking
 from xdrec.config import Config
+from xdrec.methods import MethodSettings, model_options, phases_for
 from xdrec.model import TwoTower
-from xdrec.trainer import Phase
+from xdrec.trainer import EarlyStopping
+from xdrec.validation import ValidationSet
 
-INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX)
-
-
-def phases_for(method: str, config: Config) -> list[Phase]:
-    """The training phases of a method."""
-    train, data = config.train, config.data
-    target = Phase("target", data.target_domain, train.target_epochs, train.learning_rate)
-    if method == "target_only":
-        return [target]
-    if method == "finetune":
-        source = Phase("source", data.source_domain, train.source_epochs, train.learning_rate)
-        target.freeze = list(train.freeze)
-        return [source, target] if train.source_epochs else [target]
-    raise ValueError(f"unknown method {method!r}")
+INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
+# Train keys that change how a run is watched or launched, not the model it makes.
+_NOT_IN_VERSION = ("methods", "mlflow", "mlflow_tracking_uri", "mlflow_experiment", "start_timeout", "launcher")
 
 
 def model_version(method: str, config: Config, input_versions: dict[str, int]) -> str:
     """Same method, settings, split and input versions -> same version."""
-    settings = {"method": method, "train": config.to_dict()["train"], "features": config.to_dict()["features"],
+    train = {key: value for key, value in config.to_dict()["train"].items() if key not in _NOT_IN_VERSION}
+    settings = {"method": method, "train": train, "features": config.to_dict()["features"],
                 "data": [config.data.source_domain, config.data.target_domain], "inputs": input_versions}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -76,54 +73,215 @@ def stage_examples(spark: SparkSession, config: Config, domain: str, version: in
     return distributed.DomainData(url="file://" + folder, rows=rows)
 
 
-def train_method(spark: SparkSession, config: Config, method: str, input_versions: dict[str, int]) -> dict:
+def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [num_users + 1], items sorted by user then item): user u's items are items[offsets[u]:offsets[u + 1]]."""
+    order = np.lexsort((items, users))
+    offsets = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=num_users), out=offsets[1:])
+    return offsets, items[order].astype(np.int64)
+
+
+def user_histories(train_rows: pd.DataFrame, num_users: int, source: str, target: str) -> distributed.ModelData:
+    """Which users have training interactions in each domain, and every user's source items (CSR).
+
+    ``train_rows``: domain, user_idx, item_idx of the training split.
+    """
+    def of(domain: str) -> pd.DataFrame:
+        return train_rows[train_rows["domain"] == domain]
+
+    source_rows, target_rows = of(source), of(target)
+    has_source, has_target = np.zeros(num_users, dtype=bool), np.zeros(num_users, dtype=bool)
+    has_source[source_rows["user_idx"].to_numpy()] = True
+    has_target[target_rows["user_idx"].to_numpy()] = True
+    offsets, items = csr(source_rows["user_idx"].to_numpy(np.int64), source_rows["item_idx"].to_numpy(np.int64),
+                         num_users)
+    return distributed.ModelData(has_source_history=has_source, has_target_history=has_target,
+                                 history_offsets=offsets, history_items=items)
+
+
+def validation_users(interactions: DataFrame, target: str, max_users: int, seed: int) -> DataFrame:
+    """(user_idx, cold) of the target validation split: at most ``max_users // 2`` warm and as many
+    cold-start users, picked by a seeded hash of user_idx."""
+    users = (interactions.where((F.col("domain") == target) & (F.col("split") == "valid"))
+             .groupBy("user_idx").agg(F.bool_or("cold").alias("cold")))
+    draw = F.row_number().over(Window.partitionBy("cold").orderBy(F.xxhash64("user_idx", F.lit(seed)), "user_idx"))
+    return users.withColumn("draw", draw).where(F.col("draw") <= max(1, max_users // 2)).drop("draw")
+
+
+def validation_set(interactions: DataFrame, target: str, candidates: np.ndarray, max_users: int,
+                   seed: int) -> ValidationSet:
+    """The validation users' held-out and training target items, collected for the workers."""
+    users = validation_users(interactions, target, max_users, seed)
+    target_rows = interactions.where(F.col("domain") == target).join(users, "user_idx")
+    rows = target_rows.select("user_idx", "item_idx", "split").where(F.col("split").isin("valid", "train")).toPandas()
+    user_frame = users.toPandas().sort_values("user_idx")
+    grouped = {split: rows[rows["split"] == split].groupby("user_idx")["item_idx"]
+               .apply(lambda items: np.sort(items.to_numpy(np.int64))).to_dict() for split in ("valid", "train")}
+    empty = np.empty(0, dtype=np.int64)
+    user_ids = user_frame["user_idx"].to_numpy(np.int64)
+    return ValidationSet(users=user_ids, cold=user_frame["cold"].to_numpy(bool),
+                         relevant=[grouped["valid"].get(user, empty) for user in user_ids],
+                         seen=[grouped["train"].get(user, empty) for user in user_ids],
+                         candidates=np.asarray(candidates, dtype=np.int64))
+
+
+@dataclass
+class TrainingInputs:
+    """What every method of one train run shares, read once at the pinned input versions."""
+
+    versions: dict[str, int]
+    user_index: pd.DataFrame
+    item_index: pd.DataFrame
+    histories: distributed.ModelData  # empty unless a bridge method is trained
+    validation: ValidationSet
+    item_text: tuple[np.ndarray, np.ndarray] | None  # (embeddings [num_items, dim], has_text [num_items])
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_index["user_idx"].max()) + 1
+
+    @property
+    def num_items(self) -> int:
+        return int(self.item_index["item_idx"].max()) + 1
+
+
+def item_text_matrix(embeddings: pd.DataFrame, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(``[num_items, dim]`` float32, has-text mask) from rows of (item_idx, embedding array)."""
+    vectors = np.stack(embeddings["embedding"].to_numpy()).astype(np.float32)
+    matrix = np.zeros((num_items, vectors.shape[1]), dtype=np.float32)
+    has_text = np.zeros(num_items, dtype=bool)
+    matrix[embeddings["item_idx"].to_numpy(np.int64)] = vectors
+    has_text[embeddings["item_idx"].to_numpy(np.int64)] = True
+    return matrix, has_text
+
+
+def read_item_text(spark: SparkSession, config: Config, num_items: int,
+                   versions: dict[str, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``item_embeddings`` table as a dense matrix, or None (with a line saying why) when there is none."""
+    if config.train.item_text == "off":
+        return None
+    if not tables.exists(spark, config.warehouse, tables.ITEM_EMBEDDINGS):
+        print(f"[train] no {tables.ITEM_EMBEDDINGS} table: items are represented by their ids only", flush=True)
+        return None
+    versions[tables.ITEM_EMBEDDINGS] = tables.version(spark, config.warehouse, tables.ITEM_EMBEDDINGS)
+    rows = (tables.read(spark, config.warehouse, tables.ITEM_EMBEDDINGS, versions[tables.ITEM_EMBEDDINGS])
+            .where((F.col("item_idx") < num_items) & (F.size("embedding") > 0))
+            .select("item_idx", "embedding").toPandas())
+    if rows.empty:
+        print(f"[train] {tables.ITEM_EMBEDDINGS} has no embedding of an indexed item: ids only", flush=True)
+        return None
+    matrix, has_text = item_text_matrix(rows, num_items)
+    print(f"[train] item text: {int(has_text.sum()):,} of {num_items:,} items have a "
+          f"{matrix.shape[1]}-dimensional text embedding", flush=True)
+    return matrix, has_text
+
+
+def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> TrainingInputs:
+    """Pin the input tables' versions and read what the workers need besides the training examples
+    (users' histories only ``with_histories``: only the bridge methods use them)."""
+    versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
+
+    def read(name: str) -> DataFrame:
+        return tables.read(spark, config.warehouse, name, versions[name])
+
+    data, train = config.data, config.train
+    user_index, item_index = read(tables.USER_INDEX).toPandas(), read(tables.ITEM_INDEX).toPandas()
+    num_users = int(user_index["user_idx"].max()) + 1
+    item_text = read_item_text(spark, config, int(item_index["item_idx"].max()) + 1, versions)
+    interactions = read(tables.INDEXED_INTERACTIONS)
+    candidates = item_index.loc[item_index["domain"] == data.target_domain, "item_idx"].to_numpy(np.int64)
+    validation = validation_set(interactions, data.target_domain, candidates, train.validation_max_users, train.seed)
+    print(f"[train] validation: {len(validation):,} {data.target_domain} users "
+          f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items", flush=True)
+    histories = distributed.ModelData()
+    if with_histories:
+        train_rows = (interactions.where((F.col("split") == "train")
+                                         & F.col("domain").isin(data.source_domain, data.target_domain))
+                      .select("domain", "user_idx", "item_idx").toPandas())
+        histories = user_histories(train_rows, num_users, data.source_domain, data.target_domain)
+    return TrainingInputs(versions, user_index, item_index, histories, validation, item_text)
+
+
+def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[str, distributed.DomainData],
+               checkpoint_dir: str) -> distributed.TrainSpec:
+    """The workers' spec of one method: model settings, phases, data, what the model carries."""
+    train = config.train
+    options = model_options(method)
+    text_dim = 0 if inputs.item_text is None else inputs.item_text[0].shape[1]
+    histories = inputs.histories
+    model = TwoTower(inputs.num_users, inputs.num_items, train.embedding_dim, train.hidden_dim, text_dim=text_dim,
+                     item_ids_with_text=train.item_ids_with_text,
+                     history_size=len(histories.history_items) if options["bridge"] == "ptupcdr" else 0,
+                     **options).hyperparameters()
+    model_data = distributed.ModelData()
+    if inputs.item_text is not None:
+        model_data.item_text, model_data.item_has_text = inputs.item_text
+    if options["bridge"] != "none":
+        model_data.has_source_history = histories.has_source_history
+        model_data.has_target_history = histories.has_target_history
+    if options["bridge"] == "ptupcdr":
+        model_data.history_offsets, model_data.history_items = histories.history_offsets, histories.history_items
+    return distributed.TrainSpec(
+        model=model, phases=phases_for(method, config), data=data, batch_size=train.batch_size,
+        seed=train.seed, checkpoint_dir=checkpoint_dir, model_data=model_data,
+        settings=MethodSettings.from_config(train), validation=inputs.validation,
+        early_stopping=EarlyStopping(train.validation_metric, train.validation_k, train.validation_group,
+                                     train.patience),
+        batch_scope=train.batch_scope, lr_scaling=train.lr_scaling)
+
+
+def train_method(spark: SparkSession, config: Config, method: str, inputs: TrainingInputs) -> dict:
     """Train one method and save its artifact; skip if that exact version already exists."""
-    version = model_version(method, config, input_versions)
+    version = model_version(method, config, inputs.versions)
     path = os.path.join(artifact.models_dir(config.warehouse, method), version)
     if os.path.isfile(os.path.join(path, "artifact.json")):
         print(f"[train] {method}: model {version} already trained on these inputs, reusing it")
         with open(os.path.join(path, "artifact.json")) as handle:
             return json.load(handle)
 
-    user_index = tables.read(spark, config.warehouse, tables.USER_INDEX, input_versions[tables.USER_INDEX]).toPandas()
-    item_index = tables.read(spark, config.warehouse, tables.ITEM_INDEX, input_versions[tables.ITEM_INDEX]).toPandas()
     phases = phases_for(method, config)
     files = config.train.num_proc * 4
-    data = {phase.domain: stage_examples(spark, config, phase.domain, input_versions[tables.TRAINING_EXAMPLES], files)
-            for phase in phases}
-    model_settings = TwoTower(int(user_index["user_idx"].max()) + 1, int(item_index["item_idx"].max()) + 1,
-                              config.train.embedding_dim, config.train.hidden_dim).hyperparameters()
+    domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
+    data = {domain: stage_examples(spark, config, domain, inputs.versions[tables.TRAINING_EXAMPLES], files)
+            for domain in domains}
     checkpoint_dir = os.path.join(os.path.abspath(config.warehouse), "checkpoints", method, version)
-    spec = distributed.TrainSpec(model=model_settings, phases=phases, data=data, batch_size=config.train.batch_size,
-                                 seed=config.train.seed, checkpoint_dir=checkpoint_dir)
-    print(f"[train] {method}: model {version}, {config.train.num_proc} Horovod processes, phases "
-          + ", ".join(f"{phase.name} ({phase.domain}, {data[phase.domain].rows:,} examples x {phase.epochs} epochs)"
-                      for phase in phases), flush=True)
-    started = time.perf_counter()
-    history = distributed.launch(spec, config.train.num_proc, config.train.start_timeout)
-    seconds = time.perf_counter() - started
+    spec = train_spec(config, method, inputs, data, checkpoint_dir)
+    processes = (f"{config.train.num_proc} Horovod processes" if config.train.launcher == "horovod"
+                 else "1 local process")
+    print(f"[train] {method}: model {version}, {processes}, phases "
+          + ", ".join(f"{phase.name} ({'+'.join(phase.domains)}, {phase.epochs} epochs)" for phase in phases)
+          + "; examples " + ", ".join(f"{domain} {data[domain].rows:,}" for domain in domains), flush=True)
+    with tracking.run(config, method, version) as run_id:
+        started = time.perf_counter()
+        if config.train.launcher == "horovod":
+            history = distributed.launch(spec, config.train.num_proc, config.train.start_timeout)
+        else:
+            history = distributed.run_local(spec)
+        seconds = time.perf_counter() - started
 
-    model = TwoTower(**model_settings)
-    model.load_state_dict(torch.load(os.path.join(checkpoint_dir, distributed.FINAL_WEIGHTS), weights_only=True))
-    meta = {
-        "method": method,
-        "model_version": version,
-        "source_domain": config.data.source_domain,
-        "target_domain": config.data.target_domain,
-        "inputs": {"warehouse": os.path.abspath(config.warehouse), "versions": input_versions},
-        "config": config.to_dict(),
-        "history": history,
-        "train_seconds": round(seconds, 1),
-        "num_proc": config.train.num_proc,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    artifact.save(path, model, meta, user_index, item_index)
+        model = TwoTower(**spec.model)
+        model.load_state_dict(torch.load(os.path.join(checkpoint_dir, distributed.FINAL_WEIGHTS), weights_only=True))
+        meta = {
+            "method": method,
+            "model_version": version,
+            "source_domain": config.data.source_domain,
+            "target_domain": config.data.target_domain,
+            "inputs": {"warehouse": os.path.abspath(config.warehouse), "versions": inputs.versions},
+            "config": config.to_dict(),
+            "history": history,
+            "train_seconds": round(seconds, 1),
+            "num_proc": config.train.num_proc if config.train.launcher == "horovod" else 1,
+            "mlflow_run_id": run_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
+        tracking.log_training(run_id, config, meta, path)
     print(f"[train] {method}: saved {path} ({seconds:.0f}s)", flush=True)
     return meta
 
 
 def run_train(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict:
     """Train every configured method (or ``methods``) on the current feature tables."""
-    input_versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
-    return {method: train_method(spark, config, method, input_versions)
-            for method in (methods or config.train.methods)}
+    methods = methods or config.train.methods
+    inputs = read_inputs(spark, config, with_histories=any(model_options(m)["bridge"] != "none" for m in methods))
+    return {method: train_method(spark, config, method, inputs) for method in methods}

@@ -1,11 +1,13 @@
-"""The training loop: phases of epochs over batches of (user, item, label), with checkpoints.
+"""The training loop: phases of epochs over batches of (user, item, label), with validation and checkpoints.
 
 It knows nothing of Spark or Delta, and of Horovod only through the small :class:`Collective` interface,
 so the same loop runs single-process (the base ``Collective``) for development and under Horovod
-(``xdrec.distributed.HorovodCollective``) for real training.
+(``xdrec.distributed.HorovodCollective``) for real training. Every method is a list of phases, each with
+an objective from :mod:`xdrec.methods`; this loop is the only one.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from xdrec.methods import OBJECTIVES, MethodSettings, StepContext
 from xdrec.model import TwoTower
 
 # One batch: user indices, item indices, labels in {0, 1}.
@@ -22,13 +25,39 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 @dataclass
 class Phase:
-    """A run of epochs over one domain's training examples."""
+    """A run of epochs with one objective over the training examples of one or more domains.
+
+    Every step takes one batch of each domain in ``domains``, in that order. A ``student`` phase first
+    keeps the model as it is as the teacher, then trains freshly initialised weights (distillation).
+    ``validate`` evaluates the ranking metric after every epoch, stops early and keeps the best epoch's
+    weights; ``validation_group`` overrides which user group selects it.
+    """
 
     name: str
-    domain: str
+    domains: list[str]
     epochs: int
     learning_rate: float
+    objective: str = "bce"
     freeze: list[str] = field(default_factory=list)
+    part_learning_rates: dict[str, float] = field(default_factory=dict)
+    validate: bool = False
+    validation_group: str | None = None
+    student: bool = False
+
+
+@dataclass
+class EarlyStopping:
+    """Which validation figure selects epochs (``<group>/<metric>@<k>``), and how long to wait for it."""
+
+    metric: str = "NDCG"
+    k: int = 10
+    group: str = "all"
+    patience: int = 2
+
+    def key(self, phase: Phase, validation: dict[str, float]) -> str:
+        """The selecting figure's name; "all" users when the phase's group has no validation users."""
+        key = f"{phase.validation_group or self.group}/{self.metric}@{self.k}"
+        return key if key in validation else f"all/{self.metric}@{self.k}"
 
 
 class Collective:
@@ -57,10 +86,22 @@ class EpochResult:
     loss: float
     examples: int
     seconds: float
+    # Validation figures after this epoch, "<group>/<metric>@<k>" -> value; None when not validated.
+    validation: dict[str, float] | None = None
 
     @property
     def examples_per_second(self) -> float:
         return self.examples / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Best:
+    """The best validated epoch of the current phase so far, and its weights."""
+
+    key: str
+    value: float
+    epoch: int
+    state: dict[str, torch.Tensor]
 
 
 def _checkpoint_file(checkpoint_dir: str) -> str:
@@ -81,87 +122,158 @@ def save_checkpoint(checkpoint_dir: str, state: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def parameter_groups(model: nn.Module, learning_rate: float, part_learning_rates: dict[str, float]) -> list[dict]:
+    """Optimizer groups of the trainable parameters: a named part's own rate, the base rate for the rest.
+
+    A more specific part (``user_tower.mlp.0``) wins over the part containing it (``user_tower``).
+    """
+    rate_of: dict[int, float] = {}
+    for part in sorted(part_learning_rates, key=len):
+        if model.has_part(part):
+            for parameter in model.get_submodule(part).parameters():
+                rate_of[id(parameter)] = part_learning_rates[part]
+    groups: dict[float, list[nn.Parameter]] = {}
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            groups.setdefault(rate_of.get(id(parameter), learning_rate), []).append(parameter)
+    return [{"params": parameters, "lr": rate} for rate, parameters in groups.items()]
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
 def train(
     model: TwoTower,
     phases: list[Phase],
-    batches: Callable[[Phase, int], Iterable[Batch]],
+    batches: Callable[[Phase, int], Iterable[tuple[Batch, ...]]],
     steps_per_epoch: Callable[[Phase], int],
+    settings: MethodSettings = MethodSettings(),
+    validate: Callable[[TwoTower], dict[str, float]] | None = None,
+    early_stopping: EarlyStopping = EarlyStopping(),
     collective: Collective = Collective(),
     checkpoint_dir: str | None = None,
     device: torch.device | str = "cpu",
+    seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> list[EpochResult]:
     """Train ``model`` through ``phases``; return one result per epoch (of this run and resumed ones).
 
-    ``batches(phase, epoch)`` yields this rank's batches for one epoch; the loop takes exactly
-    ``steps_per_epoch(phase)`` of them, the same on every rank, so uneven shards cannot hang an allreduce.
-    After every epoch rank 0 checkpoints the model, the optimizer and the position; a restarted run with
-    the same ``checkpoint_dir`` continues from there.
+    ``batches(phase, epoch)`` yields this rank's steps for one epoch, each a tuple with one batch per
+    domain of the phase; the loop takes exactly ``steps_per_epoch(phase)`` of them, the same on every
+    rank, so uneven shards cannot hang an allreduce. ``validate(model)`` returns validation figures
+    (already combined over ranks); validated phases stop after ``early_stopping.patience`` epochs without
+    improvement and end with their best epoch's weights. After every epoch rank 0 checkpoints the model,
+    the optimizer, the position, the best epoch and the teacher; a restarted run with the same
+    ``checkpoint_dir`` continues from there and ends where an uninterrupted one does.
     """
     model.to(device)
     history: list[EpochResult] = []
-    start_phase, start_epoch, optimizer_state = 0, 0, None
+    start_phase, start_epoch = 0, 0
     checkpoint = load_checkpoint(checkpoint_dir)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         start_phase, start_epoch = checkpoint["phase"], checkpoint["epoch"]
-        optimizer_state = checkpoint["optimizer"]
         history = [EpochResult(**result) for result in checkpoint["history"]]
         log(f"resuming from checkpoint: phase {start_phase}, epoch {start_epoch}")
     collective.broadcast_model(model)
-    loss_fn = nn.BCEWithLogitsLoss()
+    teacher: TwoTower | None = None
 
     for phase_number, phase in enumerate(phases):
         if phase_number < start_phase:
             continue
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
+        resumed_mid_phase = checkpoint is not None and phase_number == start_phase and start_epoch > 0
+        if phase.student:
+            teacher = copy.deepcopy(model).eval()
+            if resumed_mid_phase:
+                teacher.load_state_dict(checkpoint["teacher"])
+            else:
+                torch.manual_seed(seed + 7919 * (phase_number + 1))
+                model.reset_parameters()
+                collective.broadcast_model(model)
+            teacher.requires_grad_(False)
+        model.requires_grad_(True)
         model.freeze(phase.freeze)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=phase.learning_rate)
-        first_epoch = start_epoch if phase_number == start_phase else 0
-        if optimizer_state is not None and phase_number == start_phase:
-            optimizer.load_state_dict(optimizer_state)
+        optimizer = torch.optim.Adam(parameter_groups(model, phase.learning_rate, phase.part_learning_rates))
+        best: Best | None = None
+        first_epoch = 0
+        if resumed_mid_phase:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            best = Best(**checkpoint["best"]) if checkpoint["best"] else None
+            first_epoch = start_epoch
+        objective = OBJECTIVES[phase.objective]
         steps = steps_per_epoch(phase)
+        total_steps = steps * phase.epochs
         for epoch in range(first_epoch, phase.epochs):
             model.train()
             started = time.perf_counter()
             total_loss, examples = 0.0, 0
-            iterator: Iterator[Batch] = iter(batches(phase, epoch))
-            for _ in range(steps):
-                users, items, labels = (tensor.to(device) for tensor in next(iterator))
+            # Seeded per (phase, epoch, rank): a resumed epoch draws what an uninterrupted one would.
+            generator = torch.Generator(device=device).manual_seed(
+                seed + 1000 * phase_number + 10 * epoch + collective.rank)
+            iterator: Iterator[tuple[Batch, ...]] = iter(batches(phase, epoch))
+            for step in range(steps):
+                step_batches = tuple(tuple(tensor.to(device) for tensor in batch) for batch in next(iterator))
+                context = StepContext(progress=(epoch * steps + step) / total_steps, teacher=teacher,
+                                      generator=generator)
                 optimizer.zero_grad()
-                loss = loss_fn(model(users, items), labels)
+                loss = objective(model, step_batches, settings, context)
                 loss.backward()
+                for parameter in trainable:  # a part unused on this rank's batch still joins the allreduce
+                    if parameter.grad is None:
+                        parameter.grad = torch.zeros_like(parameter)
                 collective.average_gradients(trainable)
                 optimizer.step()
-                total_loss += loss.item() * len(labels)
-                examples += len(labels)
-            if hasattr(iterator, "close"):  # stop the reader behind a generator now, not at GC
+                size = sum(len(batch[2]) for batch in step_batches)
+                total_loss += loss.item() * size
+                examples += size
+            if hasattr(iterator, "close"):  # stop the readers behind a generator now, not at GC
                 iterator.close()
             seconds = time.perf_counter() - started
+            validation = None
+            if phase.validate and validate is not None:
+                model.eval()
+                validation = validate(model)
             result = EpochResult(
                 phase=phase.name,
                 epoch=epoch,
                 loss=collective.average(total_loss / max(examples, 1), f"{phase.name}.{epoch}.loss"),
-                examples=int(collective.average(examples, f"{phase.name}.{epoch}.n") * collective.size),
+                examples=int(round(collective.average(examples, f"{phase.name}.{epoch}.n") * collective.size)),
                 seconds=seconds,
+                validation=validation,
             )
             history.append(result)
+            stop = False
+            if validation is not None:
+                selecting = early_stopping.key(phase, validation)
+                value = validation[selecting]
+                if best is None or value > best.value:
+                    best = Best(selecting, value, epoch, _cpu_state(model))
+                stop = early_stopping.patience > 0 and epoch - best.epoch >= early_stopping.patience
+            last = stop or epoch + 1 == phase.epochs
             if collective.rank == 0:
-                log(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {result.loss:.4f}, "
+                figures = "".join(f", {name} {figure:.4f}" for name, figure in (validation or {}).items()
+                                  if name.endswith(f"{early_stopping.metric}@{early_stopping.k}"))
+                log(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {result.loss:.4f}{figures}, "
                     f"{result.examples:,} examples in {seconds:.1f}s ({result.examples_per_second:,.0f}/s)")
-                if checkpoint_dir:
-                    next_phase, next_epoch = (phase_number, epoch + 1)
-                    if next_epoch == phase.epochs:
-                        next_phase, next_epoch = phase_number + 1, 0
-                    save_checkpoint(checkpoint_dir, {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict() if next_epoch else None,
-                        "phase": next_phase,
-                        "epoch": next_epoch,
-                        "history": [vars(item) for item in history],
-                    })
+            if last and best is not None and best.epoch != epoch:
+                model.load_state_dict(best.state)
+                if collective.rank == 0:
+                    log(f"{phase.name}: {'stopped early, ' if stop else ''}keeping epoch {best.epoch + 1} "
+                        f"({best.key} {best.value:.4f})")
+            if collective.rank == 0 and checkpoint_dir:
+                save_checkpoint(checkpoint_dir, {
+                    "model": model.state_dict(),
+                    "optimizer": None if last else optimizer.state_dict(),
+                    "phase": phase_number + 1 if last else phase_number,
+                    "epoch": 0 if last else epoch + 1,
+                    "history": [vars(item) for item in history],
+                    "best": None if last or best is None else vars(best),
+                    "teacher": teacher.state_dict() if teacher is not None and not last else None,
+                })
             collective.barrier()
-        optimizer_state = None
+            if last:
+                break
+        teacher = None
     return history

@@ -1,0 +1,162 @@
+"""The benchmark: every method and baseline on each configured dataset, over several seeds, in one report.
+
+For each dataset config the data stages run once (fetch, ingest, features); then for each seed the
+model stages run with ``train.seed`` and ``evaluate.seed`` set to it (train, score, evaluate), and the
+seed's evaluation report is kept. The summary averages every figure over the seeds (mean ± std) and is
+written as Markdown, JSON and PNG to the output folder, and the Markdown is copied to ``docs/`` when asked.
+
+    python jobs/benchmark.py --conf demo --conf cdrib_game_video --seeds 1,2,3 --out reports/benchmark
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from xdrec.config import Config, load_config
+from xdrec.errors import XdrecError
+
+DATA_STAGES = ("fetch", "ingest", "features")
+MODEL_STAGES = ("train", "score", "evaluate")
+PROTOCOLS = ("full", "sampled")
+GROUPS = ("warm", "cold")
+
+
+def seeded(config_name: str, overrides: list[str], seed: int) -> Config:
+    return load_config(config_name, [*overrides, f"train.seed={seed}", f"evaluate.seed={seed}"])
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict:
+    """{protocol: {model: {group: {metric: {"mean", "std", "seeds"}}}}} over the seeds' evaluations."""
+    collected: dict = {}
+    for results in per_seed:
+        for protocol, models in results["metrics"].items():
+            for model, groups in models.items():
+                for group, metrics in groups.items():
+                    for metric, value in metrics.items():
+                        (collected.setdefault(protocol, {}).setdefault(model, {}).setdefault(group, {})
+                         .setdefault(metric, []).append(value))
+    return {protocol: {model: {group: {metric: {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                                                "seeds": len(values)}
+                                       for metric, values in metrics.items()}
+                               for group, metrics in groups.items()}
+                       for model, groups in models.items()}
+            for protocol, models in collected.items()}
+
+
+def dataset_table(name: str, summary: dict, ks: list[int]) -> list[str]:
+    """Markdown rows: per model, full-ranking NDCG@10/HR@10 warm and cold, sampled cold MRR/NDCG@10/HR@10."""
+    k = 10 if 10 in ks else ks[-1]
+    columns = [("full", group, f"{metric}@{k}") for metric in ("NDCG", "HR") for group in GROUPS]
+    columns += [("sampled", "cold", metric) for metric in ("MRR", f"NDCG@{k}", f"HR@{k}")]
+    header = ["model"] + [f"{protocol} {metric} {group}" for protocol, group, metric in columns]
+    lines = [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    full = summary["full"]
+    for model in sorted(full, key=lambda m: -full[m].get("cold", {}).get(f"NDCG@{k}", {}).get("mean", 0.0)):
+        cells = [model]
+        for protocol, group, metric in columns:
+            figure = summary.get(protocol, {}).get(model, {}).get(group, {}).get(metric)
+            cells.append("" if figure is None else f"{figure['mean']:.4f} ± {figure['std']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def plot(datasets: dict[str, dict], path: str) -> None:
+    """Full-ranking NDCG@10 of each model, warm vs cold users, one panel per dataset (mean over seeds)."""
+    from xdrec.report import plt
+
+    figure, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4), squeeze=False)
+    for axis, (name, entry) in zip(axes[0], datasets.items()):
+        full = entry["summary"]["full"]
+        metric = f"NDCG@{10 if 10 in entry['ks'] else entry['ks'][-1]}"
+        models = sorted(full)
+        for offset, group in ((-0.2, "warm"), (0.2, "cold")):
+            means = [full[m].get(group, {}).get(metric, {}).get("mean", 0.0) for m in models]
+            errors = [full[m].get(group, {}).get(metric, {}).get("std", 0.0) for m in models]
+            axis.bar([i + offset for i in range(len(models))], means, 0.4, yerr=errors, label=f"{group} users")
+        axis.set_xticks(range(len(models)), models, rotation=30, ha="right")
+        axis.set_title(f"{name}: {metric} (full ranking)")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int], out: str,
+                  docs: str | None) -> dict:
+    """Run the benchmark and write the report folder ``out``; return the per-dataset summaries."""
+    from xdrec.pipeline import run_stage
+    from xdrec.spark import get_spark
+
+    datasets: dict[str, dict] = {}
+    os.makedirs(out, exist_ok=True)
+    for name in config_names:
+        base = load_config(name, overrides)
+        spark = get_spark(base.spark)
+        started = time.perf_counter()
+        print(f"=== benchmark {name}: {base.data.name}, seeds {seeds} ===", flush=True)
+        for stage in DATA_STAGES:
+            run_stage(spark, base, stage)
+        per_seed = []
+        for seed in seeds:
+            config = seeded(name, overrides, seed)
+            results = {stage: run_stage(spark, config, stage) for stage in MODEL_STAGES}
+            per_seed.append(results["evaluate"])
+            seed_folder = os.path.join(out, name, f"seed{seed}")
+            shutil.rmtree(seed_folder, ignore_errors=True)
+            shutil.copytree(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), seed_folder)
+        datasets[name] = {
+            "dataset": base.data.name, "source_domain": base.data.source_domain,
+            "target_domain": base.data.target_domain, "seeds": seeds, "ks": per_seed[0]["ks"],
+            "summary": aggregate(per_seed), "seconds": round(time.perf_counter() - started, 1),
+            "config": base.to_dict(), "inputs": per_seed[0]["inputs"],
+        }
+        print(f"=== benchmark {name} done in {datasets[name]['seconds'] / 60:.1f} min ===", flush=True)
+
+    with open(os.path.join(out, "benchmark.json"), "w") as handle:
+        json.dump(datasets, handle, indent=2, sort_keys=True)
+    plot(datasets, os.path.join(out, "ndcg_warm_vs_cold.png"))
+    lines = ["# xdrec benchmark", "",
+             f"Mean ± std over seeds {', '.join(map(str, seeds))} (train and sampled-negative seeds). Full "
+             "ranking: each test user's held-out items among all target items the user has not trained on, "
+             "averaged over users. Sampled (labelled): each test line among 999 sampled negatives, averaged "
+             "over lines, as in the cold-start literature.", ""]
+    for name, entry in datasets.items():
+        lines.append(f"{entry['dataset']} ({entry['source_domain']} -> {entry['target_domain']}), "
+                     f"{entry['seconds'] / 60:.1f} min on this machine, input versions {entry['inputs']}:")
+        lines.append("")
+        lines += dataset_table(name, entry["summary"], entry["ks"])
+    summary = "\n".join(lines)
+    with open(os.path.join(out, "summary.md"), "w") as handle:
+        handle.write(summary)
+    if docs:
+        os.makedirs(os.path.dirname(os.path.abspath(docs)), exist_ok=True)
+        shutil.copyfile(os.path.join(out, "summary.md"), docs)
+    print(summary)
+    return datasets
+
+
+def main(argv: list[str] | None = None) -> int:
+    from xdrec.cli import _ArgumentParser, guarded
+
+    def body() -> None:
+        parser = _ArgumentParser(prog="jobs/benchmark.py", description=__doc__.splitlines()[0])
+        parser.add_argument("--conf", action="append", required=True, help="a dataset config; repeatable")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+        parser.add_argument("--out", default="reports/benchmark", help="the report folder")
+        parser.add_argument("--docs", default=None, help="also copy the summary table to this file")
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        try:
+            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        except ValueError:
+            raise XdrecError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+        run_benchmark(args.conf, args.overrides, seeds, args.out, args.docs)
+
+    return guarded(body)

@@ -1,0 +1,228 @@
+"""The transfer methods: each is a list of training phases, each phase an objective over batches.
+
+Pure torch and configuration, no Spark or Horovod: :mod:`xdrec.trainer` runs the phases, one loop for
+every method, and every method yields the same artifact (a :class:`~xdrec.model.TwoTower`). See
+``docs/methods.md`` for what each method does and why.
+
+An objective takes the model, one batch per domain of its phase (in the phase's order), the method's
+settings and the step's context, and returns the loss of that step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+
+from xdrec.config import Config, TrainConfig
+from xdrec.model import BRIDGED_VIEW, SOURCE_VIEW, TwoTower
+
+if TYPE_CHECKING:
+    from xdrec.trainer import Batch, Phase
+
+
+@dataclass
+class MethodSettings:
+    """The knobs objectives read (see ``train.*`` in :class:`xdrec.config.TrainConfig`)."""
+
+    joint_weight: float = 1.0
+    adversarial_weight: float = 0.1
+    adversarial_schedule: str = "dann"
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.5
+
+    @classmethod
+    def from_config(cls, train: TrainConfig) -> "MethodSettings":
+        return cls(train.joint_weight, train.adversarial_weight, train.adversarial_schedule,
+                   train.distill_temperature, train.distill_weight)
+
+
+@dataclass
+class StepContext:
+    progress: float  # share of the phase's steps done before this one, in [0, 1)
+    teacher: TwoTower | None  # the frozen teacher of a student phase
+    generator: torch.Generator  # seeded per (phase, epoch, rank), for draws that must replay on resume
+
+
+def labelled_loss(model: TwoTower, batch: "Batch", view: str = "target") -> torch.Tensor:
+    users, items, labels = batch
+    return F.binary_cross_entropy_with_logits(model(users, items, view), labels)
+
+
+def target_loss(model, batches, settings, context) -> torch.Tensor:
+    """Binary cross-entropy on one domain's labelled examples, users as the target domain sees them."""
+    return labelled_loss(model, batches[0])
+
+
+def source_loss(model, batches, settings, context) -> torch.Tensor:
+    """Binary cross-entropy with the source domain's own user embeddings (bridge models' pretraining)."""
+    return labelled_loss(model, batches[0], SOURCE_VIEW)
+
+
+def joint_loss(model, batches, settings, context) -> torch.Tensor:
+    """L = L_source + lambda * L_target over a source and a target batch; users share one representation."""
+    source, target = batches
+    return labelled_loss(model, source) + settings.joint_weight * labelled_loss(model, target)
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``-weight`` (Ganin & Lempitsky, 2015)."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor):
+        return -ctx.weight * gradient, None
+
+
+def adversarial_schedule(kind: str, progress: float) -> float:
+    """The reversal weight's share of its maximum at ``progress``: DANN's 2 / (1 + exp(-10 p)) - 1 rises
+    from 0 to almost 1, so the domain classifier learns before the users are pushed to fool it."""
+    if kind == "dann":
+        return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+    if kind == "linear":
+        return progress
+    return 1.0
+
+
+def adversarial_loss(model, batches, settings, context) -> torch.Tensor:
+    """The joint loss plus a domain classifier on user vectors behind a gradient reversal layer.
+
+    The classifier learns to tell source batches' users from target batches' users; the reversed
+    gradient moves the user representation so that it cannot, aligning the two domains' users.
+    """
+    source, target = batches
+    weight = settings.adversarial_weight * adversarial_schedule(settings.adversarial_schedule, context.progress)
+    users = torch.cat([source[0], target[0]])
+    domains = torch.cat([torch.zeros(len(source[0])), torch.ones(len(target[0]))]).to(users.device)
+    features = GradientReversal.apply(model.user_vectors(users), weight)
+    domain_loss = F.binary_cross_entropy_with_logits(model.domain_classifier(features).squeeze(-1), domains)
+    return joint_loss(model, batches, settings, context) + domain_loss
+
+
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy to the teacher's tempered probabilities, times T^2 so gradients keep their scale."""
+    soft_targets = torch.sigmoid(teacher_logits / temperature)
+    return temperature ** 2 * F.binary_cross_entropy_with_logits(student_logits / temperature, soft_targets)
+
+
+def distill_loss(model, batches, settings, context) -> torch.Tensor:
+    """(1 - a) * labels + a * teacher, on the target batch and on transfer pairs that only the teacher knows.
+
+    Transfer pairs put the source batch's users (cold-start users among them) with target items drawn
+    from the target batch, so the student learns the teacher's view of users without target labels.
+    """
+    target, source = batches
+    users, items, labels = target
+    temperature, weight = settings.distill_temperature, settings.distill_weight
+    transfer_users = source[0]
+    transfer_items = items[torch.randint(len(items), (len(transfer_users),), generator=context.generator,
+                                         device=items.device)]
+    with torch.no_grad():
+        teacher_target = context.teacher(users, items)
+        teacher_transfer = context.teacher(transfer_users, transfer_items)
+    student_target = model(users, items)
+    hard = F.binary_cross_entropy_with_logits(student_target, labels)
+    soft = (soft_loss(student_target, teacher_target, temperature)
+            + soft_loss(model(transfer_users, transfer_items), teacher_transfer, temperature))
+    return (1.0 - weight) * hard + weight * soft
+
+
+def _overlapping(model: TwoTower, users: torch.Tensor) -> torch.Tensor:
+    """Which of ``users`` have training history in both domains: the ones a bridge can learn from."""
+    return model.has_source_history[users] & model.has_target_history[users]
+
+
+def _no_loss(model: TwoTower) -> torch.Tensor:
+    """A zero loss for a batch without overlapping users (every rank still takes its step)."""
+    return torch.zeros((), device=model.user_embedding.weight.device, requires_grad=True)
+
+
+def mapping_loss(model, batches, settings, context) -> torch.Tensor:
+    """EMCDR: the mapping from source to target user embeddings, fitted by squared error on the batch's
+    overlapping users (both embeddings fixed, learned in the earlier phases)."""
+    users = torch.unique(batches[0][0])
+    users = users[_overlapping(model, users)]
+    if len(users) == 0:
+        return _no_loss(model)
+    mapped = model.bridged_embeddings(users)
+    return F.mse_loss(mapped, model.target_user_embedding(users).detach(), reduction="sum") / len(users)
+
+
+def bridge_task_loss(model, batches, settings, context) -> torch.Tensor:
+    """PTUPCDR's task-oriented objective: the overlapping users' target examples scored with their
+    personalised bridged embeddings, so the bridge learns what ranks well rather than what is near."""
+    users, items, labels = batches[0]
+    keep = _overlapping(model, users)
+    if not bool(keep.any()):
+        return _no_loss(model)
+    logits = model(users[keep], items[keep], BRIDGED_VIEW)
+    return F.binary_cross_entropy_with_logits(logits, labels[keep])
+
+
+Objective = Callable[[TwoTower, tuple, MethodSettings, StepContext], torch.Tensor]
+OBJECTIVES: dict[str, Objective] = {
+    "bce": target_loss,
+    "source_bce": source_loss,
+    "joint": joint_loss,
+    "adversarial": adversarial_loss,
+    "distill": distill_loss,
+    "emcdr": mapping_loss,
+    "ptupcdr": bridge_task_loss,
+}
+
+# What the source phase of a bridge method keeps fixed: the target model's towers and users.
+_SHARED_WITH_TARGET = ["user_tower", "item_tower", "text_projection", "target_user_embedding"]
+# Everything but the bridge: what the bridge phase keeps fixed.
+_ALL_BUT_BRIDGE = ["user_embedding", "target_user_embedding", "user_tower", "item_embedding", "item_tower",
+                   "item_bias", "text_projection"]
+
+
+def model_options(method: str) -> dict:
+    """The model's method-specific constructor arguments (see :class:`xdrec.model.TwoTower`)."""
+    return {"bridge": method.removeprefix("bridge_") if method.startswith("bridge_") else "none",
+            "domain_classifier": method == "adversarial"}
+
+
+def phases_for(method: str, config: Config) -> list["Phase"]:
+    """The training phases of a method (see docs/methods.md)."""
+    from xdrec.trainer import Phase
+
+    train, source_domain, target_domain = config.train, config.data.source_domain, config.data.target_domain
+    source_rate = train.source_learning_rate or train.learning_rate
+    pretrain = [Phase("source", [source_domain], train.source_epochs, source_rate)] if train.source_epochs else []
+    target = Phase("target", [target_domain], train.target_epochs, train.learning_rate, validate=True)
+    if method == "target_only":
+        return [target]
+    if method == "finetune":
+        target.freeze, target.part_learning_rates = list(train.freeze), dict(train.part_learning_rates)
+        return [*pretrain, target]
+    if method in ("joint", "adversarial"):
+        return [Phase(method, [source_domain, target_domain], train.target_epochs, train.learning_rate,
+                      objective=method, validate=True)]
+    if method == "distill":
+        if train.distill_teacher == "joint":
+            teacher = [Phase("teacher", [source_domain, target_domain], train.target_epochs, train.learning_rate,
+                             objective="joint")]
+        else:
+            teacher = [*pretrain, Phase("teacher", [target_domain], train.target_epochs, train.learning_rate,
+                                        freeze=list(train.freeze), part_learning_rates=dict(train.part_learning_rates))]
+        student = Phase("student", [target_domain, source_domain], train.target_epochs, train.learning_rate,
+                        objective="distill", validate=True, student=True)
+        return [*teacher, student]
+    if method in ("bridge_emcdr", "bridge_ptupcdr"):
+        # The target model first, as target_only trains it; then source embeddings through its fixed
+        # towers, so both live in one input space; then the bridge between them.
+        target.validation_group = "warm"  # cold users' vectors come from the bridge, trained last
+        for phase in pretrain:
+            phase.objective, phase.freeze = "source_bce", list(_SHARED_WITH_TARGET)
+        bridge = Phase("bridge", [target_domain], train.bridge_epochs, train.learning_rate,
+                       objective=model_options(method)["bridge"], freeze=list(_ALL_BUT_BRIDGE), validate=True,
+                       validation_group="cold")
+        return [target, *pretrain, bridge]
+    raise ValueError(f"unknown method {method!r}")

@@ -1,0 +1,27 @@
+"""The benchmark's aggregation over seeds and its summary table."""
+from __future__ import annotations
+
+import pytest
+
+from xdrec.benchmark import aggregate, dataset_table
+
+
+def evaluation(ndcg_cold: float, mrr_sampled: float) -> dict:
+    return {"metrics": {"full": {"m": {"cold": {"NDCG@10": ndcg_cold}, "warm": {"NDCG@10": 0.5}}},
+                        "sampled": {"m": {"cold": {"MRR": mrr_sampled}}}}}
+
+
+def test_aggregate_gives_mean_and_population_std_over_seeds():
+    summary = aggregate([evaluation(0.2, 0.1), evaluation(0.4, 0.3), evaluation(0.3, 0.2)])
+    cold = summary["full"]["m"]["cold"]["NDCG@10"]
+    assert cold["mean"] == pytest.approx(0.3) and cold["seeds"] == 3
+    assert cold["std"] == pytest.approx(((0.01 + 0.01 + 0) / 3) ** 0.5)
+    assert summary["sampled"]["m"]["cold"]["MRR"]["mean"] == pytest.approx(0.2)
+    assert summary["full"]["m"]["warm"]["NDCG@10"]["std"] == 0
+
+
+def test_dataset_table_labels_protocols_and_shows_mean_and_std():
+    lines = dataset_table("demo", aggregate([evaluation(0.2, 0.1), evaluation(0.4, 0.3)]), [5, 10])
+    assert lines[0] == "### demo"
+    assert "full NDCG@10 cold" in lines[2] and "sampled MRR cold" in lines[2]
+    assert "0.3000 ± 0.1000" in lines[4] and "0.2000 ± 0.1000" in lines[4]

@@ -1,0 +1,243 @@
+"""The transfer methods: their building blocks against hand computations, the model's bridge and text
+item tower, the artifact round trip, and every method trained through the one loop on a planted world."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from planted_world import COLD_USERS, NUM_ITEMS, NUM_USERS, SOURCE, TARGET, in_memory_batches, make_world
+from xdrec import artifact, trainer
+from xdrec.config import METHODS, load_config
+from xdrec.errors import XdrecError
+from xdrec.methods import (GradientReversal, MethodSettings, StepContext, adversarial_schedule, distill_loss,
+                           model_options, phases_for, soft_loss)
+from xdrec.model import BRIDGED_VIEW, TwoTower
+from xdrec.trainer import Collective, EarlyStopping
+from xdrec.validation import ranking_figures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gradient_reversal_is_identity_forward_and_negated_scaled_backward():
+    features = torch.randn(5, 3, requires_grad=True)
+    reversed_features = GradientReversal.apply(features, 0.3)
+    assert torch.equal(reversed_features, features)
+    (reversed_features * torch.arange(3.0)).sum().backward()
+    torch.testing.assert_close(features.grad, -0.3 * torch.arange(3.0).expand(5, 3))
+
+
+def test_adversarial_schedules_rise_from_zero():
+    dann = [adversarial_schedule("dann", progress) for progress in (0.0, 0.1, 0.5, 1.0)]
+    assert dann[0] == 0.0 and dann == sorted(dann) and dann[-1] == pytest.approx(1.0, abs=1e-4)
+    assert dann[1] == pytest.approx(2 / (1 + np.exp(-1.0)) - 1)
+    assert adversarial_schedule("linear", 0.25) == 0.25 and adversarial_schedule("constant", 0.0) == 1.0
+
+
+def test_distill_loss_mixes_labels_and_tempered_teacher_scores():
+    torch.manual_seed(0)
+    student, teacher = TwoTower(10, 8, 4, 8), TwoTower(10, 8, 4, 8)
+    target = (torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 6, 7]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    source = (torch.tensor([8, 9, 8, 9]), torch.tensor([0, 1, 2, 3]), torch.ones(4))
+    context = StepContext(progress=0.0, teacher=teacher, generator=torch.Generator().manual_seed(3))
+    labels_only = distill_loss(student, (target, source), MethodSettings(distill_weight=0.0), context)
+    assert labels_only.item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(student(target[0], target[1]), target[2]).item())
+
+    temperature = 3.0
+    context.generator.manual_seed(3)
+    teacher_only = distill_loss(student, (target, source),
+                                MethodSettings(distill_weight=1.0, distill_temperature=temperature), context)
+    # Transfer pairs: the source batch's users with target items drawn from the target batch.
+    drawn = target[1][torch.randint(4, (4,), generator=torch.Generator().manual_seed(3))]
+    with torch.no_grad():
+        expected = (soft_loss(student(target[0], target[1]), teacher(target[0], target[1]), temperature)
+                    + soft_loss(student(source[0], drawn), teacher(source[0], drawn), temperature))
+    assert teacher_only.item() == pytest.approx(expected.item())
+    # A student equal to its teacher is at the minimum of the soft term: its gradient vanishes.
+    logits = torch.tensor([0.3, -1.2], requires_grad=True)
+    soft_loss(logits, logits.detach(), 2.0).backward()
+    torch.testing.assert_close(logits.grad, torch.zeros(2), atol=1e-7, rtol=0)
+
+
+def bridge_model(kind: str) -> TwoTower:
+    world = make_world(0)
+    torch.manual_seed(1)
+    model = TwoTower(NUM_USERS, NUM_ITEMS, 6, 12, bridge=kind, history_size=len(world.histories.history_items))
+    world.histories.apply(model)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["emcdr", "ptupcdr"])
+def test_bridge_applies_to_cold_users_only(kind):
+    model = bridge_model(kind)
+    warm_user, cold_user = NUM_USERS - 1, int(COLD_USERS[0])
+    users = torch.tensor([warm_user, cold_user])
+    with torch.no_grad():
+        vectors = model.user_vectors(users)
+        torch.testing.assert_close(vectors[0], model.user_tower(model.target_user_embedding.weight[warm_user]))
+        torch.testing.assert_close(vectors[1], model.user_vectors(torch.tensor([cold_user]), BRIDGED_VIEW)[0])
+        assert not torch.allclose(vectors[1], model.user_tower(model.target_user_embedding.weight[cold_user]))
+
+
+def test_personalised_bridge_pools_each_users_own_history():
+    model = bridge_model("ptupcdr")
+    with torch.no_grad():
+        torch.nn.init.normal_(model.bridge.meta[2].weight, std=0.1)  # leave the identity start
+        users = torch.tensor([5, 0, 17, 5])
+        got = model.bridged_embeddings(users)
+        for row, user in enumerate(users.tolist()):
+            start, stop = model.history_offsets[user].item(), model.history_offsets[user + 1].item()
+            history = model.item_embedding(model.history_items[start:stop])
+            weights = torch.softmax(model.bridge.attention(history).squeeze(-1), 0)
+            pooled = (weights.unsqueeze(-1) * history).sum(0)
+            matrix = model.bridge.meta(pooled).view(6, 6)
+            torch.testing.assert_close(got[row], model.user_embedding.weight[user] @ matrix)
+
+
+def text_model(item_ids_with_text: bool) -> TwoTower:
+    torch.manual_seed(2)
+    model = TwoTower(10, 6, 4, 8, text_dim=5, item_ids_with_text=item_ids_with_text)
+    text = torch.randn(6, 5).numpy()
+    model.set_item_text(text, np.array([True, True, True, True, False, False]))
+    return model
+
+
+def test_text_items_get_vectors_from_their_text_and_the_others_from_ids():
+    model = text_model(item_ids_with_text=False)
+    with torch.no_grad():
+        before = model.item_vectors(torch.arange(6))
+        model.item_embedding.weight.add_(1.0)  # ids matter only for items without text
+        after = model.item_vectors(torch.arange(6))
+        torch.testing.assert_close(after[:4], before[:4])
+        assert not torch.allclose(after[4:], before[4:])
+        model.text_projection.weight.add_(1.0)  # text matters only for items with text
+        moved = model.item_vectors(torch.arange(6))
+        assert not torch.allclose(moved[:4], after[:4])
+        torch.testing.assert_close(moved[4:], after[4:])
+    with_ids = text_model(item_ids_with_text=True)
+    with torch.no_grad():
+        expected = with_ids.item_tower(with_ids.item_embedding.weight[0]
+                                       + with_ids.text_projection(with_ids.item_text[0]))
+        torch.testing.assert_close(with_ids.item_vectors(torch.tensor([0]))[0], expected)
+    # Without text the model is the id-only two-tower model: no text parameters or buffers at all.
+    assert not any("text" in name for name in TwoTower(10, 6, 4, 8).state_dict())
+
+
+def test_unseen_text_item_is_recommended_through_its_text():
+    """An item nobody interacted with, whose text matches a liked item's, scores like that item."""
+    torch.manual_seed(0)
+    model = TwoTower(4, 3, 4, 8, text_dim=3, item_ids_with_text=False)
+    model.set_item_text(np.eye(3, dtype=np.float32)[[0, 1, 0]], np.ones(3, dtype=bool))  # item 2 reads like item 0
+    users, items = torch.tensor([0, 0, 1, 1] * 20), torch.tensor([0, 1, 1, 0] * 20)
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0] * 20)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(100):
+        optimizer.zero_grad()
+        F.binary_cross_entropy_with_logits(model(users, items), labels).backward()
+        optimizer.step()
+    with torch.no_grad():
+        scores = model.score_matrix(torch.tensor([0, 1]), torch.arange(3))
+    assert scores[0, 2] > scores[0, 1] and scores[1, 2] < scores[1, 1]
+
+
+def test_artifact_round_trip_keeps_bridge_text_and_scores(tmp_path):
+    world = make_world(0)
+    torch.manual_seed(4)
+    model = TwoTower(NUM_USERS, NUM_ITEMS, 6, 12, text_dim=5, bridge="ptupcdr",
+                     history_size=len(world.histories.history_items))
+    histories = world.histories
+    model.set_histories(histories.has_source_history, histories.has_target_history, histories.history_offsets,
+                        histories.history_items)
+    has_text = np.arange(NUM_ITEMS) % 2 == 0
+    model.set_item_text(np.random.default_rng(0).normal(size=(NUM_ITEMS, 5)).astype(np.float32), has_text)
+    user_index = pd.DataFrame({"user_id": [f"u{u}" for u in range(NUM_USERS)], "user_idx": np.arange(NUM_USERS)})
+    item_index = pd.DataFrame({"domain": [SOURCE] * 32 + [TARGET] * 32,
+                               "item_id": [f"i{i}" for i in range(NUM_ITEMS)], "item_idx": np.arange(NUM_ITEMS)})
+    path = artifact.save(os.path.join(tmp_path, "ptupcdr", "v1"), model,
+                         {"method": "ptupcdr", "model_version": "v1"}, user_index, item_index)
+    loaded = artifact.load(path).model
+    users, items = torch.arange(NUM_USERS), torch.arange(32, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score_matrix(users, items), model.eval().score_matrix(users, items))
+
+
+CONFIG_OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
+                    "data.domains={source: {interactions: s.csv}, target: {interactions: t.csv}}",
+                    "train.source_epochs=4", "train.target_epochs=6", "train.bridge_epochs=6",
+                    "train.learning_rate=0.03", "train.patience=0"]
+
+
+def train_method(method: str, world) -> dict[str, float]:
+    config = load_config("synthetic", CONFIG_OVERRIDES)
+    options = model_options(method)
+    torch.manual_seed(0)
+    model = TwoTower(NUM_USERS, NUM_ITEMS, 8, 16, history_size=len(world.histories.history_items)
+                     if options["bridge"] == "ptupcdr" else 0, **options)
+    if options["bridge"] != "none":
+        world.histories.apply(model)
+    batches, steps = in_memory_batches(world.examples, 32)
+    history = trainer.train(model, phases_for(method, config), batches, steps,
+                            settings=MethodSettings.from_config(config.train),
+                            validate=lambda m: ranking_figures(m, world.validation, 10, Collective()),
+                            early_stopping=EarlyStopping(patience=0), log=lambda message: None)
+    return history[-1].validation
+
+
+@pytest.fixture(scope="module")
+def method_figures():
+    world = make_world(0)
+    return {method: train_method(method, world) for method in METHODS}
+
+
+def test_every_method_learns_the_warm_users(method_figures):
+    # Chance: 2 relevant of the 29 unseen target items gives NDCG@10 about 0.2.
+    for method, figures in method_figures.items():
+        assert figures["warm/NDCG@10"] > 0.5, (method, figures)
+
+
+@pytest.mark.parametrize("method", [method for method in METHODS if method != "target_only"])
+def test_transfer_methods_beat_target_only_on_cold_users(method_figures, method):
+    # Cold users have no target examples: target_only ranks their items by chance, a transfer method by
+    # the taste their source examples show.
+    cold = {name: figures["cold/NDCG@10"] for name, figures in method_figures.items()}
+    assert cold["target_only"] < 0.3, cold
+    assert cold[method] > cold["target_only"] + 0.2, cold
+
+
+def test_every_method_has_phases_and_a_validated_last_phase():
+    config = load_config("synthetic", CONFIG_OVERRIDES)
+    for method in METHODS:
+        phases = phases_for(method, config)
+        assert phases[-1].validate, method
+        assert TARGET in phases[-1].domains, method
+    assert [phase.name for phase in phases_for("bridge_emcdr", config)] == ["target", "source", "bridge"]
+    assert [phase.objective for phase in phases_for("distill", config)] == ["joint", "distill"]
+    finetune_teacher = load_config("synthetic", [*CONFIG_OVERRIDES, "train.distill_teacher=finetune"])
+    assert [phase.name for phase in phases_for("distill", finetune_teacher)] == ["source", "teacher", "student"]
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.methods=[finetune,dann]", "train.methods"),
+    ("train.freeze=[user_tower.mlp.5]", "train.freeze"),
+    ("train.part_learning_rates={item_towr: 0.1}", "train.part_learning_rates"),
+    ("train.part_learning_rates={item_tower: -1}", "train.part_learning_rates.item_tower"),
+    ("train.distill_weight=1.5", "train.distill_weight"),
+    ("train.adversarial_schedule=cosine", "train.adversarial_schedule"),
+    ("train.batch_scope=node", "train.batch_scope"),
+    ("train.validation_group=cold_users", "train.validation_group"),
+    ("train.launcher=local", "train.num_proc"),  # the local launcher is one process
+])
+def test_bad_train_settings_name_their_key(override, named):
+    with pytest.raises(XdrecError, match=named.replace(".", r"\.")):
+        load_config("synthetic", [override])

@@ -1,0 +1,123 @@
+"""Split protocols on hand-made pairs: random, leave-last-out and cold-start only, each with its leakage check."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from xdrec.features import assign_shards, build_training_examples
+from xdrec.splits import assign_splits, choose_cold_start_users, hash_unit
+
+SOURCE, TARGET = "books", "movies"
+PAIR_SCHEMA = ("domain string, user_id string, item_id string, user_idx int, item_idx int, timestamp long, "
+               "rating double, weight double, events long")
+
+
+@pytest.fixture(scope="module")
+def pairs(spark):
+    """300 users: 240 in both domains, 60 in the target only; 8 target pairs each (timestamps 1..8, in a
+    shuffled item order) and 3 source pairs for those in both."""
+    rows = []
+    for user in range(300):
+        for position in range(8):
+            item = (position * 5 + user) % 40
+            rows.append((TARGET, f"u{user}", f"m{item}", user, 100 + item, 1000 * user + position + 1, 4.0, 1.0, 1))
+        if user < 240:
+            rows += [(SOURCE, f"u{user}", f"b{item}", user, item, 5, 3.0, 1.0, 1) for item in (user % 30, 30, 31)]
+    return spark.createDataFrame(rows, PAIR_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def item_index(pairs):
+    return pairs.select("domain", "item_id", "item_idx").distinct()
+
+
+def _split(pairs, holdout, valid_share=0.1, test_share=0.2):
+    cold = choose_cold_start_users(pairs, SOURCE, TARGET, valid_share, test_share, seed=3)
+    split = assign_splits(pairs, cold, TARGET, holdout, valid_ratio=0.1, test_ratio=0.2, seed=3)
+    return split, cold.toPandas()
+
+
+def _assert_no_leakage(split, item_index, cold):
+    """No held-out pair among the training positives; no cold-start user with a target training row."""
+    examples = build_training_examples(split, item_index, negatives=2, seed=1).toPandas()
+    frame = split.toPandas()
+    held_out = frame[frame["split"] != "train"][["domain", "user_idx", "item_idx"]]
+    positives = examples[examples["label"] == 1.0]
+    assert held_out.merge(positives, on=["domain", "user_idx", "item_idx"]).empty
+    assert not examples[(examples["domain"] == TARGET) & examples["user_idx"].isin(cold["user_idx"])].shape[0]
+    assert len(positives) == (frame["split"] == "train").sum()
+    assert (frame.loc[frame["domain"] == SOURCE, "split"] == "train").all()
+    return frame
+
+
+def test_random_holdout_shares_and_no_leakage(pairs, item_index):
+    split, cold = _split(pairs, "random")
+    frame = _assert_no_leakage(split, item_index, cold)
+    warm = frame[(frame["domain"] == TARGET) & ~frame["cold"]]
+    shares = warm["split"].value_counts(normalize=True)
+    assert abs(shares["valid"] - 0.1) < 0.04 and abs(shares["test"] - 0.2) < 0.04
+    assert warm.groupby("user_idx")["split"].apply(lambda splits: (splits == "train").any()).all()
+
+
+def test_leave_last_out_holds_out_each_users_latest(pairs, item_index):
+    split, cold = _split(pairs, "leave_last_out")
+    frame = _assert_no_leakage(split, item_index, cold)
+    warm = frame[(frame["domain"] == TARGET) & ~frame["cold"]]
+    for _, rows in warm.groupby("user_idx"):
+        ordered = rows.sort_values("timestamp")["split"].tolist()
+        assert ordered == ["train"] * 6 + ["valid", "test"]
+    # Time order: no held-out interaction of a user is older than one of the user's training ones.
+    newest_train = warm[warm["split"] == "train"].groupby("user_idx")["timestamp"].max()
+    oldest_held = warm[warm["split"] != "train"].groupby("user_idx")["timestamp"].min()
+    assert (oldest_held > newest_train.reindex(oldest_held.index)).all()
+
+
+def test_leave_last_out_keeps_a_short_history_for_training(spark):
+    rows = [(TARGET, "solo", "m1", 0, 1, 5, None, 1.0, 1),
+            (TARGET, "pair", "m1", 1, 1, 5, None, 1.0, 1), (TARGET, "pair", "m2", 1, 2, 6, None, 1.0, 1)]
+    frame = spark.createDataFrame(rows, PAIR_SCHEMA)
+    cold = spark.createDataFrame([], "user_idx int, split string")
+    split = assign_splits(frame, cold, TARGET, "leave_last_out", 0.1, 0.2, seed=1).toPandas()
+    assert sorted(zip(split["user_idx"], split["item_idx"], split["split"])) == [
+        (0, 1, "train"), (1, 1, "train"), (1, 2, "test")]
+
+
+def test_cold_start_only_holds_out_just_the_cold_users(pairs, item_index):
+    split, cold = _split(pairs, "none")
+    frame = _assert_no_leakage(split, item_index, cold)
+    overlapping = set(range(240))
+    assert set(cold["user_idx"]) <= overlapping
+    assert set(cold["split"]) == {"valid", "test"}
+    assert abs(len(cold) / len(overlapping) - 0.3) < 0.08
+    target = frame[frame["domain"] == TARGET].merge(cold, on="user_idx", how="left", suffixes=("", "_cold"))
+    assert (target.loc[target["split_cold"].isna(), "split"] == "train").all()
+    assert (target.loc[target["split_cold"].notna(), "split"] == target.loc[target["split_cold"].notna(), "split_cold"]).all()
+    # Separate validation and test users: no user is in both.
+    assert not set(cold.loc[cold["split"] == "valid", "user_idx"]) & set(cold.loc[cold["split"] == "test", "user_idx"])
+
+
+def test_splits_are_the_same_on_every_run(pairs):
+    first, _ = _split(pairs, "random")
+    second, _ = _split(pairs.repartition(7), "random")
+    columns = ["domain", "user_idx", "item_idx"]
+    pd.testing.assert_frame_equal(first.toPandas().sort_values(columns).reset_index(drop=True),
+                                  second.toPandas().sort_values(columns).reset_index(drop=True))
+
+
+def test_examples_and_their_shards_are_the_same_on_every_run(pairs, item_index):
+    split, _ = _split(pairs, "random")
+
+    def examples(frame):
+        shards = assign_shards(build_training_examples(frame, item_index, negatives=3, seed=5), shards=4).toPandas()
+        return shards.sort_values(list(shards.columns)).reset_index(drop=True)
+
+    first = examples(split)
+    pd.testing.assert_frame_equal(first, examples(split.repartition(5)))
+    sizes = first.groupby(["domain", "shard"]).size()
+    assert all(per_domain.max() - per_domain.min() <= 1 for _, per_domain in sizes.groupby(level=0))
+
+
+def test_hash_unit_is_in_the_unit_interval_and_spread(spark):
+    draws = [row.draw for row in spark.range(2000).select(hash_unit("id", seed=1).alias("draw")).collect()]
+    assert 0.0 <= min(draws) and max(draws) < 1.0
+    assert 0.45 < sum(draws) / len(draws) < 0.55

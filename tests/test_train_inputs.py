@@ -1,0 +1,42 @@
+"""The train stage's pure helpers: users' histories as CSR, the item text matrix, model versions."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from xdrec.config import load_config
+from xdrec.train import csr, item_text_matrix, model_version, user_histories
+
+
+def test_csr_lists_each_users_items_in_order():
+    offsets, items = csr(np.array([2, 0, 2, 2, 0]), np.array([9, 4, 1, 5, 3]), num_users=4)
+    assert offsets.tolist() == [0, 2, 2, 5, 5]
+    assert items[offsets[0]:offsets[1]].tolist() == [3, 4] and items[offsets[2]:offsets[3]].tolist() == [1, 5, 9]
+
+
+def test_user_histories_flag_domains_and_keep_only_source_items():
+    rows = pd.DataFrame({"domain": ["books", "books", "movies", "movies", "music"],
+                         "user_idx": [0, 1, 1, 2, 3], "item_idx": [10, 11, 20, 21, 30]})
+    histories = user_histories(rows, num_users=5, source="books", target="movies")
+    assert histories.has_source_history.tolist() == [True, True, False, False, False]
+    assert histories.has_target_history.tolist() == [False, True, True, False, False]
+    assert histories.history_offsets.tolist() == [0, 1, 2, 2, 2, 2] and histories.history_items.tolist() == [10, 11]
+
+
+def test_item_text_matrix_places_vectors_by_item_and_flags_the_rest():
+    rows = pd.DataFrame({"item_idx": [3, 0], "embedding": [np.array([1.0, 2.0]), np.array([3.0, 4.0])]})
+    matrix, has_text = item_text_matrix(rows, num_items=5)
+    assert matrix.dtype == np.float32 and matrix.shape == (5, 2)
+    assert matrix[3].tolist() == [1.0, 2.0] and matrix[0].tolist() == [3.0, 4.0] and not matrix[1].any()
+    assert has_text.tolist() == [True, False, False, True, False]
+
+
+def test_model_version_follows_the_model_not_how_it_is_watched():
+    versions = {"training_examples": 3}
+    base = load_config("synthetic")
+    same = load_config("synthetic", ["train.mlflow=false", "train.start_timeout=600", "train.methods=[finetune]"])
+    other = load_config("synthetic", ["train.learning_rate=0.02"])
+    assert model_version("finetune", base, versions) == model_version("finetune", same, versions)
+    assert model_version("finetune", base, versions) != model_version("finetune", other, versions)
+    assert model_version("finetune", base, versions) != model_version("finetune", base, {"training_examples": 4})
+    assert model_version("finetune", base, versions) != model_version("joint", base, versions)
