@@ -114,3 +114,60 @@ def test_materialize_raw_without_fetch_names_the_missing_file(tmp_path, make_con
     config = make_config(tmp_path, "data.fetch=none")
     with pytest.raises(XdrecError, match="input file not found: .*books/interactions.csv"):
         datasets.materialize_raw(config)
+
+
+def _write_cdrib(root, files):
+    for name, lines in files.items():
+        os.makedirs(os.path.join(root, os.path.dirname(name)), exist_ok=True)
+        with open(os.path.join(root, name), "w") as handle:
+            handle.write("".join(f"{user}\t{item}\n" for user, item in lines))
+
+
+# A tiny game -> video task in CDRIB's layout: 3 common users (ids 0-2); id 5 is a different person in each
+# domain; users 1 and 2 are cold in video (only valid/test lines there).
+CDRIB_FILES = {
+    "game_video/train.txt": [(0, 0), (1, 0), (1, 1), (2, 2), (5, 1)],
+    "video_game/train.txt": [(0, 0), (0, 1), (5, 0), (5, 2)],
+    "video_game/valid.txt": [(1, 1), (2, 0)],
+    "video_game/test.txt": [(1, 2)],
+}
+
+
+def test_cdrib_keeps_the_split_and_shares_only_common_users(tmp_path):
+    _write_cdrib(tmp_path, CDRIB_FILES)
+    converted = datasets.convert_cdrib(str(tmp_path), "game", "video", common_users=3)
+    game, video = converted["game"], converted["video"]
+    assert list(zip(game["user_id"], game["item_id"], game["split"])) == [
+        ("u0", "0", "train"), ("u1", "0", "train"), ("u1", "1", "train"), ("u2", "2", "train"), ("game:5", "1", "train")]
+    assert list(zip(video["user_id"], video["item_id"], video["split"])) == [
+        ("u0", "0", "train"), ("u0", "1", "train"), ("video:5", "0", "train"), ("video:5", "2", "train"),
+        ("u1", "1", "valid"), ("u2", "0", "valid"), ("u1", "2", "test")]
+
+
+def test_cdrib_with_a_wrong_common_user_count_is_named(tmp_path):
+    _write_cdrib(tmp_path, CDRIB_FILES)
+    with pytest.raises(XdrecError, match="not below data.cdrib_common_users=2"):
+        datasets.convert_cdrib(str(tmp_path), "game", "video", common_users=2)
+    with pytest.raises(XdrecError, match="CDRIB file not found: .*sport_cloth/train.txt"):
+        datasets.convert_cdrib(str(tmp_path), "sport", "cloth", common_users=3)
+
+
+@pytest.mark.e2e
+def test_cdrib_given_split_goes_through_ingest_and_features(spark, tmp_path):
+    from xdrec import tables
+    from xdrec.config import load_config
+    from xdrec.pipeline import run_stage
+
+    _write_cdrib(tmp_path / "cdrib", CDRIB_FILES)
+    config = load_config("cdrib_game_video", [f"warehouse={tmp_path / 'warehouse'}",
+                                              f"data.cdrib_dir={tmp_path / 'cdrib'}", "data.cdrib_common_users=3"])
+    for stage in ("fetch", "ingest", "features"):
+        run_stage(spark, config, stage)
+    users = dict(tables.read(spark, config.warehouse, tables.USER_INDEX).toPandas()[["user_id", "user_idx"]].values)
+    cold = tables.read(spark, config.warehouse, tables.COLD_START_USERS).toPandas()
+    assert dict(zip(cold["user_idx"], cold["split"])) == {users["u1"]: "test", users["u2"]: "valid"}
+    assert {"game:5", "video:5"} <= set(users)  # two people, not one
+    indexed = tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS).where("domain = 'video'").toPandas()
+    assert sorted(indexed["split"]) == ["test", "train", "train", "train", "train", "valid", "valid"]
+    assert set(indexed.loc[indexed["cold"], "user_idx"]) == {users["u1"], users["u2"]}
+    assert not tables.exists(spark, config.warehouse, tables.ITEM_EMBEDDINGS)  # no catalogue: no text

@@ -38,9 +38,10 @@ b1,Book One,fiction,Ann
 b1,Book One again,fiction,Ann
  ,No Id,fiction,Dee
 '''
-MOVIE_INTERACTIONS = """user_id,item_id,rating,timestamp
-u1,m1,4,1000
-u4,m2,3.5,1001.0
+MOVIE_INTERACTIONS = """user_id,item_id,rating,timestamp,split
+u1,m1,4,1000,
+u4,m2,3.5,1001.0,Test
+u4,m1,3,1002,later
 """
 MOVIE_ITEMS = """item_id,title,category
 m1,Movie One,
@@ -121,6 +122,7 @@ def test_every_quarantine_reason_is_counted_and_kept_with_its_source(spark, runs
     assert first["quarantined"]["interactions"]["books"] == EXPECTED_BOOK_REASONS
     assert first["quarantined"]["items"]["books"] == {"duplicate": 1, "conflicting_item": 1, "missing_id": 1}
     assert first["quarantined"]["user_links"][None] == {"unknown_domain": 1, "missing_id": 1, "duplicate": 1}
+    assert first["quarantined"]["interactions"]["movies"] == {"bad_split": 1}
     assert first["added"]["interactions"] == {"books": 5, "movies": 2}
     assert first["read"]["interactions"]["books"] == 17
 
@@ -137,6 +139,7 @@ def test_good_rows_are_typed_and_repeat_interactions_are_kept(runs):
     _, _, snapshot = runs
     interactions = snapshot[tables.INTERACTIONS]
     rows = {(r.domain, r.user_id, r.item_id, r.rating, r.timestamp, r.weight) for r in interactions.itertuples()}
+    assert dict(zip(interactions["item_id"], interactions["split"]))["m2"] == "test"  # a given split, lower case
     assert rows == {
         ("books", "u1", "b1", 5.0, 100, 1.0), ("books", "u1", "b1", 3.0, 50, 2.0),  # two events of one pair
         ("books", "u1", "b2", 4.0, 200, 1.0), ("books", "u2", "b2", 2.0, 300, 0.5),
@@ -199,17 +202,18 @@ def test_every_run_is_recorded_in_runs(spark, runs):
 
 
 def test_too_many_bad_rows_fail_the_run_but_keep_the_quarantine(spark, tmp_path, make_config):
-    config = _inputs_config(make_config, tmp_path, "data.max_bad_share=0.1")
+    config = _inputs_config(make_config, tmp_path, "data.max_bad_share=0.4")
     _write_inputs(config)
     with pytest.raises(XdrecError) as error:
         run_ingest(spark, config)
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("too many bad rows, above data.max_bad_share=0.1: ")
+    assert message.startswith("too many bad rows, above data.max_bad_share=0.4: ")
     assert "interactions of books: 70.6% of 17 rows (missing_id 3, " in message
+    # 1 bad row of 3 in movies' interactions (33.3%) stays under the threshold and is not named.
     assert "items of books: 50.0% of 6 rows" in message and "interactions of movies" not in message
     assert not tables.exists(spark, config.warehouse, tables.INTERACTIONS)
-    assert tables.read(spark, config.warehouse, tables.QUARANTINE).count() == 12 + 3 + 3
+    assert tables.read(spark, config.warehouse, tables.QUARANTINE).count() == 12 + 1 + 3 + 3
     assert tables.read(spark, config.warehouse, tables.RUNS).first()["status"] == "failed"
 
 

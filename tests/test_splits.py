@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from xdrec.features import assign_shards, build_training_examples
-from xdrec.splits import assign_splits, choose_cold_start_users, hash_unit
+from xdrec.splits import assign_splits, choose_cold_start_users, given_cold_start_users, hash_unit
 
 SOURCE, TARGET = "books", "movies"
 PAIR_SCHEMA = ("domain string, user_id string, item_id string, user_idx int, item_idx int, timestamp long, "
@@ -94,6 +94,28 @@ def test_cold_start_only_holds_out_just_the_cold_users(pairs, item_index):
     assert (target.loc[target["split_cold"].notna(), "split"] == target.loc[target["split_cold"].notna(), "split_cold"]).all()
     # Separate validation and test users: no user is in both.
     assert not set(cold.loc[cold["split"] == "valid", "user_idx"]) & set(cold.loc[cold["split"] == "test", "user_idx"])
+
+
+def test_a_given_split_is_kept_and_users_without_target_training_are_cold(spark, item_index):
+    """CDRIB-style: the data says which pairs are held out; users with only held-out target pairs are cold."""
+    rows = []
+    for user in range(40):
+        for position in range(6):
+            item = (position * 7 + user) % 40
+            # Users 0-9 have only held-out target pairs (valid or test); the others train on all but one.
+            given = (("valid", "test")[position % 2] if user < 10 else "test" if position == 5 else "train")
+            rows.append((TARGET, f"u{user}", f"m{item}", user, 100 + item, None, None, 1.0, 1, given))
+        rows.append((SOURCE, f"u{user}", f"b{user % 30}", user, user % 30, None, None, 1.0, 1, "test"))
+    frame = spark.createDataFrame(rows, PAIR_SCHEMA + ", given_split string")
+    cold = given_cold_start_users(frame, TARGET)
+    split = assign_splits(frame, cold, TARGET, "given", 0.1, 0.2, seed=3)
+    result = _assert_no_leakage(split, item_index, cold.toPandas())
+    target = result[result["domain"] == TARGET]
+    assert sorted(cold.toPandas()["user_idx"]) == list(range(10))
+    assert set(cold.toPandas()["split"]) == {"test"}  # each has a test pair
+    assert target["cold"].tolist() == (target["user_idx"] < 10).tolist()
+    assert {(row.user_idx, row.item_idx): row.split for row in target.itertuples()} == {
+        (row[3], row[4]): row[9] for row in rows if row[0] == TARGET}
 
 
 def test_splits_are_the_same_on_every_run(pairs):

@@ -64,6 +64,9 @@ class DomainInput:
             raise XdrecError(f"{where}.min_rating: {self.min_rating} is above max_rating {self.max_rating}")
 
 
+FETCHERS = ("movielens-1m", "cdrib", "synthetic", "none")
+
+
 @dataclass
 class DataConfig:
     name: str = "movielens-1m"
@@ -71,8 +74,12 @@ class DataConfig:
     target_domain: str = "comedy"
     # Where the raw per-domain files live; ``{raw}`` expands to ``<warehouse>/raw/<name>``.
     domains: dict[str, DomainInput] = field(default_factory=dict)
-    # How to materialise the raw files when they are missing: "movielens-1m", "synthetic" or "none".
+    # How to materialise the raw files when they are missing: "movielens-1m", "cdrib", "synthetic" or "none".
     fetch: str = "none"
+    # fetch "cdrib": the folder of the CDRIB splits, and the number C of common users of the domain pair
+    # (ids below C are the same person in both domains: 2179 for game/video, 9828 for sport/cloth).
+    cdrib_dir: str = ""
+    cdrib_common_users: int = 0
     synthetic_users: int = 400
     synthetic_items: int = 120
     seed: int = 7
@@ -93,8 +100,10 @@ class DataConfig:
     compact_files_per_partition: int = 8
 
     def validate(self, where: str) -> None:
-        if self.fetch not in ("movielens-1m", "synthetic", "none"):
-            raise XdrecError(f"{where}.fetch: expected movielens-1m, synthetic or none, got {self.fetch!r}")
+        if self.fetch not in FETCHERS:
+            raise XdrecError(f"{where}.fetch: expected one of {', '.join(FETCHERS)}, got {self.fetch!r}")
+        if self.fetch == "cdrib" and not (self.cdrib_dir and self.cdrib_common_users > 0):
+            raise XdrecError(f"{where}.fetch: 'cdrib' needs data.cdrib_dir and data.cdrib_common_users")
         if self.source_domain == self.target_domain:
             raise XdrecError(f"{where}.source_domain and target_domain must differ")
         for domain in (self.source_domain, self.target_domain):
@@ -112,7 +121,7 @@ class DataConfig:
                 raise XdrecError(f"{where}.{name}: expected at least 1, got {getattr(self, name)}")
 
 
-WARM_HOLDOUTS = ("random", "leave_last_out", "none")
+WARM_HOLDOUTS = ("random", "leave_last_out", "none", "given")
 
 
 @dataclass
@@ -125,7 +134,8 @@ class FeaturesConfig:
     test_ratio: float = 0.1
     # How warm users' target interactions are held out (docs/data.md, "Splits"): "random" (valid_ratio and
     # test_ratio of them by a seeded hash), "leave_last_out" (each user's latest to test, the one before
-    # to valid) or "none" (all train: only the cold-start users are held out).
+    # to valid), "none" (all train: only the cold-start users are held out) or "given" (the inputs' split
+    # column decides; target users without train interactions are the cold-start users).
     warm_holdout: str = "random"
     negatives: int = 4
     # training_examples is written in this many equal shards per domain; a multiple of train.num_proc

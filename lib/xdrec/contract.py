@@ -10,7 +10,7 @@ ITEMS = "items"
 USER_LINKS = "user_links"
 
 COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    INTERACTIONS: (("user_id", "item_id"), ("rating", "timestamp", "weight")),
+    INTERACTIONS: (("user_id", "item_id"), ("rating", "timestamp", "weight", "split")),
     ITEMS: (("item_id", "title"), ("description", "category")),
     USER_LINKS: (("domain_a", "user_id_a", "domain_b", "user_id_b"), ()),
 }
@@ -18,6 +18,8 @@ COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # Where an input can come from: files (csv with a header line unless told otherwise, tsv, parquet, JSON
 # lines), a Delta table by path, or a table of the Spark catalogue (metastore) by name.
 FORMATS = ("csv", "tsv", "parquet", "json", "delta", "table")
+# The values of an interaction's optional ``split`` (a split given with the data, docs/data.md).
+SPLITS = ("train", "valid", "test")
 
 
 def all_columns(kind: str) -> tuple[str, ...]:

@@ -1,9 +1,11 @@
-"""Raw input data: MovieLens-1M split into two domains by genre, and a seeded synthetic generator.
+"""Raw input data: MovieLens-1M split into two domains by genre, the CDRIB Amazon cold-start splits, and
+a seeded synthetic generator.
 
-Both write xdrec's input format, one folder per domain under a raw directory:
+All write xdrec's input format, one folder per domain under a raw directory:
 
-- ``<raw_dir>/<domain>/interactions.csv`` with header ``user_id,item_id,rating,timestamp``;
-- ``<raw_dir>/<domain>/items.csv`` with header ``item_id,title,category``.
+- ``<raw_dir>/<domain>/interactions.csv`` with header ``user_id,item_id,rating,timestamp``
+  (CDRIB: ``user_id,item_id,split``, ids only, with the published split);
+- ``<raw_dir>/<domain>/items.csv`` with header ``item_id,title,category`` (CDRIB has no catalogue).
 
 No Spark work here: the files are small enough for pandas, and the pipeline proper starts at ingest.
 Every file is written to a temporary name and renamed, so a file that exists is complete.
@@ -129,6 +131,68 @@ def fetch_movielens(raw_dir: str) -> dict:
     return summary
 
 
+# CDRIB (Cao et al., ICDE 2022): folder "X_Y" holds domain X of the pair. Common users have the same
+# ids 0 .. C-1 in both folders; an id >= C is a different person in each (see the data's README).
+CDRIB_SPLITS = ("train", "valid", "test")
+
+
+def read_cdrib_lines(path: str) -> pd.DataFrame:
+    """One CDRIB file (``user<TAB>item`` lines) as integer columns user, item."""
+    try:
+        return pd.read_csv(path, sep="\t", header=None, names=["user", "item"], dtype=np.int64)
+    except FileNotFoundError:
+        raise XdrecError(f"CDRIB file not found: {path} (check data.cdrib_dir)") from None
+    except ValueError as error:
+        raise XdrecError(f"{path}: not CDRIB 'user<TAB>item' integer lines ({str(error).splitlines()[0]})") from None
+
+
+def cdrib_user_ids(users: pd.Series, domain: str, common_users: int) -> pd.Series:
+    """xdrec user ids: "u<id>" for common users (the same person in both domains), "<domain>:<id>" else."""
+    shared = users < common_users
+    return pd.Series(np.where(shared, "u" + users.astype(str), f"{domain}:" + users.astype(str)), index=users.index)
+
+
+def convert_cdrib(cdrib_dir: str, source_domain: str, target_domain: str, common_users: int
+                  ) -> dict[str, pd.DataFrame]:
+    """The CDRIB task source -> target as {domain: interactions (user_id, item_id, split)}.
+
+    The source domain is its training file; the target domain is its training file plus the cold-start
+    users' valid and test lines, with their split. Checks the split's own promises: every held-out user
+    is a common user (id < ``common_users``) with no target training line.
+    """
+    source = read_cdrib_lines(os.path.join(cdrib_dir, f"{source_domain}_{target_domain}", "train.txt"))
+    target_folder = os.path.join(cdrib_dir, f"{target_domain}_{source_domain}")
+    target = pd.concat([read_cdrib_lines(os.path.join(target_folder, f"{split}.txt")).assign(split=split)
+                        for split in CDRIB_SPLITS], ignore_index=True)
+    held_out = target[target["split"] != "train"]
+    not_common = held_out[held_out["user"] >= common_users]
+    if len(not_common):
+        raise XdrecError(f"{target_folder}: held-out user {not_common['user'].iloc[0]} is not below "
+                         f"data.cdrib_common_users={common_users}: wrong count of common users for this pair")
+    training = set(target.loc[target["split"] == "train", "user"])
+    warm_held_out = held_out[held_out["user"].isin(training)]
+    if len(warm_held_out):
+        raise XdrecError(f"{target_folder}: held-out user {warm_held_out['user'].iloc[0]} also has training lines; "
+                         "not a CDRIB cold-start split")
+    return {
+        domain: pd.DataFrame({"user_id": cdrib_user_ids(frame["user"], domain, common_users),
+                              "item_id": frame["item"].astype(str),
+                              "split": frame["split"] if "split" in frame else "train"})
+        for domain, frame in ((source_domain, source), (target_domain, target))
+    }
+
+
+def fetch_cdrib(raw_dir: str, cdrib_dir: str, source_domain: str, target_domain: str, common_users: int) -> dict:
+    """Write the CDRIB task source -> target (:func:`convert_cdrib`) as the two domains' interactions."""
+    summary = {}
+    for domain, interactions in convert_cdrib(cdrib_dir, source_domain, target_domain, common_users).items():
+        _write_csv_atomically(interactions, _domain_paths(raw_dir, domain)[0])
+        summary[domain] = {"users": int(interactions["user_id"].nunique()),
+                           "items": int(interactions["item_id"].nunique()), "interactions": int(len(interactions))}
+    print(f"[datasets] cdrib {source_domain} -> {target_domain} from {cdrib_dir} -> {raw_dir}: {_summary_line(summary)}")
+    return summary
+
+
 # The synthetic world: users and items live in a small latent taste space shared by both domains.
 TASTE_DIMS = 4
 CATEGORIES = ("adventure", "romance", "mystery", "science")
@@ -228,7 +292,8 @@ def run_fetch(spark: SparkSession, config: Config) -> dict:
 def materialize_raw(config: Config) -> None:
     """Create the source and target domains' input files in ``config.raw_dir`` when any is missing.
 
-    ``config.data.fetch`` says how: "movielens-1m", "synthetic", or "none" (a missing file is an error).
+    ``config.data.fetch`` says how: "movielens-1m", "cdrib" (from ``data.cdrib_dir``), "synthetic", or
+    "none" (a missing file is an error).
     """
     missing = _missing_inputs(config)
     if not missing:
@@ -238,6 +303,8 @@ def materialize_raw(config: Config) -> None:
         raise XdrecError(f"input file not found: {missing[0]} (data.fetch is 'none', so xdrec does not create it)")
     if data.fetch == "movielens-1m":
         fetch_movielens(config.raw_dir)
+    elif data.fetch == "cdrib":
+        fetch_cdrib(config.raw_dir, data.cdrib_dir, data.source_domain, data.target_domain, data.cdrib_common_users)
     else:
         generate_synthetic(config.raw_dir, data.source_domain, data.target_domain, data.synthetic_users,
                            data.synthetic_items, data.seed)

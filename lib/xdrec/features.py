@@ -20,10 +20,10 @@ import time
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xdrec import lineage, tables, text
+from xdrec import contract, lineage, tables, text
 from xdrec.config import Config
 from xdrec.errors import XdrecError
-from xdrec.splits import assign_splits, choose_cold_start_users
+from xdrec.splits import assign_splits, choose_cold_start_users, given_cold_start_users
 
 # Negative sampling draws this many candidates per wanted negative from the items a user has not
 # trained on (more when the user has trained on most of a domain), and at most MAX_CANDIDATES_PER_NEGATIVE.
@@ -104,12 +104,17 @@ def new_item_ids(interactions: DataFrame, items: DataFrame, existing: DataFrame 
 def collapse_pairs(interactions: DataFrame, people: DataFrame, user_index: DataFrame,
                    item_index: DataFrame) -> DataFrame:
     """One row per (domain, person, item): domain, user_id (the person), item_id, user_idx, item_idx,
-    timestamp (the latest), rating (of the latest), weight (summed) and events (interactions)."""
+    timestamp (the latest), rating (of the latest), weight (summed), events (interactions) and
+    given_split (the split given with the data: "train" when any of the pair's rows trains or has none,
+    else "valid" when any is valid, else "test"; so a pair that trains is never also held out)."""
     latest = F.max(F.struct(F.coalesce("timestamp", F.lit(-(1 << 62))).alias("at"), "rating"))
+    split_order = F.array(*[F.lit(name) for name in contract.SPLITS])
+    earliest_split = F.min(F.coalesce(F.array_position(split_order, F.col("split")), F.lit(1)))
     pairs = (interactions.join(people, ["domain", "user_id"])
              .groupBy("domain", F.col("person").alias("user_id"), "item_id")
              .agg(F.max("timestamp").alias("timestamp"), latest["rating"].alias("rating"),
-                  F.sum("weight").alias("weight"), F.count("*").alias("events")))
+                  F.sum("weight").alias("weight"), F.count("*").alias("events"),
+                  F.element_at(split_order, earliest_split.cast("int")).alias("given_split")))
     return pairs.join(user_index, "user_id").join(item_index, ["domain", "item_id"])
 
 
@@ -346,6 +351,8 @@ def run_features(spark: SparkSession, config: Config) -> dict:
         return {**summary, "versions": dict(last["writes"])}
 
     interactions = tables.read(spark, warehouse, tables.INTERACTIONS, reads[tables.INTERACTIONS])
+    if "split" not in interactions.columns:  # ingested before inputs could give a split
+        interactions = interactions.withColumn("split", F.lit(None).cast("string"))
     if features.warm_holdout == "leave_last_out":
         undated = interactions.where((F.col("domain") == data.target_domain) & F.col("timestamp").isNull()).count()
         if undated:
@@ -365,10 +372,13 @@ def run_features(spark: SparkSession, config: Config) -> dict:
     writer.report(tables.ITEM_INDEX, f"{sum(summary['items'].values()):,} items")
 
     pairs = collapse_pairs(interactions, people, user_index, item_index)
-    cold_start_users = writer.overwrite(
-        choose_cold_start_users(pairs, data.source_domain, data.target_domain, features.cold_start_valid_share,
-                                features.cold_start_test_share, features.seed),
-        tables.COLD_START_USERS)
+    if features.warm_holdout == "given":
+        chosen = given_cold_start_users(pairs, data.target_domain)
+    else:
+        chosen = choose_cold_start_users(pairs, data.source_domain, data.target_domain,
+                                         features.cold_start_valid_share, features.cold_start_test_share,
+                                         features.seed)
+    cold_start_users = writer.overwrite(chosen, tables.COLD_START_USERS)
     summary["cold_start_users"] = cold = _count_by(cold_start_users, "split")
     writer.report(tables.COLD_START_USERS, f"{cold.get('valid', 0):,} valid, {cold.get('test', 0):,} test")
     indexed = writer.overwrite(

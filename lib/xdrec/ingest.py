@@ -16,6 +16,7 @@ Quarantine reasons, the first that applies (docs/data.md, "Validation"):
   [data.min_timestamp, data.max_timestamp];
 - ``bad_rating``: a rating given but not a number in the domain's [min_rating, max_rating];
 - ``bad_weight``: a weight given but not a finite number of at least 0;
+- ``bad_split``: a split given but not one of train, valid, test;
 - ``unknown_item``: the item is not in the catalogue of a domain that has one;
 - ``duplicate``: the same values as a row kept from another file or earlier in the same file;
 - ``conflicting_item``: a catalogue row for an item that another row read in the same run describes
@@ -61,11 +62,12 @@ def parse_interactions(raw: DataFrame, domain: str, spec: DomainInput, data: Dat
     """Raw interaction rows of one domain, typed, with a ``reason`` for those that break a row rule.
 
     Columns: domain, user_id, item_id, rating (double, null when not given), timestamp (epoch seconds,
-    null when not given), weight (1.0 when not given), interaction_id (a hash of all those values),
+    null when not given), weight (1.0 when not given), split (lower case, null when not given), interaction_id (a hash of all those values),
     source_file, record, reason (null: no row rule broken). unknown_item and duplicate need other rows:
     :func:`label_unknown_items`, :func:`label_duplicates`.
     """
     rating_text, timestamp_text, weight_text = (_blank_to_null(name) for name in ("rating", "timestamp", "weight"))
+    split = F.lower(_blank_to_null("split"))
     rating, timestamp, weight = rating_text.try_cast("double"), epoch_seconds(timestamp_text), weight_text.try_cast("double")
     bad_rating = rating_text.isNotNull() & (rating.isNull() | F.isnan(rating) | (rating < spec.min_rating)
                                             | (rating > spec.max_rating))
@@ -78,13 +80,15 @@ def parse_interactions(raw: DataFrame, domain: str, spec: DomainInput, data: Dat
               .when(user_id.isNull() | item_id.isNull(), "missing_id")
               .when(bad_timestamp, "bad_timestamp")
               .when(bad_rating, "bad_rating")
-              .when(bad_weight, "bad_weight"))
+              .when(bad_weight, "bad_weight")
+              .when(split.isNotNull() & ~split.isin(*contract.SPLITS), "bad_split"))
     typed = raw.select(
         F.lit(domain).alias("domain"), user_id.alias("user_id"), item_id.alias("item_id"),
         rating.alias("rating"), timestamp.alias("timestamp"), F.coalesce(weight, F.lit(1.0)).alias("weight"),
-        "source_file", "record", reason.alias("reason"),
+        split.alias("split"), "source_file", "record", reason.alias("reason"),
     )
-    values = F.to_json(F.struct("domain", "user_id", "item_id", "rating", "timestamp", "weight"))
+    # to_json leaves null fields out, so rows without a split hash as they did before splits existed.
+    values = F.to_json(F.struct("domain", "user_id", "item_id", "rating", "timestamp", "weight", "split"))
     return typed.withColumn("interaction_id", F.md5(values))
 
 

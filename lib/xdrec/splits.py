@@ -9,6 +9,9 @@ Two layers, both seeded by a hash and never by ``rand()``, so a rerun gives the 
   (a seeded share per interaction), "leave_last_out" (each user's latest interaction to test, the one
   before to valid) or "none" (all train).
 
+Or the split comes with the data (``features.warm_holdout`` "given", :func:`given_cold_start_users`): each
+pair keeps its given split, and the target users with held-out pairs but no train pair are cold-start.
+
 Source-domain interactions always train. A warm target user always keeps at least one train interaction.
 """
 from __future__ import annotations
@@ -42,6 +45,15 @@ def choose_cold_start_users(pairs: DataFrame, source_domain: str, target_domain:
     return overlapping.select("user_idx", split.alias("split")).where(F.col("split").isNotNull())
 
 
+def given_cold_start_users(pairs: DataFrame, target_domain: str) -> DataFrame:
+    """(user_idx, split) of the target users whose given splits hold out all their pairs: "test" when any
+    of their pairs is a test pair, else "valid". ``pairs`` has domain, user_idx and given_split."""
+    target = pairs.where(F.col("domain") == target_domain).groupBy("user_idx").agg(
+        F.bool_or(F.col("given_split") == "train").alias("trains"),
+        F.bool_or(F.col("given_split") == "test").alias("tested"))
+    return target.where(~F.col("trains")).select("user_idx", F.when(F.col("tested"), "test").otherwise("valid").alias("split"))
+
+
 def _random_holdout(valid_ratio: float, test_ratio: float, seed: int) -> tuple[Column, Column]:
     """(split, closeness to train): a seeded draw per (user, item); the highest draw is nearest to train."""
     draw = hash_unit("user_id", "item_id", seed=seed)
@@ -64,9 +76,10 @@ def assign_splits(pairs: DataFrame, cold_start_users: DataFrame, target_domain: 
                   valid_ratio: float, test_ratio: float, seed: int) -> DataFrame:
     """Every (domain, user, item) pair of ``pairs`` with ``split`` and ``cold``; columns SPLIT_COLUMNS.
 
-    ``pairs`` has domain, user_id, item_id, user_idx, item_idx, timestamp, rating, weight, events. A
-    cold-start user's target pairs all go to the user's split. Warm users' target pairs are held out by
-    ``warm_holdout``; when that leaves a warm user no train pair, the one nearest to train goes back.
+    ``pairs`` has domain, user_id, item_id, user_idx, item_idx, timestamp, rating, weight, events and
+    given_split. A cold-start user's target pairs all go to the user's split. Warm users' target pairs are
+    held out by ``warm_holdout``; when that leaves a warm user no train pair, the one nearest to train
+    goes back. With "given" every target pair keeps its given split, a cold-start user's pairs included.
     """
     cold = cold_start_users.select("user_idx", F.col("split").alias("cold_split"), F.lit(True).alias("cold"))
     is_target = F.col("domain") == target_domain
@@ -76,9 +89,12 @@ def assign_splits(pairs: DataFrame, cold_start_users: DataFrame, target_domain: 
         warm_split, closeness = _leave_last_out(seed)
     elif warm_holdout == "none":
         warm_split, closeness = F.lit("train"), F.lit(0.0)
+    elif warm_holdout == "given":
+        warm_split, closeness = F.col("given_split"), F.lit(0.0)
     else:
         raise ValueError(f"unknown warm_holdout {warm_holdout!r}")
-    split = F.when(~is_target, "train").when(F.col("cold"), F.col("cold_split")).otherwise(warm_split)
+    cold_split = F.col("given_split") if warm_holdout == "given" else F.col("cold_split")
+    split = F.when(~is_target, "train").when(F.col("cold"), cold_split).otherwise(warm_split)
     per_user = Window.partitionBy("domain", "user_idx")
     nearest_to_train = per_user.orderBy(F.col("closeness").desc(), "item_idx")
     has_no_train = ~F.max((F.col("split") == "train").cast("int")).over(per_user).cast("boolean")

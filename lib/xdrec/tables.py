@@ -5,7 +5,8 @@ only the stage functions call into this module.
 
 Tables (columns; partitioning):
 
-- ``interactions``: domain, user_id, item_id, rating, timestamp, weight, interaction_id, source_file;
+- ``interactions``: domain, user_id, item_id, rating, timestamp, weight, split (given with the data, or
+  null), interaction_id, source_file;
   by domain (docs/data.md)
 - ``items``: domain, item_id, title, description, category, attributes, text, content_hash, source_file;
   by domain

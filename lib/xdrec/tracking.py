@@ -8,6 +8,7 @@ elsewhere, e.g. a tracking server or ``databricks``); ``train.mlflow=false`` tur
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -44,6 +45,8 @@ def run(config: Config, method: str, model_version: str) -> Iterator[str | None]
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     import mlflow
 
+    # MLflow announces each new experiment at INFO; xdrec prints where the run went itself.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(config.train.mlflow_experiment)
     with mlflow.start_run(run_name=f"{method}-{model_version}") as active:
