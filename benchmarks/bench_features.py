@@ -1,6 +1,6 @@
 """Benchmark: the ingest and features stages on MovieLens-1M and on copies replicated N times.
 
-    $VENV/bin/python benchmarks/bench_features.py                 # 1x and 4x, the figures of docs/data.md
+    $VENV/bin/python benchmarks/bench_features.py                 # 1x and 4x, the figures of docs/performance.md
     $VENV/bin/python benchmarks/bench_features.py --sizes 1 --fraction 0.05   # a quick check of the script
 
 A copy k > 0 of the data repeats every interaction with user ids suffixed "~k" (new users, the same

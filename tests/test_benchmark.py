@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdrec.benchmark import aggregate, dataset_table
+from xdrec.benchmark import aggregate, dataset_table, verdict
 
 
 def evaluation(ndcg_cold: float, mrr_sampled: float) -> dict:
@@ -25,3 +25,15 @@ def test_dataset_table_labels_protocols_and_shows_mean_and_std():
     assert lines[0] == "### demo"
     assert "full NDCG@10 cold" in lines[2] and "sampled MRR cold" in lines[2]
     assert "0.3000 ± 0.1000" in lines[4] and "0.2000 ± 0.1000" in lines[4]
+
+
+def _cold_ndcg(**models: float) -> dict:
+    return {"metrics": {"full": {model: {"cold": {"NDCG@10": value}} for model, value in models.items()}}}
+
+
+def test_verdict_names_the_best_transfer_method_against_both_yardsticks():
+    beats = aggregate([_cold_ndcg(finetune=0.5, joint=0.6, target_only=0.3, popularity=0.4, emcdr=0.7)])
+    assert verdict(beats, 10) == ("Cold-start users, full-ranking NDCG@10: the best transfer method, joint (0.6000), "
+                                  "beats target_only (0.3000) and popularity (0.4000); the best baseline is emcdr (0.7000).")
+    loses = aggregate([_cold_ndcg(finetune=0.35, target_only=0.3, popularity=0.4)])
+    assert "finetune (0.3500), does NOT beat" in verdict(loses, 10)

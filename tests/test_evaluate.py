@@ -6,7 +6,7 @@ import pytest
 
 from xdrec import baselines
 from xdrec.evaluate import (FULL, coverage, full_ranking_metrics, group_means, long_format,
-                            paired_bootstrap, sampled_metrics, sampled_names,
+                            paired_bootstrap, rating_error_means, sampled_metrics, sampled_names,
                             target_test_users)
 from xdrec.metrics import metric_names, reference_user_metrics
 from xdrec.ranking import FactorScorer
@@ -95,3 +95,30 @@ def test_coverage_uses_each_models_latest_run(spark):
          ("a", "2026-01-02", 2, 2, 3)],
         "model string, run_date string, user_idx int, rank int, item_idx int")
     assert coverage(recommendations, catalogue_size=10, k=1) == {"a": pytest.approx(0.2)}
+
+
+def test_rating_errors_match_hand_computed_mae_and_rmse(spark):
+    """Target ratings: global mean 3; user 1 (warm, mean 4) and user 2 (cold, source mean 5 where the
+    source's mean is 4, so 5 - 4 + 3 = 4 on the target's scale)."""
+    schema = "domain string, user_idx int, item_idx int, rating double, split string, cold boolean"
+    train = spark.createDataFrame([
+        ("movies", 1, 0, 4.0, "train", False), ("movies", 1, 1, 4.0, "train", False),
+        ("movies", 3, 0, 2.0, "train", False), ("movies", 3, 1, 2.0, "train", False),
+        ("books", 2, 10, 5.0, "train", False), ("books", 4, 10, 3.0, "train", False)], schema)
+    test = spark.createDataFrame([
+        ("movies", 1, 2, 5.0, "test", False), ("movies", 2, 0, 2.0, "test", True),
+        ("movies", 2, 1, 4.0, "test", True)], schema)
+    predictions = baselines.rating_predictions(train, test, "movies", rank=2, iterations=5, regularization=0.1, seed=1)
+    by_model = {}
+    for row in predictions.collect():
+        by_model.setdefault(row["model"], {})[(row["user_idx"], row["item_idx"])] = row["prediction"]
+    assert by_model["global_mean"] == {(1, 2): 3.0, (2, 0): 3.0, (2, 1): 3.0}
+    assert by_model["user_mean"] == pytest.approx({(1, 2): 4.0, (2, 0): 4.0, (2, 1): 4.0})
+    # ALS knows neither item 2 nor user 2: every prediction falls back to user_mean.
+    assert by_model["als_explicit"] == pytest.approx(by_model["user_mean"])
+    errors = {(r["model"], r["user_group"], r["metric"]): (r["value"], r["count"])
+              for r in rating_error_means(predictions).collect()}
+    assert errors[("user_mean", "warm", "MAE")] == pytest.approx((1.0, 1))
+    assert errors[("user_mean", "cold", "MAE")] == pytest.approx((1.0, 2))  # |4-2| and |4-4| over 2
+    assert errors[("user_mean", "cold", "RMSE")][0] == pytest.approx((4.0 / 2) ** 0.5)
+    assert errors[("global_mean", "all", "RMSE")][0] == pytest.approx(((4 + 1 + 1) / 3) ** 0.5)

@@ -7,12 +7,16 @@
   MLP mapping source user factors to target user factors, fitted on users warm in both domains; cold
   users are scored with their mapped factors.
 
+Where the target domain has ratings, :func:`rating_predictions` adds the rating-prediction yardsticks
+that MAE and RMSE are reported for (xdrec's own models rank implicit feedback and predict no ratings).
+
 Each baseline becomes a :class:`~xdrec.ranking.FactorScorer` saved as ``factors.npz`` under
 ``<warehouse>/baselines/<name>/``, which the evaluation UDFs load just as they load a model artifact.
 """
 from __future__ import annotations
 
 import os
+from functools import reduce
 
 import numpy as np
 import torch
@@ -95,3 +99,38 @@ def emcdr(source_train: DataFrame, target_train: DataFrame, num_users: int, num_
         mapped = mapping(torch.from_numpy(source_users)).numpy()
     user_factors = np.where(has_target[:, None], target_users, np.where(has_source[:, None], mapped, 0.0))
     return FactorScorer(user_factors, target_items)
+
+
+def rating_predictions(train: DataFrame, test: DataFrame, target_domain: str, rank: int, iterations: int,
+                       regularization: float, seed: int) -> DataFrame:
+    """Predicted ratings of the target ``test`` pairs: (model, user_idx, item_idx, cold, rating, prediction).
+
+    ``train`` and ``test`` rows have domain, user_idx, item_idx, rating (not null), and ``test`` also cold.
+    Models: ``global_mean`` (the target's mean training rating); ``user_mean`` (the user's mean target
+    rating; a cold-start user's mean source rating, shifted by the difference of the domains' means: the
+    simplest cross-domain transfer; else the global mean); ``als_explicit`` (Spark MLlib ALS on the target
+    ratings; users or items it has no factors for get ``user_mean``'s prediction).
+    """
+    target = train.where(F.col("domain") == target_domain)
+    domain_means = train.groupBy("domain").agg(F.avg("rating").alias("domain_mean"))
+    global_mean = target.agg(F.avg("rating")).first()[0]
+    # A user's mean in each domain, moved onto the target's scale by the difference of domain means.
+    per_user = (train.groupBy("domain", "user_idx").agg(F.avg("rating").alias("mean"))
+                .join(domain_means, "domain")
+                .select("user_idx", F.when(F.col("domain") == target_domain, 0).otherwise(1).alias("order"),
+                        (F.col("mean") - F.col("domain_mean") + F.lit(global_mean)).alias("shifted")))
+    user_mean = (per_user.groupBy("user_idx")
+                 .agg(F.min_by("shifted", "order").alias("user_mean")))
+    als = ALS(rank=rank, maxIter=iterations, regParam=regularization, implicitPrefs=False, userCol="user_idx",
+              itemCol="item_idx", ratingCol="rating", seed=seed, coldStartStrategy="nan"
+              ).fit(target.select("user_idx", "item_idx", "rating"))
+    predicted = (als.transform(test.select("user_idx", "item_idx", "cold", "rating"))
+                 .join(user_mean, "user_idx", "left")
+                 .withColumn("user_mean", F.coalesce("user_mean", F.lit(global_mean))))
+    models = {"global_mean": F.lit(global_mean),
+              "user_mean": F.col("user_mean"),
+              "als_explicit": F.when(F.isnan("prediction"), F.col("user_mean")).otherwise(F.col("prediction"))}
+    return reduce(DataFrame.unionByName, [
+        predicted.select(F.lit(name).alias("model"), "user_idx", "item_idx", "cold", "rating",
+                         column.cast("double").alias("prediction"))
+        for name, column in models.items()])

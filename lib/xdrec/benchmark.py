@@ -6,6 +6,9 @@ seed's evaluation report is kept. The summary averages every figure over the see
 written as Markdown, JSON and PNG to the output folder, and the Markdown is copied to ``docs/`` when asked.
 
     python jobs/benchmark.py --conf demo --conf cdrib_game_video --seeds 1,2,3 --out reports/benchmark
+
+Every method of :data:`xdrec.config.METHODS` is trained unless ``--methods`` names fewer (``config``: the
+configs' own ``train.methods``).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from xdrec.config import Config, load_config
+from xdrec.config import METHODS, Config, load_config
 from xdrec.errors import XdrecError
 
 DATA_STAGES = ("fetch", "ingest", "features")
@@ -64,7 +67,30 @@ def dataset_table(name: str, summary: dict, ks: list[int]) -> list[str]:
             figure = summary.get(protocol, {}).get(model, {}).get(group, {}).get(metric)
             cells.append("" if figure is None else f"{figure['mean']:.4f} ± {figure['std']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    return [*lines, "", verdict(summary, k), ""]
+
+
+def verdict(summary: dict, k: int) -> str:
+    """Whether the best transfer method beats target_only and popularity on cold-start users (full-ranking
+    NDCG@k, mean over seeds), and where it stands against the best baseline."""
+    full, metric = summary["full"], f"NDCG@{k}"
+
+    def cold(model: str) -> float:
+        return full.get(model, {}).get("cold", {}).get(metric, {}).get("mean", float("nan"))
+
+    transfer = [model for model in METHODS if model != "target_only" and model in full]
+    baselines = [model for model in full if model not in METHODS]
+    if not transfer:
+        return "No transfer method was trained."
+    best = max(transfer, key=cold)
+    beaten = cold(best) > cold("target_only") and cold(best) > cold("popularity")
+    line = (f"Cold-start users, full-ranking {metric}: the best transfer method, {best} ({cold(best):.4f}), "
+            f"{'beats' if beaten else 'does NOT beat'} target_only ({cold('target_only'):.4f}) and popularity "
+            f"({cold('popularity'):.4f})")
+    if baselines:
+        best_baseline = max(baselines, key=cold)
+        line += f"; the best baseline is {best_baseline} ({cold(best_baseline):.4f})"
+    return line + "."
 
 
 def plot(datasets: dict[str, dict], path: str) -> None:
@@ -118,7 +144,14 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
             "config": base.to_dict(), "inputs": per_seed[0]["inputs"],
         }
         print(f"=== benchmark {name} done in {datasets[name]['seconds'] / 60:.1f} min ===", flush=True)
+        # Written after every dataset, so a long benchmark cut short keeps what it finished.
+        summary = write_report(datasets, seeds, out, docs)
+    print(summary)
+    return datasets
 
+
+def write_report(datasets: dict[str, dict], seeds: list[int], out: str, docs: str | None) -> str:
+    """Write ``benchmark.json``, ``summary.md`` and the plot into ``out`` (the summary also to ``docs``)."""
     with open(os.path.join(out, "benchmark.json"), "w") as handle:
         json.dump(datasets, handle, indent=2, sort_keys=True)
     plot(datasets, os.path.join(out, "ndcg_warm_vs_cold.png"))
@@ -138,8 +171,7 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
     if docs:
         os.makedirs(os.path.dirname(os.path.abspath(docs)), exist_ok=True)
         shutil.copyfile(os.path.join(out, "summary.md"), docs)
-    print(summary)
-    return datasets
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--conf", action="append", required=True, help="a dataset config; repeatable")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
         parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+        parser.add_argument("--methods", default="all",
+                            help="comma-separated methods to train, 'all' (default) or 'config' (each config's own)")
         parser.add_argument("--out", default="reports/benchmark", help="the report folder")
         parser.add_argument("--docs", default=None, help="also copy the summary table to this file")
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -157,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
         except ValueError:
             raise XdrecError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-        run_benchmark(args.conf, args.overrides, seeds, args.out, args.docs)
+        methods = {"all": list(METHODS), "config": None}.get(args.methods, args.methods.split(","))
+        overrides = ([f"train.methods=[{','.join(methods)}]"] if methods else []) + args.overrides
+        for name in args.conf:
+            load_config(name, overrides)  # a bad config or method fails now, not hours in
+        run_benchmark(args.conf, overrides, seeds, args.out, args.docs)
 
     return guarded(body)

@@ -9,6 +9,9 @@ Two protocols, reported side by side and labelled:
   is ranked among ``evaluate.sampled_negatives`` items drawn uniformly with replacement from the target
   domain's training items, the user's own items not excluded; MRR, HR@K and NDCG@K averaged over lines.
 
+Where the target's test pairs have ratings, the ``rating`` protocol adds MAE and RMSE of the
+rating-prediction baselines (:func:`xdrec.baselines.rating_predictions`) over those pairs.
+
 Per-user values go to the ``user_metrics`` table so methods can be compared pairwise; means to
 ``metrics``; a paired bootstrap confidence interval compares the best transfer method with the best
 baseline; catalogue coverage comes from the ``recommendations`` table. Scoring runs in pandas UDFs that
@@ -34,7 +37,7 @@ from xdrec.errors import XdrecError
 from xdrec.metrics import metric_names, sampled_line_metrics, user_metrics
 from xdrec.ranking import full_ranks, sampled_ranks
 
-FULL, SAMPLED = "full", "sampled"
+FULL, SAMPLED, RATING = "full", "sampled", "rating"
 GROUPS = ("warm", "cold", "all")
 
 
@@ -127,6 +130,32 @@ def group_means(per_unit: DataFrame) -> DataFrame:
         F.when(F.col("cold"), F.lit("cold")).otherwise(F.lit("warm")), F.lit("all"))))
     return (grouped.groupBy("model", "protocol", "user_group", "metric")
             .agg(F.avg("value").alias("value"), F.count("*").alias("count")))
+
+
+def rating_error_means(predictions: DataFrame) -> DataFrame:
+    """MAE and RMSE per (model, user group) over rated test pairs, as ``metrics`` rows (protocol "rating";
+    count: pairs). ``predictions``: model, cold, rating, prediction."""
+    grouped = predictions.withColumn("user_group", F.explode(F.array(
+        F.when(F.col("cold"), F.lit("cold")).otherwise(F.lit("warm")), F.lit("all"))))
+    error = F.col("prediction") - F.col("rating")
+    return (grouped.groupBy("model", "user_group")
+            .agg(F.avg(F.abs(error)).alias("MAE"), F.sqrt(F.avg(error * error)).alias("RMSE"),
+                 F.count("*").alias("count"))
+            .select("model", F.lit(RATING).alias("protocol"), "user_group",
+                    F.expr("stack(2, 'MAE', MAE, 'RMSE', RMSE) as (metric, value)"), "count"))
+
+
+def rating_errors(indexed: DataFrame, config: Config) -> DataFrame | None:
+    """``metrics`` rows of the rating protocol, or None when the target's test pairs have no ratings."""
+    rated = indexed.where(F.col("rating").isNotNull())
+    test = rated.where((F.col("domain") == config.data.target_domain) & (F.col("split") == "test"))
+    if test.isEmpty():
+        return None
+    settings = config.evaluate
+    predictions = baselines.rating_predictions(
+        rated.where(F.col("split") == "train"), test, config.data.target_domain, settings.als_rank,
+        settings.als_iterations, settings.als_regularization, settings.seed)
+    return rating_error_means(predictions)
 
 
 def coverage(recommendations: DataFrame, catalogue_size: int, k: int) -> dict[str, float]:
@@ -243,6 +272,9 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     user_metrics_version = tables.overwrite(union(full_frames), config.warehouse, tables.USER_METRICS, ["model"])
     per_user = tables.read(spark, config.warehouse, tables.USER_METRICS)
     means = group_means(per_user).unionByName(group_means(union(sampled_frames)))
+    errors = rating_errors(indexed, config)
+    if errors is not None:
+        means = means.unionByName(errors)
     metrics_version = tables.overwrite(means, config.warehouse, tables.METRICS)
     summary = _nested(tables.read(spark, config.warehouse, tables.METRICS).collect())
     print(f"[evaluate] {len(scorers)} models x 2 protocols ranked in {time.perf_counter() - started:.1f}s",
@@ -269,5 +301,9 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     lines.unpersist()
     folder = report.write(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), results, headline)
     print(report.summary_table(results, headline))
+    for model, groups in summary["values"].get(RATING, {}).items():
+        print(f"[evaluate] rating error of {model} on {summary['counts'][RATING][model]['all']:,} rated test pairs: "
+              + ", ".join(f"{group} MAE {groups[group]['MAE']:.4f} RMSE {groups[group]['RMSE']:.4f}"
+                          for group in GROUPS if group in groups))
     print(f"[evaluate] report in {folder}")
     return results

@@ -78,6 +78,16 @@ def markdown(results: dict[str, Any], headline: str) -> str:
                 lines.append(f"- {group}: {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}] over "
                              f"{b['users']:,} users{' (significant)' if b['significant'] else ''}")
         lines.append("")
+    rating = results["metrics"].get("rating", {})
+    if rating:
+        lines += ["Rating prediction baselines, over the rated test pairs (xdrec's models rank implicit feedback and "
+                  "predict no ratings):", "",
+                  "| model | " + " | ".join(f"{m} {g}" for m in ("MAE", "RMSE") for g in GROUPS) + " |",
+                  "|" + "---|" * 7]
+        for model, groups in sorted(rating.items()):
+            cells = [_cell(groups.get(group, {}).get(metric)) for metric in ("MAE", "RMSE") for group in GROUPS]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["Input Delta versions: " + ", ".join(f"{name} v{v}" for name, v in results["inputs"].items()), ""]
     return "\n".join(lines)
 
