@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 
 from xdrec.config import SparkConfig, load_config
 from xdrec.spark import get_spark
@@ -27,3 +28,12 @@ def synthetic_config(warehouse, *overrides):
 @pytest.fixture(scope="session")
 def make_config():
     return synthetic_config
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: threads only contend on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

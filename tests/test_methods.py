@@ -21,12 +21,7 @@ from xdrec.trainer import Collective, EarlyStopping
 from xdrec.validation import ranking_figures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_gradient_reversal_is_identity_forward_and_negated_scaled_backward():

@@ -24,6 +24,12 @@ def test_every_stage_writes_its_tables(spark, pipeline_run):
         assert tables.read(spark, config.warehouse, name).count() > 0, name
     for name in (tables.USER_METRICS, tables.METRICS):
         assert tables.read(spark, config.warehouse, name).count() > 0, name
+    runs = tables.read(spark, config.warehouse, tables.RUNS).toPandas()
+    assert set(runs["stage"]) == {"ingest", "features", "train", "score", "evaluate"}
+    evaluated = runs[runs["stage"] == "evaluate"].iloc[-1]
+    assert dict(evaluated["writes"])[tables.METRICS] == tables.version(spark, config.warehouse, tables.METRICS)
+    assert dict(runs[runs["stage"] == "train"].iloc[-1]["reads"])[tables.TRAINING_EXAMPLES] == tables.version(
+        spark, config.warehouse, tables.TRAINING_EXAMPLES)
     report = os.path.join(config.warehouse, "reports", "latest")
     assert {"summary.md", "metrics.json", "warm_vs_cold.png", "training_curves.png"} <= set(os.listdir(report))
     with open(os.path.join(report, "metrics.json")) as handle:

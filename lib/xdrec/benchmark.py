@@ -95,20 +95,17 @@ def verdict(summary: dict, k: int) -> str:
 
 def plot(datasets: dict[str, dict], path: str) -> None:
     """Full-ranking NDCG@10 of each model, warm vs cold users, one panel per dataset (mean over seeds)."""
-    from xdrec.report import plt
+    from xdrec.report import plt, warm_cold_bars
 
     figure, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4), squeeze=False)
     for axis, (name, entry) in zip(axes[0], datasets.items()):
         full = entry["summary"]["full"]
         metric = f"NDCG@{10 if 10 in entry['ks'] else entry['ks'][-1]}"
         models = sorted(full)
-        for offset, group in ((-0.2, "warm"), (0.2, "cold")):
-            means = [full[m].get(group, {}).get(metric, {}).get("mean", 0.0) for m in models]
-            errors = [full[m].get(group, {}).get(metric, {}).get("std", 0.0) for m in models]
-            axis.bar([i + offset for i in range(len(models))], means, 0.4, yerr=errors, label=f"{group} users")
-        axis.set_xticks(range(len(models)), models, rotation=30, ha="right")
-        axis.set_title(f"{name}: {metric} (full ranking)")
-        axis.legend()
+        figures = {group: [full[m].get(group, {}).get(metric, {}) for m in models] for group in ("warm", "cold")}
+        warm_cold_bars(axis, models, {g: [f.get("mean", 0.0) for f in fs] for g, fs in figures.items()},
+                       f"{name}: {metric} (full ranking)",
+                       errors={g: [f.get("std", 0.0) for f in fs] for g, fs in figures.items()})
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xdrec import artifact as artifacts
-from xdrec import baselines, report, tables
+from xdrec import baselines, lineage, report, tables
 from xdrec.config import Config
 from xdrec.errors import XdrecError
 from xdrec.metrics import metric_names, sampled_line_metrics, user_metrics
@@ -237,7 +237,9 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
 
 
 def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
-    """Evaluate every trained method and baseline; write ``user_metrics``, ``metrics`` and a report."""
+    """Evaluate every trained method and baseline; write ``user_metrics``, ``metrics`` and a report, and
+    record the run in ``runs``."""
+    run_started, run_id = time.time(), lineage.new_run_id()
     settings, target = config.evaluate, config.data.target_domain
     ks = sorted(settings.ks)
     versions = {name: tables.version(spark, config.warehouse, name)
@@ -299,6 +301,8 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     }
     users.unpersist()
     lines.unpersist()
+    lineage.record_run(spark, config.warehouse, "evaluate", run_id, run_started, versions, results["written"],
+                       summary={"models": sorted(scorers)})
     folder = report.write(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), results, headline)
     print(report.summary_table(results, headline))
     for model, groups in summary["values"].get(RATING, {}).items():

@@ -92,19 +92,26 @@ def markdown(results: dict[str, Any], headline: str) -> str:
     return "\n".join(lines)
 
 
+def warm_cold_bars(axis, models: list[str], values: dict[str, list[float]], title: str,
+                   errors: dict[str, list[float]] | None = None) -> None:
+    """Side-by-side bars of each model's figure for warm and cold-start users (``values[group]``)."""
+    width = 0.4
+    for offset, group in ((-width / 2, "warm"), (width / 2, "cold")):
+        axis.bar([i + offset for i in range(len(models))], values[group], width,
+                 yerr=None if errors is None else errors[group], label=f"{group} users")
+    axis.set_xticks(range(len(models)), models, rotation=30, ha="right")
+    axis.set_title(title)
+    axis.legend()
+
+
 def plot_groups(results: dict[str, Any], metrics: list[str], path: str) -> None:
     """Bars of each metric for warm vs cold-start users, per model (full ranking)."""
     full = results["metrics"]["full"]
     models = sorted(full)
     figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
-    width = 0.4
     for axis, metric in zip(axes[0], metrics):
-        for offset, group in ((-width / 2, "warm"), (width / 2, "cold")):
-            values = [full[model].get(group, {}).get(metric, 0.0) for model in models]
-            axis.bar([i + offset for i in range(len(models))], values, width, label=f"{group} users")
-        axis.set_xticks(range(len(models)), models, rotation=30, ha="right")
-        axis.set_title(f"{metric} (full ranking)")
-        axis.legend()
+        values = {group: [full[model].get(group, {}).get(metric, 0.0) for model in models] for group in ("warm", "cold")}
+        warm_cold_bars(axis, models, values, f"{metric} (full ranking)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from xdrec import artifact as artifacts
-from xdrec import tables
+from xdrec import lineage, tables
 from xdrec.config import Config, ScoreConfig
 from xdrec.errors import XdrecError
 from xdrec.model import TwoTower
@@ -487,8 +487,13 @@ def run_score(spark: SparkSession, config: Config, methods: list[str] | None = N
     }
     print(f"[score] run_date {run_date}, mode {config.score.mode}, inputs "
           + ", ".join(f"{name} v{version}" for name, version in input_versions.items()), flush=True)
+    started, run_id = time.time(), lineage.new_run_id()
     try:
-        return {method: _score_method(spark, config, method, run_date, inputs, input_versions)
-                for method in methods or config.train.methods}
+        scored = {method: _score_method(spark, config, method, run_date, inputs, input_versions)
+                  for method in methods or config.train.methods}
     finally:
         users.unpersist()
+    written = {name: tables.version(spark, warehouse, name) for name in (tables.RECOMMENDATIONS, tables.SCORE_RUNS)}
+    lineage.record_run(spark, warehouse, "score", run_id, started, input_versions, written,
+                       summary={method: result["model_version"] for method, result in scored.items()})
+    return scored

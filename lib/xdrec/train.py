@@ -24,7 +24,7 @@ import torch
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xdrec import artifact, distributed, tables, tracking
+from xdrec import artifact, distributed, lineage, tables, tracking
 from xdrec.config import Config
 from xdrec.methods import MethodSettings, model_options, phases_for
 from xdrec.model import TwoTower
@@ -281,7 +281,12 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
 
 
 def run_train(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict:
-    """Train every configured method (or ``methods``) on the current feature tables."""
+    """Train every configured method (or ``methods``) on the current feature tables; record the run
+    (the pinned input versions, and each method's model version) in ``runs``."""
+    started, run_id = time.time(), lineage.new_run_id()
     methods = methods or config.train.methods
     inputs = read_inputs(spark, config, with_histories=any(model_options(m)["bridge"] != "none" for m in methods))
-    return {method: train_method(spark, config, method, inputs) for method in methods}
+    trained = {method: train_method(spark, config, method, inputs) for method in methods}
+    lineage.record_run(spark, config.warehouse, "train", run_id, started, inputs.versions, {},
+                       summary={method: meta["model_version"] for method, meta in trained.items()})
+    return trained
