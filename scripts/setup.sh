@@ -75,8 +75,9 @@ for artifact in delta-spark_2.13 delta-storage; do
   jar="$cache/jars/$artifact-$delta_version.jar"
   if [ ! -f "$jar" ]; then
     log "fetching $artifact $delta_version from Maven Central"
+    # Maven 3.8 still writes colour resets in batch mode: strip them from the log.
     mvn -B -q -Dstyle.color=never dependency:copy -Dartifact="io.delta:$artifact:$delta_version" \
-      -DoutputDirectory="$cache/jars" >&2
+      -DoutputDirectory="$cache/jars" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2
   fi
 done
 

@@ -142,24 +142,25 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
         }
         print(f"=== benchmark {name} done in {datasets[name]['seconds'] / 60:.1f} min ===", flush=True)
         # Written after every dataset, so a long benchmark cut short keeps what it finished.
-        summary = write_report(datasets, seeds, out, docs)
+        summary = write_report(datasets, out, docs)
     print(summary)
     return datasets
 
 
-def write_report(datasets: dict[str, dict], seeds: list[int], out: str, docs: str | None) -> str:
+def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
     """Write ``benchmark.json``, ``summary.md`` and the plot into ``out`` (the summary also to ``docs``)."""
     with open(os.path.join(out, "benchmark.json"), "w") as handle:
         json.dump(datasets, handle, indent=2, sort_keys=True)
     plot(datasets, os.path.join(out, "ndcg_warm_vs_cold.png"))
     lines = ["# xdrec benchmark", "",
-             f"Mean ± std over seeds {', '.join(map(str, seeds))} (train and sampled-negative seeds). Full "
+             "Mean ± std over each dataset's seeds (train and sampled-negative seeds). Full "
              "ranking: each test user's held-out items among all target items the user has not trained on, "
              "averaged over users. Sampled (labelled): each test line among 999 sampled negatives, averaged "
              "over lines, as in the cold-start literature.", ""]
     for name, entry in datasets.items():
-        lines.append(f"{entry['dataset']} ({entry['source_domain']} -> {entry['target_domain']}), "
-                     f"{entry['seconds'] / 60:.1f} min on this machine, input versions {entry['inputs']}:")
+        lines.append(f"{entry['dataset']} ({entry['source_domain']} -> {entry['target_domain']}), seeds "
+                     f"{', '.join(map(str, entry['seeds']))}, {entry['seconds'] / 60:.1f} min on this machine, "
+                     f"input versions {entry['inputs']}:")
         lines.append("")
         lines += dataset_table(name, entry["summary"], entry["ks"])
     summary = "\n".join(lines)
