@@ -230,6 +230,7 @@ def test_every_method_has_phases_and_a_validated_last_phase():
     ("train.distill_weight=1.5", "train.distill_weight"),
     ("train.adversarial_schedule=cosine", "train.adversarial_schedule"),
     ("train.batch_scope=node", "train.batch_scope"),
+    ("train.reader=disk", "train.reader"),
     ("train.validation_group=cold_users", "train.validation_group"),
     ("train.launcher=local", "train.num_proc"),  # the local launcher is one process
 ])

@@ -176,6 +176,7 @@ _CHOICES = {
     "launcher": ("horovod", "local"),
     "batch_scope": ("global", "process"),
     "lr_scaling": ("none", "linear", "sqrt"),
+    "reader": ("memory", "stream"),
     "distill_teacher": DISTILL_TEACHERS,
     "adversarial_schedule": ADVERSARIAL_SCHEDULES,
     "item_text": ("auto", "off"),
@@ -199,6 +200,10 @@ class TrainConfig:
     batch_scope: str = "global"
     # The learning rate is multiplied by 1, num_proc or sqrt(num_proc).
     lr_scaling: str = "none"
+    # How a process reads its Petastorm shard: "memory" reads it once and shuffles it in memory
+    # every epoch (Horovod's estimators call this inmemory_cache_all); "stream" re-reads the Parquet row
+    # groups every epoch through a shuffling queue, for shards larger than a process's memory.
+    reader: str = "memory"
     learning_rate: float = 0.005
     # Pretraining on the source domain; unset: learning_rate.
     source_learning_rate: float | None = None

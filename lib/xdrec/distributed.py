@@ -71,6 +71,8 @@ class TrainSpec:
     batch_scope: str = "global"
     # How the learning rate follows the number of processes: "none", "linear" or "sqrt".
     lr_scaling: str = "none"
+    # "memory": read each shard once and shuffle it in memory every epoch; "stream": re-read it every epoch.
+    reader: str = "memory"
 
     def rank_batch_size(self, size: int) -> int:
         return max(1, self.batch_size // size) if self.batch_scope == "global" else self.batch_size
@@ -134,6 +136,46 @@ def petastorm_batches(url: str, rank: int, size: int, batch_size: int, seed: int
         reader.join()
 
 
+def read_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's shard of a Parquet folder, read once through a Petastorm batch reader: (users, items, labels).
+
+    One reader thread and row groups in file order, so a shard holds the same rows in the same order on
+    every run (the per-epoch shuffle in :func:`memory_batches` is what varies, by seed).
+    """
+    from petastorm import make_batch_reader
+
+    reader = make_batch_reader(url, cur_shard=rank, shard_count=size, num_epochs=1, shuffle_row_groups=False,
+                               workers_count=1, reader_pool_type="thread")
+    try:
+        parts = list(reader)
+    finally:
+        reader.stop()
+        reader.join()
+
+    if sum(len(part.label) for part in parts) == 0:
+        raise ValueError(f"{url}: shard {rank} of {size} holds no examples (fewer Parquet row groups than processes)")
+
+    def column(name: str, dtype) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([np.asarray(getattr(part, name)) for part in parts]).astype(dtype))
+
+    return column("user_idx", np.int64), column("item_idx", np.int64), column("label", np.float32)
+
+
+def memory_batches(shard: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> Iterator[Batch]:
+    """An endless stream of full batches from a shard in memory: a fresh seeded permutation of its rows
+    each time one runs out, so a shard smaller than an epoch's steps wraps around instead of ending."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = len(shard[0])
+    if rows == 0:
+        raise ValueError("an empty shard has no batches")
+    order = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(rows, generator=generator)])
+        index, order = order[:batch_size], order[batch_size:]
+        yield tuple(column[index] for column in shard)
+
+
 def zipped_batches(streams: list[Iterator[Batch]]) -> Iterator[tuple[Batch, ...]]:
     """One batch of every stream per step; closing this closes every stream (and stops its reader)."""
     try:
@@ -144,10 +186,12 @@ def zipped_batches(streams: list[Iterator[Batch]]) -> Iterator[tuple[Batch, ...]
 
 
 def quiet_warnings() -> None:
-    """Petastorm on pyarrow 14 warns about deprecated pyarrow APIs on every read."""
+    """Petastorm warns on every read: deprecated pyarrow APIs (pyarrow 14), read-only buffers."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pyarrow.*")
+    # Petastorm's loader hands torch read-only Arrow buffers; batches are only read, never written.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def run_training(spec: TrainSpec, collective: Collective, device: torch.device) -> tuple[nn.Module, list]:
@@ -162,14 +206,21 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
     spec.model_data.apply(model)
     rank_batch = spec.rank_batch_size(collective.size)
     phases = spec.scaled_phases(collective.size)
+    shards: dict[str, tuple[torch.Tensor, ...]] = {}  # domain -> this rank's shard, when read into memory
+
+    def domain_batches(domain: str, seed: int) -> Iterator[Batch]:
+        url = spec.data[domain].url
+        if spec.reader == "stream":
+            return petastorm_batches(url, collective.rank, collective.size, rank_batch, seed)
+        if domain not in shards:
+            shards[domain] = read_shard(url, collective.rank, collective.size)
+        return memory_batches(shards[domain], rank_batch, seed)
 
     def batches(phase: Phase, epoch: int) -> Iterator[tuple[Batch, ...]]:
         # A seed per (phase, epoch, rank, domain) makes a resumed run read what an uninterrupted one would.
         seed = spec.seed + 1000 * phases.index(phase) + 10 * epoch + collective.rank
-        return zipped_batches([
-            petastorm_batches(spec.data[domain].url, collective.rank, collective.size, rank_batch,
-                              seed + 100_003 * number)
-            for number, domain in enumerate(phase.domains)])
+        return zipped_batches([domain_batches(domain, seed + 100_003 * number)
+                               for number, domain in enumerate(phase.domains)])
 
     def validate(model: nn.Module) -> dict[str, float]:
         return ranking_figures(model, spec.validation, spec.early_stopping.k, collective)

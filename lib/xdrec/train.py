@@ -227,7 +227,7 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
         settings=MethodSettings.from_config(train), validation=inputs.validation,
         early_stopping=EarlyStopping(train.validation_metric, train.validation_k, train.validation_group,
                                      train.patience),
-        batch_scope=train.batch_scope, lr_scaling=train.lr_scaling)
+        batch_scope=train.batch_scope, lr_scaling=train.lr_scaling, reader=train.reader)
 
 
 def train_method(spark: SparkSession, config: Config, method: str, inputs: TrainingInputs) -> dict:
