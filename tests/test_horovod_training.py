@@ -27,9 +27,10 @@ OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
              "train.target_epochs=6", "train.learning_rate=0.03", "train.batch_size=64", "train.num_proc=2",
              "train.embedding_dim=8", "train.hidden_dim=16", "train.patience=0", f"train.methods=[{METHOD}]"]
 # 1 and 2 processes split the same global batch, so they follow the same optimisation but read the
-# examples in another order. Over seeds, the final all-users NDCG@10 of one process count moves by
-# about 0.02 on this world (chance is about 0.2): two counts must agree to within 0.06.
-PARITY_TOLERANCE = 0.06
+# examples in another order. Compared is the student epoch the run keeps (its best validated one): over
+# seeds 0-3 with 1 and 2 processes it spanned 0.694-0.719 on this world (standard deviation 0.008, chance
+# is about 0.2), while the last epoch's figure, past the best one, spanned 0.630-0.719.
+PARITY_TOLERANCE = 0.04
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +51,18 @@ def launch(spec: distributed.TrainSpec, checkpoint_dir: str, num_proc: int) -> l
     return distributed.launch(replace(spec, checkpoint_dir=checkpoint_dir), num_proc, start_timeout=120)
 
 
-def validated(history: list[dict]) -> list[dict]:
-    return [epoch["validation"] for epoch in history if epoch["validation"]]
+def kept_ndcg(history: list[dict]) -> float:
+    """all/NDCG@10 of the epoch the last phase keeps: the best one it validated."""
+    validated = [epoch for epoch in history if epoch["validation"]]
+    last_phase = validated[-1]["phase"]
+    return max(epoch["validation"]["all/NDCG@10"] for epoch in validated if epoch["phase"] == last_phase)
 
 
 def test_one_and_two_processes_reach_the_same_validation_metric(trained, tmp_path):
     _, meta, spec = trained
     one_process = launch(spec, str(tmp_path), num_proc=1)
-    one, two = validated(one_process)[-1], validated(meta["history"])[-1]
-    assert one["all/NDCG@10"] > 0.5 and two["all/NDCG@10"] > 0.5, (one, two)
-    assert abs(one["all/NDCG@10"] - two["all/NDCG@10"]) <= PARITY_TOLERANCE, (one, two)
+    one, two = kept_ndcg(one_process), kept_ndcg(meta["history"])
+    assert one > 0.5 and two > 0.5 and abs(one - two) <= PARITY_TOLERANCE, (one, two)
     # The same global batch: every epoch sees as many examples with 1 process as with 2.
     assert [(e["phase"], e["examples"]) for e in one_process] == [(e["phase"], e["examples"]) for e in meta["history"]]
     assert meta["num_proc"] == 2
@@ -82,20 +85,30 @@ def test_run_records_its_inputs_and_is_tracked_in_mlflow(spark, trained):
     assert run.data.params["method"] == METHOD and run.data.params["train.num_proc"] == "2"
     assert run.data.params[f"input.{tables.TRAINING_EXAMPLES}.version"] == str(versions[tables.TRAINING_EXAMPLES])
     curve = client.get_metric_history(run.info.run_id, "valid.all/NDCG_at_10")
-    assert [point.value for point in curve] == pytest.approx([figures["all/NDCG@10"]
-                                                              for figures in validated(meta["history"])])
+    assert [point.value for point in curve] == pytest.approx([epoch["validation"]["all/NDCG@10"]
+                                                              for epoch in meta["history"] if epoch["validation"]])
     assert {item.path for item in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.pt",
                                                                                       "model/artifact.json"}
 
 
-def kill_training_processes() -> int:
-    """SIGKILL this test's Horovod training processes (descendants running gloo_exec_fn, each with the
-    shell that started it); return how many."""
-    ranks = [process for process in psutil.Process().children(recursive=True)
-             if "horovod.spark.task.gloo_exec_fn" in " ".join(process.cmdline())]
-    for process in ranks:
-        process.kill()
-    return len(ranks)
+def training_processes() -> list[psutil.Process]:
+    """This test's Horovod training processes: descendants running gloo_exec_fn."""
+    ranks = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "horovod.spark.task.gloo_exec_fn" in " ".join(process.cmdline()):
+                ranks.append(process)
+        except psutil.Error:  # a Spark worker that exited while we looked
+            continue
+    return ranks
+
+
+def signal_all(processes: list[psutil.Process], action: str) -> None:
+    for process in processes:
+        try:
+            getattr(process, action)()
+        except psutil.NoSuchProcess:
+            continue
 
 
 # Killing the ranks cancels horovod's Spark job, whose thread then reports the cancellation.
@@ -104,22 +117,37 @@ def test_training_killed_mid_run_resumes_where_an_uninterrupted_run_ends(trained
     config, meta, spec = trained
     checkpoint_dir = str(tmp_path)
     killed: list[int] = []
+    watcher_errors: list[BaseException] = []
 
     def kill_inside_the_student_phase():
-        """Watch the checkpoints; kill the ranks once the student phase has finished an epoch."""
+        """Kill the ranks once the student phase has checkpointed an epoch. An epoch of this world takes
+        about 0.1 s, so the ranks are paused while their checkpoint is read: the run cannot finish between
+        seeing the checkpoint and killing them."""
         deadline = time.monotonic() + 300
-        while not killed and time.monotonic() < deadline:
-            checkpoint = trainer.load_checkpoint(checkpoint_dir)
-            if checkpoint is not None and (checkpoint["phase"], checkpoint["epoch"]) >= (1, 1):
-                killed.append(kill_training_processes())
-            time.sleep(0.05)
+        try:
+            while not killed and time.monotonic() < deadline:
+                ranks = training_processes()
+                signal_all(ranks, "suspend")
+                checkpoint = trainer.load_checkpoint(checkpoint_dir)
+                if checkpoint is not None and (checkpoint["phase"], checkpoint["epoch"]) >= (1, 1):
+                    signal_all(ranks, "kill")
+                    killed.append(len(ranks))
+                else:
+                    signal_all(ranks, "resume")
+                    time.sleep(0.05)
+        except BaseException as error:  # noqa: BLE001 - reported by the test, not lost in the thread
+            watcher_errors.append(error)
 
     watcher = threading.Thread(target=kill_inside_the_student_phase, daemon=True)
     watcher.start()
-    with pytest.raises(Exception):  # horovod.spark.run must run in the main thread: the watcher kills
+    launch_error = None
+    try:  # horovod.spark.run must run in the main thread: the watcher kills
         launch(spec, checkpoint_dir, num_proc=2)
+    except Exception as error:  # noqa: BLE001 - the kill makes horovod raise
+        launch_error = error
     watcher.join()
-    assert killed and killed[0] >= 2, "training was not killed mid-run"
+    assert not watcher_errors, watcher_errors
+    assert killed and killed[0] >= 2 and launch_error is not None, "training was not killed mid-run"
     position = trainer.load_checkpoint(checkpoint_dir)
     assert (1, 1) <= (position["phase"], position["epoch"]) < (2, 0)
 
@@ -165,5 +193,5 @@ def test_memory_batches_are_full_seeded_and_wrap_around_a_small_shard():
 def test_stream_reader_trains_as_well_as_the_memory_reader(trained, tmp_path):
     _, meta, spec = trained
     streamed = distributed.run_local(replace(spec, reader="stream", checkpoint_dir=str(tmp_path)))
-    one, two = validated(streamed)[-1], validated(meta["history"])[-1]
-    assert one["all/NDCG@10"] > 0.5 and abs(one["all/NDCG@10"] - two["all/NDCG@10"]) <= PARITY_TOLERANCE, (one, two)
+    one, two = kept_ndcg(streamed), kept_ndcg(meta["history"])
+    assert one > 0.5 and abs(one - two) <= PARITY_TOLERANCE, (one, two)
