@@ -28,9 +28,10 @@ OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
              "train.embedding_dim=8", "train.hidden_dim=16", "train.patience=0", f"train.methods=[{METHOD}]"]
 # 1 and 2 processes split the same global batch, so they follow the same optimisation but read the
 # examples in another order. Compared is the student epoch the run keeps (its best validated one): over
-# seeds 0-3 with 1 and 2 processes it spanned 0.694-0.719 on this world (standard deviation 0.008, chance
-# is about 0.2), while the last epoch's figure, past the best one, spanned 0.630-0.719.
-PARITY_TOLERANCE = 0.04
+# seeds 0-3 and 1234 with 1 and 2 processes it spanned 0.678-0.719 on this world (standard deviation
+# 0.012, chance is about 0.2; the last epoch's figure, past the best one, is noisier). Two such draws
+# differ by at most about 0.05 (3 standard deviations of a difference).
+PARITY_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +169,17 @@ def staged_rows(spec: distributed.TrainSpec, domain: str) -> list[tuple]:
     return sorted(frame[["user_idx", "item_idx", "label"]].itertuples(index=False, name=None))
 
 
-def test_memory_reader_shards_hold_every_staged_example_once(trained):
+def test_memory_reader_shards_hold_every_staged_example_once_on_every_read(trained):
     _, _, spec = trained
-    shards = [distributed.read_shard(spec.data["target"].url, rank, 2) for rank in range(2)]
-    assert all(len(shard[0]) > 0 for shard in shards)
-    rows = sorted((int(user), int(item), float(label)) for shard in shards for user, item, label in zip(*shard))
-    assert rows == staged_rows(spec, "target")
+    for domain in ("source", "target"):
+        whole = distributed.read_shard(spec.data[domain].url, 0, 1)
+        # Petastorm's thread pool once lost half the row groups in about every other read: read again.
+        for _ in range(4):
+            assert all(torch.equal(a, b) for a, b in zip(distributed.read_shard(spec.data[domain].url, 0, 1), whole))
+        shards = [distributed.read_shard(spec.data[domain].url, rank, 2) for rank in range(2)]
+        assert all(len(shard[0]) > 0 for shard in shards)
+        rows = sorted((int(user), int(item), float(label)) for shard in shards for user, item, label in zip(*shard))
+        assert rows == staged_rows(spec, domain)
 
 
 def test_memory_batches_are_full_seeded_and_wrap_around_a_small_shard():

@@ -14,8 +14,8 @@ from planted_world import COLD_USERS, NUM_ITEMS, NUM_USERS, SOURCE, TARGET, in_m
 from xdrec import artifact, trainer
 from xdrec.config import METHODS, load_config
 from xdrec.errors import XdrecError
-from xdrec.methods import (GradientReversal, MethodSettings, StepContext, adversarial_schedule, distill_loss,
-                           model_options, phases_for, soft_loss)
+from xdrec.methods import (GradientReversal, MethodSettings, StepContext, adversarial_schedule, batch_softmax_loss,
+                           distill_loss, labelled_loss, model_options, phases_for, soft_loss)
 from xdrec.model import BRIDGED_VIEW, TwoTower
 from xdrec.trainer import Collective, EarlyStopping
 from xdrec.validation import ranking_figures
@@ -63,6 +63,27 @@ def test_distill_loss_mixes_labels_and_tempered_teacher_scores():
     logits = torch.tensor([0.3, -1.2], requires_grad=True)
     soft_loss(logits, logits.detach(), 2.0).backward()
     torch.testing.assert_close(logits.grad, torch.zeros(2), atol=1e-7, rtol=0)
+
+
+def test_batch_softmax_ranks_each_positive_against_the_batch_items_with_the_log_q_correction():
+    torch.manual_seed(0)
+    model = TwoTower(6, 5, 4, 8)
+    # Item 2 is in the batch three times, so its share is 3/6 and its logits drop by log(1/2).
+    users, items = torch.tensor([0, 0, 1, 2, 3, 4]), torch.tensor([2, 3, 2, 4, 2, 1])
+    labels = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    loss = batch_softmax_loss(model, (users, items, labels))
+
+    with torch.no_grad():
+        candidates = torch.tensor([1, 2, 3, 4])
+        share = torch.tensor([1 / 6, 3 / 6, 1 / 6, 1 / 6])
+        expected = []
+        for user, item in [(0, 2), (1, 2), (2, 4)]:
+            logits = model(torch.full((4,), user), candidates) - torch.log(share)
+            expected.append(-torch.log_softmax(logits, 0)[candidates.tolist().index(item)])
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert labelled_loss(model, (users, items, labels), MethodSettings(loss="softmax")).item() == loss.item()
+    # A batch without positives has nothing to rank: a zero loss, so every rank still takes its step.
+    assert batch_softmax_loss(model, (users, items, torch.zeros(6))).item() == 0.0
 
 
 def bridge_model(kind: str) -> TwoTower:
@@ -173,8 +194,8 @@ CONFIG_OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
                     "train.learning_rate=0.03", "train.patience=0"]
 
 
-def train_method(method: str, world) -> dict[str, float]:
-    config = load_config("synthetic", CONFIG_OVERRIDES)
+def train_method(method: str, world, loss: str) -> dict[str, float]:
+    config = load_config("synthetic", [*CONFIG_OVERRIDES, f"train.loss={loss}"])
     options = model_options(method)
     torch.manual_seed(0)
     model = TwoTower(NUM_USERS, NUM_ITEMS, 8, 16, history_size=len(world.histories.history_items)
@@ -189,10 +210,10 @@ def train_method(method: str, world) -> dict[str, float]:
     return history[-1].validation
 
 
-@pytest.fixture(scope="module")
-def method_figures():
+@pytest.fixture(scope="module", params=["bce", "softmax"])
+def method_figures(request):
     world = make_world(0)
-    return {method: train_method(method, world) for method in METHODS}
+    return {method: train_method(method, world, request.param) for method in METHODS}
 
 
 def test_every_method_learns_the_warm_users(method_figures):
@@ -231,6 +252,7 @@ def test_every_method_has_phases_and_a_validated_last_phase():
     ("train.adversarial_schedule=cosine", "train.adversarial_schedule"),
     ("train.batch_scope=node", "train.batch_scope"),
     ("train.reader=disk", "train.reader"),
+    ("train.loss=hinge", "train.loss"),
     ("train.validation_group=cold_users", "train.validation_group"),
     ("train.launcher=local", "train.num_proc"),  # the local launcher is one process
 ])

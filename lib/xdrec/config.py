@@ -177,6 +177,7 @@ _CHOICES = {
     "batch_scope": ("global", "process"),
     "lr_scaling": ("none", "linear", "sqrt"),
     "reader": ("memory", "stream"),
+    "loss": ("bce", "softmax"),
     "distill_teacher": DISTILL_TEACHERS,
     "adversarial_schedule": ADVERSARIAL_SCHEDULES,
     "item_text": ("auto", "off"),
@@ -204,6 +205,10 @@ class TrainConfig:
     # every epoch (Horovod's estimators call this inmemory_cache_all); "stream" re-reads the Parquet row
     # groups every epoch through a shuffling queue, for shards larger than a process's memory.
     reader: str = "memory"
+    # The labelled examples' loss: "bce" scores each (user, item, label) row on its own; "softmax" ranks
+    # each positive row's item against every item of the batch (the staged negatives and the other rows'
+    # items), with the sampling-bias correction of Yi et al. (RecSys 2019). See docs/methods.md, "Losses".
+    loss: str = "bce"
     learning_rate: float = 0.005
     # Pretraining on the source domain; unset: learning_rate.
     source_learning_rate: float | None = None

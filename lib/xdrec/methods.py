@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from xdrec.config import Config, TrainConfig
-from xdrec.model import BRIDGED_VIEW, SOURCE_VIEW, TwoTower
+from xdrec.model import BRIDGED_VIEW, SOURCE_VIEW, TARGET_VIEW, TwoTower
 
 if TYPE_CHECKING:
     from xdrec.trainer import Batch, Phase
@@ -32,11 +32,12 @@ class MethodSettings:
     adversarial_schedule: str = "dann"
     distill_temperature: float = 2.0
     distill_weight: float = 0.5
+    loss: str = "bce"
 
     @classmethod
     def from_config(cls, train: TrainConfig) -> "MethodSettings":
         return cls(train.joint_weight, train.adversarial_weight, train.adversarial_schedule,
-                   train.distill_temperature, train.distill_weight)
+                   train.distill_temperature, train.distill_weight, train.loss)
 
 
 @dataclass
@@ -46,25 +47,45 @@ class StepContext:
     generator: torch.Generator  # seeded per (phase, epoch, rank), for draws that must replay on resume
 
 
-def labelled_loss(model: TwoTower, batch: "Batch", view: str = "target") -> torch.Tensor:
+def batch_softmax_loss(model: TwoTower, batch: "Batch", view: str = TARGET_VIEW) -> torch.Tensor:
+    """Cross-entropy of each positive row's item against every distinct item of the batch.
+
+    The candidates are the batch's own items, so popular items are drawn as negatives more often than
+    rare ones; subtracting log q(item), the item's share of the batch, removes that bias (Yi et al.,
+    "Sampling-bias-corrected neural modeling", RecSys 2019), so the logits still rank the whole catalogue.
+    """
+    users, items, labels = batch
+    positive = labels > 0.5
+    if not bool(positive.any()):
+        return _no_loss(model)
+    candidates, position, counts = torch.unique(items, return_inverse=True, return_counts=True)
+    logits = model.user_vectors(users[positive], view) @ model.item_vectors(candidates).T
+    logits = logits + model.item_bias(candidates).squeeze(-1) - torch.log(counts / len(items))
+    return F.cross_entropy(logits, position[positive])
+
+
+def labelled_loss(model: TwoTower, batch: "Batch", settings: MethodSettings, view: str = TARGET_VIEW) -> torch.Tensor:
+    """The configured loss (``train.loss``) of one domain's labelled examples."""
+    if settings.loss == "softmax":
+        return batch_softmax_loss(model, batch, view)
     users, items, labels = batch
     return F.binary_cross_entropy_with_logits(model(users, items, view), labels)
 
 
 def target_loss(model, batches, settings, context) -> torch.Tensor:
-    """Binary cross-entropy on one domain's labelled examples, users as the target domain sees them."""
-    return labelled_loss(model, batches[0])
+    """The labelled loss of one domain's examples, users as the target domain sees them."""
+    return labelled_loss(model, batches[0], settings)
 
 
 def source_loss(model, batches, settings, context) -> torch.Tensor:
-    """Binary cross-entropy with the source domain's own user embeddings (bridge models' pretraining)."""
-    return labelled_loss(model, batches[0], SOURCE_VIEW)
+    """The labelled loss with the source domain's own user embeddings (bridge models' pretraining)."""
+    return labelled_loss(model, batches[0], settings, SOURCE_VIEW)
 
 
 def joint_loss(model, batches, settings, context) -> torch.Tensor:
     """L = L_source + lambda * L_target over a source and a target batch; users share one representation."""
     source, target = batches
-    return labelled_loss(model, source) + settings.joint_weight * labelled_loss(model, target)
+    return labelled_loss(model, source, settings) + settings.joint_weight * labelled_loss(model, target, settings)
 
 
 class GradientReversal(torch.autograd.Function):
@@ -118,7 +139,7 @@ def distill_loss(model, batches, settings, context) -> torch.Tensor:
     from the target batch, so the student learns the teacher's view of users without target labels.
     """
     target, source = batches
-    users, items, labels = target
+    users, items, _ = target
     temperature, weight = settings.distill_temperature, settings.distill_weight
     transfer_users = source[0]
     transfer_items = items[torch.randint(len(items), (len(transfer_users),), generator=context.generator,
@@ -127,7 +148,7 @@ def distill_loss(model, batches, settings, context) -> torch.Tensor:
         teacher_target = context.teacher(users, items)
         teacher_transfer = context.teacher(transfer_users, transfer_items)
     student_target = model(users, items)
-    hard = F.binary_cross_entropy_with_logits(student_target, labels)
+    hard = labelled_loss(model, target, settings)
     soft = (soft_loss(student_target, teacher_target, temperature)
             + soft_loss(model(transfer_users, transfer_items), teacher_transfer, temperature))
     return (1.0 - weight) * hard + weight * soft
@@ -161,8 +182,7 @@ def bridge_task_loss(model, batches, settings, context) -> torch.Tensor:
     keep = _overlapping(model, users)
     if not bool(keep.any()):
         return _no_loss(model)
-    logits = model(users[keep], items[keep], BRIDGED_VIEW)
-    return F.binary_cross_entropy_with_logits(logits, labels[keep])
+    return labelled_loss(model, (users[keep], items[keep], labels[keep]), settings, BRIDGED_VIEW)
 
 
 Objective = Callable[[TwoTower, tuple, MethodSettings, StepContext], torch.Tensor]
