@@ -207,7 +207,7 @@ class TrainConfig:
     reader: str = "memory"
     # The labelled examples' loss: "bce" scores each (user, item, label) row on its own; "softmax" ranks
     # each positive row's item against every item of the batch (the staged negatives and the other rows'
-    # items), with the sampling-bias correction of Yi et al. (RecSys 2019). See docs/methods.md, "Losses".
+    # items), with the sampling-bias correction of Yi et al. (RecSys 2019). See docs/methods.md, "Training".
     loss: str = "bce"
     learning_rate: float = 0.005
     # Pretraining on the source domain; unset: learning_rate.
