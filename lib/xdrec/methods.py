@@ -64,12 +64,14 @@ def batch_softmax_loss(model: TwoTower, batch: "Batch", view: str = TARGET_VIEW)
     return F.cross_entropy(logits, position[positive])
 
 
-def labelled_loss(model: TwoTower, batch: "Batch", settings: MethodSettings, view: str = TARGET_VIEW) -> torch.Tensor:
-    """The configured loss (``train.loss``) of one domain's labelled examples."""
+def labelled_loss(model: TwoTower, batch: "Batch", settings: MethodSettings, view: str = TARGET_VIEW,
+                  logits: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured loss (``train.loss``) of one domain's labelled examples; ``logits``: the batch's
+    pairwise logits when the caller has them already (bce reuses them)."""
     if settings.loss == "softmax":
         return batch_softmax_loss(model, batch, view)
     users, items, labels = batch
-    return F.binary_cross_entropy_with_logits(model(users, items, view), labels)
+    return F.binary_cross_entropy_with_logits(model(users, items, view) if logits is None else logits, labels)
 
 
 def target_loss(model, batches, settings, context) -> torch.Tensor:
@@ -148,7 +150,7 @@ def distill_loss(model, batches, settings, context) -> torch.Tensor:
         teacher_target = context.teacher(users, items)
         teacher_transfer = context.teacher(transfer_users, transfer_items)
     student_target = model(users, items)
-    hard = labelled_loss(model, target, settings)
+    hard = labelled_loss(model, target, settings, logits=student_target)
     soft = (soft_loss(student_target, teacher_target, temperature)
             + soft_loss(model(transfer_users, transfer_items), teacher_transfer, temperature))
     return (1.0 - weight) * hard + weight * soft
