@@ -24,7 +24,7 @@ import pandas as pd
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 from xdrec.config import load_config  # noqa: E402
-from xdrec.datasets import COMEDY_DOMAIN, INTERACTIONS_FILE, ITEMS_FILE, OTHER_DOMAIN, fetch_movielens  # noqa: E402
+from xdrec.data.fetch import COMEDY_DOMAIN, INTERACTIONS_FILE, ITEMS_FILE, OTHER_DOMAIN, fetch_movielens  # noqa: E402
 
 DOMAINS = (OTHER_DOMAIN, COMEDY_DOMAIN)
 
@@ -48,8 +48,8 @@ def replicate(source_dir: str, raw_dir: str, copies: int, fraction: float) -> in
 
 def run_one(warehouse: str, conf: str, overrides: list[str]) -> dict:
     """Ingest then features on one warehouse, in this process; the stages' wall times."""
-    from xdrec.ingest import run_ingest
-    from xdrec.features import run_features
+    from xdrec.data.features import run_features
+    from xdrec.data.ingest import run_ingest
     from xdrec.spark import get_spark
 
     config = load_config(conf, [f"warehouse={warehouse}", "data.fetch=none", *overrides])

@@ -11,12 +11,12 @@ Cases:
   and ``--synthetic-users`` users (``--seen-per-user`` hashed seen items each).
 
 For each case both paths compute the top ``score.k`` of every user from the same inputs:
-- **spark**: :func:`xdrec.score.recommend_top_k` (``mapInPandas``, one artifact load per task) from a Delta
+- **spark**: :func:`xdrec.serving.score.recommend_top_k` (``mapInPandas``, one artifact load per task) from a Delta
   table of users to a Delta table of recommendations, after a warm-up on 200 users (Python workers
   import torch, the JVM loads the Delta write path, as on a long-running executor); timed from the read
   to the Delta commit;
 - **plain**: one separate Python process (torch's default threads) that loads the artifact and runs
-  :class:`xdrec.score.TopKScorer` over all users held in memory; timed from the artifact load to the
+  :class:`xdrec.serving.topk.TopKScorer` over all users held in memory; timed from the artifact load to the
   last batch.
 
 The two results must agree: same items in the same order for every user, scores within 1e-5. Peak
@@ -42,12 +42,13 @@ import psutil
 import torch
 from pyspark.sql import functions as F
 
-from xdrec import artifact as artifacts
-from xdrec import tables
 from xdrec.config import load_config
-from xdrec.model import TwoTower
-from xdrec.score import TopKScorer, arrow_batch_size, recommend_top_k, resolve_device, users_to_score
+from xdrec.data import tables
+from xdrec.modeling.model import TwoTower
+from xdrec.serving.score import arrow_batch_size, recommend_top_k, users_to_score
+from xdrec.serving.topk import TopKScorer, resolve_device
 from xdrec.spark import get_spark
+from xdrec.training import artifact as artifacts
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 INPUTS, OUTPUTS = "bench_score_users", "bench_recommendations"

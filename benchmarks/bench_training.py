@@ -1,10 +1,10 @@
 """Training throughput: the Horovod + Petastorm path against a plain single-process loop in memory.
 
-Both train the same model (xdrec.model.TwoTower) with the same loop (xdrec.trainer.train), the same
+Both train the same model (xdrec.modeling.model.TwoTower) with the same loop (xdrec.training.loop.train), the same
 global batch and the same number of steps over the same examples:
 
 - horovod: ``--num-proc`` Horovod processes inside a local Spark session, each reading its shard of the
-  staged Parquet examples through a Petastorm batch reader (xdrec.distributed.launch, the train stage's
+  staged Parquet examples through a Petastorm batch reader (xdrec.training.distributed.launch, the train stage's
   own path, checkpoints included), into memory once (``--reader memory``, the default of
   ``train.reader``) or streamed every epoch (``--reader stream``);
 - in-memory: this process alone, the examples read once from the same Parquet into torch tensors and
@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xdrec import distributed, trainer
-from xdrec.config import SparkConfig, load_config
-from xdrec.model import TwoTower
+from xdrec.config import SparkConfig, TrainConfig, load_config
+from xdrec.modeling.methods import Phase
+from xdrec.modeling.model import TwoTower
 from xdrec.spark import get_spark
-from xdrec.trainer import Phase
+from xdrec.training import distributed, loop
 
 DOMAIN = "bench"
 
@@ -55,7 +55,7 @@ def generated_examples(rows: int, users: int, items: int, seed: int) -> pd.DataF
 
 def stage_generated(spark, examples: pd.DataFrame, folder: str, files: int) -> distributed.DomainData:
     """Write generated examples as the train stage stages them: shuffled, small row groups."""
-    from xdrec.train import shuffled_for_training
+    from xdrec.training.train import shuffled_for_training
 
     frame = shuffled_for_training(spark.createDataFrame(examples), seed=0)
     frame.repartition(files).write.mode("overwrite").option("parquet.block.size", 256 * 1024).parquet(folder)
@@ -64,8 +64,8 @@ def stage_generated(spark, examples: pd.DataFrame, folder: str, files: int) -> d
 
 def stage_from_config(spark, conf: str, files: int) -> tuple[distributed.DomainData, int, int]:
     """A config's target-domain training examples, staged by the train stage itself."""
-    from xdrec import tables
-    from xdrec.train import stage_examples
+    from xdrec.data import tables
+    from xdrec.training.train import stage_examples
 
     config = load_config(conf)
     version = tables.version(spark, config.warehouse, tables.TRAINING_EXAMPLES)
@@ -90,18 +90,18 @@ def in_memory_run(url: str, spec: distributed.TrainSpec, threads: int) -> tuple[
     batch = spec.rank_batch_size(1)
 
     def batches(phase: Phase, epoch: int):
-        order = torch.randperm(len(users), generator=torch.Generator().manual_seed(spec.seed + epoch))
+        order = torch.randperm(len(users), generator=torch.Generator().manual_seed(spec.train.seed + epoch))
         for index in order.split(batch):
             yield ((users[index], items[index], labels[index]),)
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(spec.train.seed)
     model = TwoTower(**spec.model)
     started = time.perf_counter()
     try:
-        history = trainer.train(model, spec.phases, batches, lambda phase: spec.steps_per_epoch(phase, 1),
-                                log=lambda message: print(f"[bench] in-memory ({threads} threads) {message}", flush=True))
+        history = loop.train(model, spec.phases, batches, lambda phase: spec.steps_per_epoch(phase, 1),
+                             config=spec.train, log=lambda message: print(f"[bench] in-memory ({threads} threads) {message}", flush=True))
     finally:
         torch.set_num_threads(default_threads)
     return [vars(epoch) for epoch in history], time.perf_counter() - started
@@ -153,7 +153,7 @@ def measure(args, data: distributed.DomainData, users: int, items: int, source: 
     spec = distributed.TrainSpec(
         model=TwoTower(users, items, args.embedding_dim, args.hidden_dim).hyperparameters(),
         phases=[Phase("target", [DOMAIN], args.epochs, learning_rate=0.005)],
-        data={DOMAIN: data}, batch_size=batch_size, seed=1234, reader=args.reader,
+        data={DOMAIN: data}, train=TrainConfig(batch_size=batch_size, seed=1234, reader=args.reader),
         checkpoint_dir=os.path.join(args.workdir, f"checkpoints-{time.time_ns()}"))
     steps = spec.steps_per_epoch(spec.phases[0], args.num_proc)
     print(f"[bench] {data.rows:,} examples ({source}), {users:,} users, {items:,} items; dim {args.embedding_dim}; "

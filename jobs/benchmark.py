@@ -5,7 +5,7 @@
 """
 import sys
 
-from xdrec.benchmark import main
+from xdrec.cli import run_benchmark_job
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_benchmark_job())

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xdrec.distributed import ModelData
-from xdrec.validation import ValidationSet
+from xdrec.training.distributed import ModelData
+from xdrec.training.validation import ValidationSet
 
 GROUPS = 4
 NUM_USERS = 96
@@ -111,7 +111,7 @@ def write_tables(spark, warehouse: str, world: World) -> None:
     Only target items have text, whose embedding says the item's group: the source domain has none."""
     import pandas as pd
 
-    from xdrec import tables
+    from xdrec.data import tables
 
     users = pd.DataFrame({"user_id": [f"u{user}" for user in range(NUM_USERS)], "user_idx": np.arange(NUM_USERS)})
     items = pd.DataFrame({"domain": [SOURCE] * len(SOURCE_ITEMS) + [TARGET] * len(TARGET_ITEMS),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdrec.benchmark import aggregate, dataset_table, verdict
+from xdrec.evaluation.benchmark import aggregate, dataset_table, verdict
 
 
 def evaluation(ndcg_cold: float, mrr_sampled: float) -> dict:

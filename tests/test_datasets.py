@@ -6,7 +6,7 @@ import os
 import pandas as pd
 import pytest
 
-from xdrec import datasets
+from xdrec.data import fetch
 from xdrec.errors import XdrecError
 
 
@@ -19,7 +19,7 @@ def _read_domain(raw_dir, domain):
 @pytest.fixture(scope="module")
 def movielens_dir(tmp_path_factory):
     raw_dir = str(tmp_path_factory.mktemp("movielens"))
-    summary = datasets.fetch_movielens(raw_dir)
+    summary = fetch.fetch_movielens(raw_dir)
     return raw_dir, summary
 
 
@@ -50,7 +50,7 @@ def test_movielens_fetch_is_a_no_op_when_files_exist(movielens_dir):
     raw_dir, _ = movielens_dir
     path = os.path.join(raw_dir, "comedy", "interactions.csv")
     before = os.stat(path).st_mtime_ns
-    assert datasets.fetch_movielens(raw_dir) == {}
+    assert fetch.fetch_movielens(raw_dir) == {}
     assert os.stat(path).st_mtime_ns == before
     assert not [name for name in os.listdir(os.path.dirname(path)) if "partial" in name]
 
@@ -58,15 +58,15 @@ def test_movielens_fetch_is_a_no_op_when_files_exist(movielens_dir):
 def test_movielens_without_the_wheel_says_to_run_setup(tmp_path, monkeypatch):
     monkeypatch.setenv("XDREC_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(XdrecError, match="run scripts/setup.sh") as error:
-        datasets.fetch_movielens(str(tmp_path / "raw"))
+        fetch.fetch_movielens(str(tmp_path / "raw"))
     assert "\n" not in str(error.value)
 
 
 def test_synthetic_is_deterministic_and_well_formed(tmp_path):
     first, second, other_seed = (str(tmp_path / name) for name in ("a", "b", "c"))
-    summary = datasets.generate_synthetic(first, "books", "movies", 300, 50, seed=3)
-    datasets.generate_synthetic(second, "books", "movies", 300, 50, seed=3)
-    datasets.generate_synthetic(other_seed, "books", "movies", 300, 50, seed=4)
+    summary = fetch.generate_synthetic(first, "books", "movies", 300, 50, seed=3)
+    fetch.generate_synthetic(second, "books", "movies", 300, 50, seed=3)
+    fetch.generate_synthetic(other_seed, "books", "movies", 300, 50, seed=4)
     for domain in ("books", "movies"):
         for name in ("interactions.csv", "items.csv"):
             content = lambda root: open(os.path.join(root, domain, name), "rb").read()  # noqa: E731
@@ -88,7 +88,7 @@ def test_synthetic_is_deterministic_and_well_formed(tmp_path):
 
 def test_synthetic_users_share_their_taste_across_domains(tmp_path):
     raw_dir = str(tmp_path)
-    datasets.generate_synthetic(raw_dir, "books", "movies", 300, 80, seed=5)
+    fetch.generate_synthetic(raw_dir, "books", "movies", 300, 80, seed=5)
     top_category = {}
     for domain in ("books", "movies"):
         interactions, items = _read_domain(raw_dir, domain)
@@ -101,11 +101,11 @@ def test_synthetic_users_share_their_taste_across_domains(tmp_path):
 
 def test_fetch_creates_missing_synthetic_files_once(tmp_path, make_config):
     config = make_config(tmp_path, "data.synthetic_users=50", "data.synthetic_items=20")
-    summary = datasets.run_fetch(None, config)  # the stage needs no SparkSession
+    summary = fetch.run_fetch(None, config)  # the stage needs no SparkSession
     assert len(summary["created"]) == 4 and summary["raw_dir"] == config.raw_dir
     path = config.domain_input("movies").interactions
     before = os.stat(path).st_mtime_ns
-    datasets.materialize_raw(config)
+    fetch.materialize_raw(config)
     assert os.stat(path).st_mtime_ns == before
     assert os.path.isfile(config.domain_input("books").items)
 
@@ -113,7 +113,7 @@ def test_fetch_creates_missing_synthetic_files_once(tmp_path, make_config):
 def test_materialize_raw_without_fetch_names_the_missing_file(tmp_path, make_config):
     config = make_config(tmp_path, "data.fetch=none")
     with pytest.raises(XdrecError, match="input file not found: .*books/interactions.csv"):
-        datasets.materialize_raw(config)
+        fetch.materialize_raw(config)
 
 
 def _write_cdrib(root, files):
@@ -135,7 +135,7 @@ CDRIB_FILES = {
 
 def test_cdrib_keeps_the_split_and_shares_only_common_users(tmp_path):
     _write_cdrib(tmp_path, CDRIB_FILES)
-    converted = datasets.convert_cdrib(str(tmp_path), "game", "video", common_users=3)
+    converted = fetch.convert_cdrib(str(tmp_path), "game", "video", common_users=3)
     game, video = converted["game"], converted["video"]
     assert list(zip(game["user_id"], game["item_id"], game["split"])) == [
         ("u0", "0", "train"), ("u1", "0", "train"), ("u1", "1", "train"), ("u2", "2", "train"), ("game:5", "1", "train")]
@@ -147,15 +147,15 @@ def test_cdrib_keeps_the_split_and_shares_only_common_users(tmp_path):
 def test_cdrib_with_a_wrong_common_user_count_is_named(tmp_path):
     _write_cdrib(tmp_path, CDRIB_FILES)
     with pytest.raises(XdrecError, match="not below data.cdrib_common_users=2"):
-        datasets.convert_cdrib(str(tmp_path), "game", "video", common_users=2)
+        fetch.convert_cdrib(str(tmp_path), "game", "video", common_users=2)
     with pytest.raises(XdrecError, match="CDRIB file not found: .*sport_cloth/train.txt"):
-        datasets.convert_cdrib(str(tmp_path), "sport", "cloth", common_users=3)
+        fetch.convert_cdrib(str(tmp_path), "sport", "cloth", common_users=3)
 
 
 @pytest.mark.e2e
 def test_cdrib_given_split_goes_through_ingest_and_features(spark, tmp_path):
-    from xdrec import tables
     from xdrec.config import load_config
+    from xdrec.data import tables
     from xdrec.pipeline import run_stage
 
     _write_cdrib(tmp_path / "cdrib", CDRIB_FILES)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xdrec import baselines
-from xdrec.evaluate import (FULL, coverage, full_ranking_metrics, group_means, long_format,
-                            paired_bootstrap, rating_error_means, sampled_metrics, sampled_names,
-                            target_test_users)
-from xdrec.metrics import metric_names, reference_user_metrics
-from xdrec.ranking import FactorScorer
+from reference_metrics import reference_user_metrics
+from xdrec.evaluation import baselines
+from xdrec.evaluation.evaluate import (FULL, coverage, full_ranking_metrics, group_means, long_format,
+                                       paired_bootstrap, rating_error_means, sampled_metrics, sampled_names,
+                                       target_test_users)
+from xdrec.modeling.metrics import metric_names
+from xdrec.modeling.ranking import FactorScorer
 
 KS = [1, 5]
 CANDIDATES = np.arange(10)  # target items 0..9; items 10..11 belong to another domain

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from xdrec import lineage, tables
-from xdrec.datasets import materialize_raw
+from xdrec.data import lineage, tables
+from xdrec.data.features import assign_dense_ids, item_features, resolve_people, run_features, user_features
+from xdrec.data.fetch import materialize_raw
+from xdrec.data.ingest import run_ingest
 from xdrec.errors import XdrecError
-from xdrec.features import assign_dense_ids, item_features, resolve_people, run_features, user_features
-from xdrec.ingest import run_ingest
 
 FEATURE_TABLES = (tables.USER_INDEX, tables.ITEM_INDEX, tables.COLD_START_USERS, tables.INDEXED_INTERACTIONS,
                   tables.USER_FEATURES, tables.ITEM_FEATURES, tables.CROSS_DOMAIN_USERS, tables.ITEM_EMBEDDINGS,

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from planted_world import make_world, write_tables
-from xdrec import artifact, distributed, tables, trainer
-from xdrec.train import read_inputs, run_train, stage_examples, train_spec
+from xdrec.data import tables
+from xdrec.training import artifact, distributed, loop
+from xdrec.training.train import read_inputs, run_train, stage_examples, train_spec
 
 METHOD = "distill"
 OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
@@ -129,7 +130,7 @@ def test_training_killed_mid_run_resumes_where_an_uninterrupted_run_ends(trained
             while not killed and time.monotonic() < deadline:
                 ranks = training_processes()
                 signal_all(ranks, "suspend")
-                checkpoint = trainer.load_checkpoint(checkpoint_dir)
+                checkpoint = loop.load_checkpoint(checkpoint_dir)
                 if checkpoint is not None and (checkpoint["phase"], checkpoint["epoch"]) >= (1, 1):
                     signal_all(ranks, "kill")
                     killed.append(len(ranks))
@@ -149,7 +150,7 @@ def test_training_killed_mid_run_resumes_where_an_uninterrupted_run_ends(trained
     watcher.join()
     assert not watcher_errors, watcher_errors
     assert killed and killed[0] >= 2 and launch_error is not None, "training was not killed mid-run"
-    position = trainer.load_checkpoint(checkpoint_dir)
+    position = loop.load_checkpoint(checkpoint_dir)
     assert (1, 1) <= (position["phase"], position["epoch"]) < (2, 0)
 
     resumed = launch(spec, checkpoint_dir, num_proc=2)
@@ -198,6 +199,7 @@ def test_memory_batches_are_full_seeded_and_wrap_around_a_small_shard():
 
 def test_stream_reader_trains_as_well_as_the_memory_reader(trained, tmp_path):
     _, meta, spec = trained
-    streamed = distributed.run_local(replace(spec, reader="stream", checkpoint_dir=str(tmp_path)))
+    streamed = distributed.run_local(replace(spec, train=spec.train.model_copy(update={"reader": "stream"}),
+                                                checkpoint_dir=str(tmp_path)))
     one, two = kept_ndcg(streamed), kept_ndcg(meta["history"])
     assert one > 0.5 and abs(one - two) <= PARITY_TOLERANCE, (one, two)

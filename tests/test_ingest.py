@@ -6,10 +6,10 @@ import os
 import pandas as pd
 import pytest
 
-from xdrec import contract, tables
+from xdrec.data import contract, tables
+from xdrec.data.ingest import parse_interactions, run_ingest
+from xdrec.data.readers import list_sources, read_sources
 from xdrec.errors import XdrecError
-from xdrec.ingest import parse_interactions, run_ingest
-from xdrec.inputs import list_sources, read_sources
 
 BOOK_INTERACTIONS = """user_id,item_id,rating,timestamp,weight
 u1,b1,5,100,

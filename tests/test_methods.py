@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from planted_world import COLD_USERS, NUM_ITEMS, NUM_USERS, SOURCE, TARGET, in_memory_batches, make_world
-from xdrec import artifact, trainer
-from xdrec.config import METHODS, load_config
+from xdrec.config import METHODS, TrainConfig, load_config
 from xdrec.errors import XdrecError
-from xdrec.methods import (GradientReversal, MethodSettings, StepContext, adversarial_schedule, batch_softmax_loss,
+from xdrec.training import artifact, loop
+from xdrec.modeling.methods import (GradientReversal, StepContext, adversarial_schedule, batch_softmax_loss,
                            distill_loss, labelled_loss, model_options, phases_for, soft_loss)
-from xdrec.model import BRIDGED_VIEW, TwoTower
-from xdrec.trainer import Collective, EarlyStopping
-from xdrec.validation import ranking_figures
+from xdrec.modeling.model import BRIDGED_VIEW, TwoTower
+from xdrec.training.loop import Collective
+from xdrec.training.validation import ranking_figures
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,14 +45,14 @@ def test_distill_loss_mixes_labels_and_tempered_teacher_scores():
     target = (torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 6, 7]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
     source = (torch.tensor([8, 9, 8, 9]), torch.tensor([0, 1, 2, 3]), torch.ones(4))
     context = StepContext(progress=0.0, teacher=teacher, generator=torch.Generator().manual_seed(3))
-    labels_only = distill_loss(student, (target, source), MethodSettings(distill_weight=0.0), context)
+    labels_only = distill_loss(student, (target, source), TrainConfig(distill_weight=0.0), context)
     assert labels_only.item() == pytest.approx(
         F.binary_cross_entropy_with_logits(student(target[0], target[1]), target[2]).item())
 
     temperature = 3.0
     context.generator.manual_seed(3)
     teacher_only = distill_loss(student, (target, source),
-                                MethodSettings(distill_weight=1.0, distill_temperature=temperature), context)
+                                TrainConfig(distill_weight=1.0, distill_temperature=temperature), context)
     # Transfer pairs: the source batch's users with target items drawn from the target batch.
     drawn = target[1][torch.randint(4, (4,), generator=torch.Generator().manual_seed(3))]
     with torch.no_grad():
@@ -81,7 +81,7 @@ def test_batch_softmax_ranks_each_positive_against_the_batch_items_with_the_log_
             logits = model(torch.full((4,), user), candidates) - torch.log(share)
             expected.append(-torch.log_softmax(logits, 0)[candidates.tolist().index(item)])
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
-    assert labelled_loss(model, (users, items, labels), MethodSettings(loss="softmax")).item() == loss.item()
+    assert labelled_loss(model, (users, items, labels), TrainConfig(loss="softmax")).item() == loss.item()
     # A batch without positives has nothing to rank: a zero loss, so every rank still takes its step.
     assert batch_softmax_loss(model, (users, items, torch.zeros(6))).item() == 0.0
 
@@ -203,10 +203,10 @@ def train_method(method: str, world, loss: str) -> dict[str, float]:
     if options["bridge"] != "none":
         world.histories.apply(model)
     batches, steps = in_memory_batches(world.examples, 32)
-    history = trainer.train(model, phases_for(method, config), batches, steps,
-                            settings=MethodSettings.from_config(config.train),
-                            validate=lambda m: ranking_figures(m, world.validation, 10, Collective()),
-                            early_stopping=EarlyStopping(patience=0), log=lambda message: None)
+    history = loop.train(model, phases_for(method, config), batches, steps,
+                         config=config.train.model_copy(update={"patience": 0}),
+                         validate=lambda m: ranking_figures(m, world.validation, 10, Collective()),
+                         log=lambda message: None)
     return history[-1].validation
 
 

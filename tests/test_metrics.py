@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from xdrec.metrics import reference_user_metrics, sampled_line_metrics, user_metrics
-from xdrec.ranking import FactorScorer, full_ranks, sampled_ranks
+from reference_metrics import reference_user_metrics
+from xdrec.modeling.metrics import sampled_line_metrics, user_metrics
+from xdrec.modeling.ranking import FactorScorer, full_ranks, sampled_ranks
 
 
 def test_one_relevant_item_at_rank_three_of_ten():

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from xdrec import artifact, tables
+from xdrec.data import tables
 from xdrec.pipeline import run_pipeline, run_stage
+from xdrec.training import artifact
 
 
 @pytest.fixture(scope="module")

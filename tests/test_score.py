@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from xdrec import artifact, tables
 from xdrec.config import ScoreConfig, load_config
+from xdrec.data import tables
 from xdrec.errors import XdrecError
-from xdrec.model import TwoTower
-from xdrec.score import (COLD_START, POPULARITY, WARM, TopKScorer, _stable_top_k, changed_users, recommend_top_k,
-                         run_score, score_pairs)
+from xdrec.modeling.model import TwoTower
+from xdrec.training import artifact
+from xdrec.serving.score import (COLD_START, POPULARITY, WARM, changed_users, recommend_top_k, run_score,
+                                 score_pairs)
+from xdrec.serving.topk import TopKScorer, stable_top_k
 
 SOURCE, TARGET = "books", "movies"
 NUM_USERS, SOURCE_ITEMS, TARGET_ITEMS = 12, 8, 12
@@ -113,7 +115,7 @@ def test_top_k_breaks_ties_by_lower_item_and_pads_with_minus_inf():
 def test_stable_top_k_equals_a_full_sort_under_heavy_ties(k):
     scores = torch.from_numpy(np.random.default_rng(k).integers(0, 4, size=(40, 30)).astype(np.float32))
     scores[5, :] = float("-inf")
-    positions, values = _stable_top_k(scores.clone(), k)
+    positions, values = stable_top_k(scores.clone(), k)
     for row in range(len(scores)):
         expected = np.lexsort((np.arange(30), -scores[row].numpy()))[:k]  # by score, then lower column
         assert positions[row].tolist() == expected.tolist()

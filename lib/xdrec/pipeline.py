@@ -11,12 +11,12 @@ from xdrec.config import Config
 # Stage name -> "module:function(spark, config) -> dict", in pipeline order. Modules are imported only
 # when their stage runs, so a stage loads just what it uses (torch, horovod, the text encoder, ...).
 STAGES: dict[str, str] = {
-    "fetch": "xdrec.datasets:run_fetch",
-    "ingest": "xdrec.ingest:run_ingest",
-    "features": "xdrec.features:run_features",
-    "train": "xdrec.train:run_train",
-    "score": "xdrec.score:run_score",
-    "evaluate": "xdrec.evaluate:run_evaluate",
+    "fetch": "xdrec.data.fetch:run_fetch",
+    "ingest": "xdrec.data.ingest:run_ingest",
+    "features": "xdrec.data.features:run_features",
+    "train": "xdrec.training.train:run_train",
+    "score": "xdrec.serving.score:run_score",
+    "evaluate": "xdrec.evaluation.evaluate:run_evaluate",
 }
 
 

@@ -1,43 +1,51 @@
 """The transfer methods: each is a list of training phases, each phase an objective over batches.
 
-Pure torch and configuration, no Spark or Horovod: :mod:`xdrec.trainer` runs the phases, one loop for
-every method, and every method yields the same artifact (a :class:`~xdrec.model.TwoTower`). See
+Pure torch, no Spark or Horovod: :mod:`xdrec.training.loop` runs the phases, one loop for every method,
+and every method yields the same artifact (a :class:`~xdrec.modeling.model.TwoTower`). See
 ``docs/methods.md`` for what each method does and why.
 
-An objective takes the model, one batch per domain of its phase (in the phase's order), the method's
-settings and the step's context, and returns the loss of that step.
+An objective takes the model, one batch per domain of its phase (in the phase's order), the ``train``
+section of the config (:class:`xdrec.config.TrainConfig`, the knobs such as ``loss`` and ``joint_weight``)
+and the step's context, and returns the loss of that step.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
-from xdrec.config import Config, TrainConfig
-from xdrec.model import BRIDGED_VIEW, SOURCE_VIEW, TARGET_VIEW, TwoTower
+from xdrec.modeling.model import BRIDGED_VIEW, SOURCE_VIEW, TARGET_VIEW, TwoTower
 
-if TYPE_CHECKING:
-    from xdrec.trainer import Batch, Phase
+if TYPE_CHECKING:  # read as plain objects: modeling imports no configuration machinery
+    from xdrec.config import Config, TrainConfig
+
+# One batch: user indices, item indices, labels in {0, 1}.
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
-class MethodSettings:
-    """The knobs objectives read (see ``train.*`` in :class:`xdrec.config.TrainConfig`)."""
+class Phase:
+    """A run of epochs with one objective over the training examples of one or more domains.
 
-    joint_weight: float = 1.0
-    adversarial_weight: float = 0.1
-    adversarial_schedule: str = "dann"
-    distill_temperature: float = 2.0
-    distill_weight: float = 0.5
-    loss: str = "bce"
+    Every step takes one batch of each domain in ``domains``, in that order. A ``student`` phase first
+    keeps the model as it is as the teacher, then trains freshly initialised weights (distillation).
+    ``validate`` evaluates the ranking metric after every epoch, stops early and keeps the best epoch's
+    weights; ``validation_group`` overrides which user group selects it.
+    """
 
-    @classmethod
-    def from_config(cls, train: TrainConfig) -> "MethodSettings":
-        return cls(train.joint_weight, train.adversarial_weight, train.adversarial_schedule,
-                   train.distill_temperature, train.distill_weight, train.loss)
+    name: str
+    domains: list[str]
+    epochs: int
+    learning_rate: float
+    objective: str = "bce"
+    freeze: list[str] = field(default_factory=list)
+    part_learning_rates: dict[str, float] = field(default_factory=dict)
+    validate: bool = False
+    validation_group: str | None = None
+    student: bool = False
 
 
 @dataclass
@@ -47,7 +55,7 @@ class StepContext:
     generator: torch.Generator  # seeded per (phase, epoch, rank), for draws that must replay on resume
 
 
-def batch_softmax_loss(model: TwoTower, batch: "Batch", view: str = TARGET_VIEW) -> torch.Tensor:
+def batch_softmax_loss(model: TwoTower, batch: Batch, view: str = TARGET_VIEW) -> torch.Tensor:
     """Cross-entropy of each positive row's item against every distinct item of the batch.
 
     The candidates are the batch's own items, so popular items are drawn as negatives more often than
@@ -64,30 +72,30 @@ def batch_softmax_loss(model: TwoTower, batch: "Batch", view: str = TARGET_VIEW)
     return F.cross_entropy(logits, position[positive])
 
 
-def labelled_loss(model: TwoTower, batch: "Batch", settings: MethodSettings, view: str = TARGET_VIEW,
+def labelled_loss(model: TwoTower, batch: Batch, train: "TrainConfig", view: str = TARGET_VIEW,
                   logits: torch.Tensor | None = None) -> torch.Tensor:
     """The configured loss (``train.loss``) of one domain's labelled examples; ``logits``: the batch's
     pairwise logits when the caller has them already (bce reuses them)."""
-    if settings.loss == "softmax":
+    if train.loss == "softmax":
         return batch_softmax_loss(model, batch, view)
     users, items, labels = batch
     return F.binary_cross_entropy_with_logits(model(users, items, view) if logits is None else logits, labels)
 
 
-def target_loss(model, batches, settings, context) -> torch.Tensor:
+def target_loss(model, batches, train, context) -> torch.Tensor:
     """The labelled loss of one domain's examples, users as the target domain sees them."""
-    return labelled_loss(model, batches[0], settings)
+    return labelled_loss(model, batches[0], train)
 
 
-def source_loss(model, batches, settings, context) -> torch.Tensor:
+def source_loss(model, batches, train, context) -> torch.Tensor:
     """The labelled loss with the source domain's own user embeddings (bridge models' pretraining)."""
-    return labelled_loss(model, batches[0], settings, SOURCE_VIEW)
+    return labelled_loss(model, batches[0], train, SOURCE_VIEW)
 
 
-def joint_loss(model, batches, settings, context) -> torch.Tensor:
+def joint_loss(model, batches, train, context) -> torch.Tensor:
     """L = L_source + lambda * L_target over a source and a target batch; users share one representation."""
     source, target = batches
-    return labelled_loss(model, source, settings) + settings.joint_weight * labelled_loss(model, target, settings)
+    return labelled_loss(model, source, train) + train.joint_weight * labelled_loss(model, target, train)
 
 
 class GradientReversal(torch.autograd.Function):
@@ -113,19 +121,19 @@ def adversarial_schedule(kind: str, progress: float) -> float:
     return 1.0
 
 
-def adversarial_loss(model, batches, settings, context) -> torch.Tensor:
+def adversarial_loss(model, batches, train, context) -> torch.Tensor:
     """The joint loss plus a domain classifier on user vectors behind a gradient reversal layer.
 
     The classifier learns to tell source batches' users from target batches' users; the reversed
     gradient moves the user representation so that it cannot, aligning the two domains' users.
     """
     source, target = batches
-    weight = settings.adversarial_weight * adversarial_schedule(settings.adversarial_schedule, context.progress)
+    weight = train.adversarial_weight * adversarial_schedule(train.adversarial_schedule, context.progress)
     users = torch.cat([source[0], target[0]])
     domains = torch.cat([torch.zeros(len(source[0])), torch.ones(len(target[0]))]).to(users.device)
     features = GradientReversal.apply(model.user_vectors(users), weight)
     domain_loss = F.binary_cross_entropy_with_logits(model.domain_classifier(features).squeeze(-1), domains)
-    return joint_loss(model, batches, settings, context) + domain_loss
+    return joint_loss(model, batches, train, context) + domain_loss
 
 
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -134,7 +142,7 @@ def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return temperature ** 2 * F.binary_cross_entropy_with_logits(student_logits / temperature, soft_targets)
 
 
-def distill_loss(model, batches, settings, context) -> torch.Tensor:
+def distill_loss(model, batches, train, context) -> torch.Tensor:
     """(1 - a) * labels + a * teacher, on the target batch and on transfer pairs that only the teacher knows.
 
     Transfer pairs put the source batch's users (cold-start users among them) with target items drawn
@@ -142,7 +150,7 @@ def distill_loss(model, batches, settings, context) -> torch.Tensor:
     """
     target, source = batches
     users, items, _ = target
-    temperature, weight = settings.distill_temperature, settings.distill_weight
+    temperature, weight = train.distill_temperature, train.distill_weight
     transfer_users = source[0]
     transfer_items = items[torch.randint(len(items), (len(transfer_users),), generator=context.generator,
                                          device=items.device)]
@@ -150,7 +158,7 @@ def distill_loss(model, batches, settings, context) -> torch.Tensor:
         teacher_target = context.teacher(users, items)
         teacher_transfer = context.teacher(transfer_users, transfer_items)
     student_target = model(users, items)
-    hard = labelled_loss(model, target, settings, logits=student_target)
+    hard = labelled_loss(model, target, train, logits=student_target)
     soft = (soft_loss(student_target, teacher_target, temperature)
             + soft_loss(model(transfer_users, transfer_items), teacher_transfer, temperature))
     return (1.0 - weight) * hard + weight * soft
@@ -166,7 +174,7 @@ def _no_loss(model: TwoTower) -> torch.Tensor:
     return torch.zeros((), device=model.user_embedding.weight.device, requires_grad=True)
 
 
-def mapping_loss(model, batches, settings, context) -> torch.Tensor:
+def mapping_loss(model, batches, train, context) -> torch.Tensor:
     """EMCDR: the mapping from source to target user embeddings, fitted by squared error on the batch's
     overlapping users (both embeddings fixed, learned in the earlier phases)."""
     users = torch.unique(batches[0][0])
@@ -177,17 +185,17 @@ def mapping_loss(model, batches, settings, context) -> torch.Tensor:
     return F.mse_loss(mapped, model.target_user_embedding(users).detach(), reduction="sum") / len(users)
 
 
-def bridge_task_loss(model, batches, settings, context) -> torch.Tensor:
+def bridge_task_loss(model, batches, train, context) -> torch.Tensor:
     """PTUPCDR's task-oriented objective: the overlapping users' target examples scored with their
     personalised bridged embeddings, so the bridge learns what ranks well rather than what is near."""
     users, items, labels = batches[0]
     keep = _overlapping(model, users)
     if not bool(keep.any()):
         return _no_loss(model)
-    return labelled_loss(model, (users[keep], items[keep], labels[keep]), settings, BRIDGED_VIEW)
+    return labelled_loss(model, (users[keep], items[keep], labels[keep]), train, BRIDGED_VIEW)
 
 
-Objective = Callable[[TwoTower, tuple, MethodSettings, StepContext], torch.Tensor]
+Objective = Callable[[TwoTower, tuple, "TrainConfig", StepContext], torch.Tensor]
 OBJECTIVES: dict[str, Objective] = {
     "bce": target_loss,
     "source_bce": source_loss,
@@ -206,15 +214,13 @@ _ALL_BUT_BRIDGE = ["user_embedding", "target_user_embedding", "user_tower", "ite
 
 
 def model_options(method: str) -> dict:
-    """The model's method-specific constructor arguments (see :class:`xdrec.model.TwoTower`)."""
+    """The model's method-specific constructor arguments (see :class:`xdrec.modeling.model.TwoTower`)."""
     return {"bridge": method.removeprefix("bridge_") if method.startswith("bridge_") else "none",
             "domain_classifier": method == "adversarial"}
 
 
-def phases_for(method: str, config: Config) -> list["Phase"]:
+def phases_for(method: str, config: "Config") -> list[Phase]:
     """The training phases of a method (see docs/methods.md)."""
-    from xdrec.trainer import Phase
-
     train, source_domain, target_domain = config.train, config.data.source_domain, config.data.target_domain
     source_rate = train.source_learning_rate or train.learning_rate
     pretrain = [Phase("source", [source_domain], train.source_epochs, source_rate)] if train.source_epochs else []

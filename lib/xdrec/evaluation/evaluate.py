@@ -10,7 +10,7 @@ Two protocols, reported side by side and labelled:
   domain's training items, the user's own items not excluded; MRR, HR@K and NDCG@K averaged over lines.
 
 Where the target's test pairs have ratings, the ``rating`` protocol adds MAE and RMSE of the
-rating-prediction baselines (:func:`xdrec.baselines.rating_predictions`) over those pairs.
+rating-prediction baselines (:func:`xdrec.evaluation.baselines.rating_predictions`) over those pairs.
 
 Per-user values go to the ``user_metrics`` table so methods can be compared pairwise; means to
 ``metrics``; a paired bootstrap confidence interval compares the best transfer method with the best
@@ -30,15 +30,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from xdrec import artifact as artifacts
-from xdrec import baselines, lineage, report, tables
 from xdrec.config import Config
+from xdrec.data import lineage, tables
+from xdrec.data.contract import USER_GROUPS
 from xdrec.errors import XdrecError
-from xdrec.metrics import metric_names, sampled_line_metrics, user_metrics
-from xdrec.ranking import full_ranks, sampled_ranks
+from xdrec.evaluation import baselines, report
+from xdrec.modeling.metrics import metric_names, sampled_line_metrics, user_metrics
+from xdrec.modeling.ranking import full_ranks, sampled_ranks
+from xdrec.training import artifact as artifacts
 
 FULL, SAMPLED, RATING = "full", "sampled", "rating"
-GROUPS = ("warm", "cold", "all")
 
 
 def load_scorer(path: str):
@@ -308,6 +309,6 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     for model, groups in summary["values"].get(RATING, {}).items():
         print(f"[evaluate] rating error of {model} on {summary['counts'][RATING][model]['all']:,} rated test pairs: "
               + ", ".join(f"{group} MAE {groups[group]['MAE']:.4f} RMSE {groups[group]['RMSE']:.4f}"
-                          for group in GROUPS if group in groups))
+                          for group in USER_GROUPS if group in groups))
     print(f"[evaluate] report in {folder}")
     return results

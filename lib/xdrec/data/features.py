@@ -9,7 +9,7 @@ cold-start user's target interactions included) reaches a table the trainer read
 
 Every random choice is a hash of the row's ids and a seed, never ``rand()``: the same input and seed give
 the same tables whatever the partitioning. A run whose inputs and settings are those of the last run,
-whose tables nobody changed since, changes nothing (:mod:`xdrec.lineage` records both).
+whose tables nobody changed since, changes nothing (:mod:`xdrec.data.lineage` records both).
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import time
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xdrec import contract, lineage, tables, text
 from xdrec.config import Config
+from xdrec.data import contract, lineage, tables, text
+from xdrec.data.splits import assign_splits, choose_cold_start_users, given_cold_start_users
 from xdrec.errors import XdrecError
-from xdrec.splits import assign_splits, choose_cold_start_users, given_cold_start_users
 
 # Negative sampling draws this many candidates per wanted negative from the items a user has not
 # trained on (more when the user has trained on most of a domain), and at most MAX_CANDIDATES_PER_NEGATIVE.

@@ -22,7 +22,7 @@ Tables (columns; partitioning):
   ``text_embedding_cache``: feature tables, columns in docs/data.md
 - ``training_examples``: domain, shard, user_idx, item_idx, label (1.0 positive, 0.0 sampled negative);
   by domain, shard
-- ``runs``: one row per stage run: the Delta versions it read and wrote (xdrec.lineage)
+- ``runs``: one row per stage run: the Delta versions it read and wrote (xdrec.data.lineage)
 - ``recommendations``: run_date, model, model_version, domain, user_idx, user_id, rank, item_idx, item_id,
   score, route ("warm", "cold_start" or "popularity"); by run_date, model (see docs/scoring.md)
 - ``score_runs``: one row per successful score run of a model: run_date, model, model_version, mode,

@@ -22,6 +22,7 @@ from pyspark.sql import SparkSession
 
 from xdrec.config import Config
 from xdrec.errors import XdrecError
+from xdrec.files import atomic_path
 from xdrec.spark import cache_dir
 
 INTERACTIONS_FILE = "interactions.csv"
@@ -47,10 +48,8 @@ def _domain_paths(raw_dir: str, domain: str) -> tuple[str, str]:
 
 
 def _write_csv_atomically(frame: pd.DataFrame, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.partial-{os.getpid()}"
-    frame.to_csv(partial, index=False)
-    os.replace(partial, path)
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
 
 
 def _write_domains(raw_dir: str, tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict:

@@ -1,9 +1,8 @@
 """Validation during training: NDCG@K and HR@K on the target domain's validation split, by user group.
 
 Pure numpy and torch. Every user's held-out items are ranked among all target items the user has not
-trained on, with :func:`xdrec.ranking.full_ranks` (the evaluate stage's kernel), and the figures follow
-the evaluate stage's definitions: HR is 1 when any held-out item is in the top K, NDCG divides the hits'
-DCG by the ideal DCG of min(#held-out items, K). Under Horovod each rank ranks its share of the users and
+trained on, with :func:`xdrec.modeling.ranking.full_ranks` (the evaluate stage's kernel), and scored by
+:func:`xdrec.modeling.metrics.hit_and_ndcg`, the evaluate stage's definitions. Under Horovod each rank ranks its share of the users and
 the sums are combined, so every rank gets the figures of all users.
 """
 from __future__ import annotations
@@ -13,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xdrec.model import TwoTower
-from xdrec.ranking import full_ranks
-
-GROUPS = ("all", "warm", "cold")
-
+from xdrec.data.contract import USER_GROUPS
+from xdrec.modeling.metrics import hit_and_ndcg
+from xdrec.modeling.model import TwoTower
+from xdrec.modeling.ranking import full_ranks
 
 @dataclass
 class ValidationSet:
@@ -31,15 +29,6 @@ class ValidationSet:
 
     def __len__(self) -> int:
         return len(self.users)
-
-
-def user_figures(ranks: list[np.ndarray], relevant_counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per user (HR@k, NDCG@k) from the 1-based ranks of the user's held-out items."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    ideal = np.cumsum(discounts)[np.minimum(relevant_counts, k) - 1]
-    hits = np.array([float((user_ranks <= k).any()) for user_ranks in ranks])
-    dcg = np.array([discounts[user_ranks[user_ranks <= k] - 1].sum() for user_ranks in ranks])
-    return hits, dcg / ideal
 
 
 class OnDevice:
@@ -59,11 +48,13 @@ def ranking_figures(model: TwoTower, validation: ValidationSet, k: int, collecti
     mine = np.arange(collective.rank, len(validation), collective.size)
     ranks, _ = full_ranks(OnDevice(model), validation.users[mine], [validation.relevant[j] for j in mine],
                           [validation.seen[j] for j in mine], validation.candidates)
-    counts = np.array([len(validation.relevant[j]) for j in mine], dtype=np.int64)
-    hits, ndcg = user_figures(ranks, counts, k) if len(mine) else (np.empty(0), np.empty(0))
+    figures_of_users = np.array([hit_and_ndcg(user_ranks, k) for user_ranks in ranks]).reshape(-1, 2)
+    hits, ndcg = figures_of_users[:, 0], figures_of_users[:, 1]
     cold = validation.cold[mine]
+    members_of = {"warm": ~cold, "cold": cold, "all": np.ones(len(mine), dtype=bool)}
     figures = {}
-    for group, members in (("all", np.ones(len(mine), dtype=bool)), ("warm", ~cold), ("cold", cold)):
+    for group in USER_GROUPS:
+        members = members_of[group]
         users = collective.average(float(members.sum()), f"valid.{group}.users") * collective.size
         if users < 0.5:
             continue

@@ -1,11 +1,11 @@
 """Ranking kernels for evaluation: where each relevant item lands in a user's ranked candidates.
 
-Plain torch and numpy, no Spark: :mod:`xdrec.evaluate` runs them inside pandas UDFs. A *scorer* is any
+Plain torch and numpy, no Spark: :mod:`xdrec.evaluation.evaluate` runs them inside pandas UDFs. A *scorer* is any
 object with ``score_matrix(users, items) -> [len(users), len(items)]`` logits: a trained
-:class:`~xdrec.model.TwoTower`, or a :class:`FactorScorer` built from a baseline's factors (ALS, EMCDR,
+:class:`~xdrec.modeling.model.TwoTower`, or a :class:`FactorScorer` built from a baseline's factors (ALS, EMCDR,
 popularity).
 
-Ranks are 1-based and break ties the way the scorer's top-K does (:meth:`xdrec.score.TopKScorer.top_k`): among
+Ranks are 1-based and break ties the way the scorer's top-K does (:meth:`xdrec.serving.topk.TopKScorer.top_k`): among
 equal scores the lower item index ranks first, so the full-ranking metrics agree with the
 recommendations a user would actually be shown.
 """

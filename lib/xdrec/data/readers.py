@@ -15,7 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from xdrec import contract
+from xdrec.data import contract
 from xdrec.errors import XdrecError
 
 _CORRUPT = "_corrupt_record"

@@ -12,23 +12,20 @@ configs' own ``train.methods``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from xdrec.config import METHODS, Config, load_config
-from xdrec.errors import XdrecError
+from xdrec.config import Config, METHODS, load_config
+from xdrec.data.contract import USER_GROUPS
 
 DATA_STAGES = ("fetch", "ingest", "features")
 MODEL_STAGES = ("train", "score", "evaluate")
 PROTOCOLS = ("full", "sampled")
-GROUPS = ("warm", "cold")
 
 
 def seeded(config_name: str, overrides: list[str], seed: int) -> Config:
@@ -56,7 +53,8 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict:
 def dataset_table(name: str, summary: dict, ks: list[int]) -> list[str]:
     """Markdown rows: per model, full-ranking NDCG@10/HR@10 warm and cold, sampled cold MRR/NDCG@10/HR@10."""
     k = 10 if 10 in ks else ks[-1]
-    columns = [("full", group, f"{metric}@{k}") for metric in ("NDCG", "HR") for group in GROUPS]
+    columns = [("full", group, f"{metric}@{k}") for metric in ("NDCG", "HR")
+               for group in USER_GROUPS if group != "all"]
     columns += [("sampled", "cold", metric) for metric in ("MRR", f"NDCG@{k}", f"HR@{k}")]
     header = ["model"] + [f"{protocol} {metric} {group}" for protocol, group, metric in columns]
     lines = [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -95,7 +93,7 @@ def verdict(summary: dict, k: int) -> str:
 
 def plot(datasets: dict[str, dict], path: str) -> None:
     """Full-ranking NDCG@10 of each model, warm vs cold users, one panel per dataset (mean over seeds)."""
-    from xdrec.report import plt, warm_cold_bars
+    from xdrec.evaluation.report import plt, warm_cold_bars
 
     figure, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4), squeeze=False)
     for axis, (name, entry) in zip(axes[0], datasets.items()):
@@ -172,29 +170,3 @@ def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(docs)), exist_ok=True)
         shutil.copyfile(os.path.join(out, "summary.md"), docs)
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    from xdrec.cli import _ArgumentParser, guarded
-
-    def body() -> None:
-        parser = _ArgumentParser(prog="jobs/benchmark.py", description=__doc__.splitlines()[0])
-        parser.add_argument("--conf", action="append", required=True, help="a dataset config; repeatable")
-        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-        parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
-        parser.add_argument("--methods", default="all",
-                            help="comma-separated methods to train, 'all' (default) or 'config' (each config's own)")
-        parser.add_argument("--out", default="reports/benchmark", help="the report folder")
-        parser.add_argument("--docs", default=None, help="also copy the summary table to this file")
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-        try:
-            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
-        except ValueError:
-            raise XdrecError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-        methods = {"all": list(METHODS), "config": None}.get(args.methods, args.methods.split(","))
-        overrides = ([f"train.methods=[{','.join(methods)}]"] if methods else []) + args.overrides
-        for name in args.conf:
-            load_config(name, overrides)  # a bad config or method fails now, not hours in
-        run_benchmark(args.conf, overrides, seeds, args.out, args.docs)
-
-    return guarded(body)

@@ -30,10 +30,10 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xdrec import contract, lineage, tables
 from xdrec.config import Config, DataConfig, DomainInput
+from xdrec.data import contract, lineage, tables
+from xdrec.data.readers import Source, list_sources, read_sources
 from xdrec.errors import XdrecError
-from xdrec.inputs import Source, list_sources, read_sources
 
 # The table each kind of input is merged into, with the key that makes a row itself, and its partitioning.
 TARGETS = {

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +22,8 @@ import pandas as pd
 import torch
 
 from xdrec.errors import XdrecError
-from xdrec.model import TwoTower
+from xdrec.files import atomic_path
+from xdrec.modeling.model import TwoTower
 
 FORMAT_VERSION = 1
 
@@ -58,26 +57,17 @@ class Artifact:
 def save(path: str, model: TwoTower, meta: dict[str, Any], user_index: pd.DataFrame,
          item_index: pd.DataFrame) -> str:
     """Write an artifact atomically at ``path`` and point ``LATEST`` at it."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".tmp-{uuid.uuid4().hex}")
-    os.makedirs(staging)
-    try:
+    with atomic_path(path) as staging:
+        os.makedirs(staging)
         torch.save(model.state_dict(), os.path.join(staging, "model.pt"))
         meta = {**meta, "format": FORMAT_VERSION, "model": model.hyperparameters()}
         with open(os.path.join(staging, "artifact.json"), "w") as handle:
             json.dump(meta, handle, indent=2, sort_keys=True, default=str)
         user_index.to_parquet(os.path.join(staging, "user_index.parquet"), index=False)
         item_index.to_parquet(os.path.join(staging, "item_index.parquet"), index=False)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.rename(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    latest = os.path.join(parent, "LATEST")
-    with open(latest + ".tmp", "w") as handle:
-        handle.write(os.path.basename(path) + "\n")
-    os.replace(latest + ".tmp", latest)
+    with atomic_path(os.path.join(os.path.dirname(os.path.abspath(path)), "LATEST")) as latest:
+        with open(latest, "w") as handle:
+            handle.write(os.path.basename(path) + "\n")
     return path
 
 

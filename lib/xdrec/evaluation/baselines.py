@@ -10,7 +10,7 @@
 Where the target domain has ratings, :func:`rating_predictions` adds the rating-prediction yardsticks
 that MAE and RMSE are reported for (xdrec's own models rank implicit feedback and predict no ratings).
 
-Each baseline becomes a :class:`~xdrec.ranking.FactorScorer` saved as ``factors.npz`` under
+Each baseline becomes a :class:`~xdrec.modeling.ranking.FactorScorer` saved as ``factors.npz`` under
 ``<warehouse>/baselines/<name>/``, which the evaluation UDFs load just as they load a model artifact.
 """
 from __future__ import annotations
@@ -25,18 +25,17 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from torch import nn
 
-from xdrec.ranking import FactorScorer
+from xdrec.files import atomic_path
+from xdrec.modeling.ranking import FactorScorer
 
 FACTORS_FILE = "factors.npz"
 
 
 def save_scorer(path: str, scorer: FactorScorer) -> str:
     """Write a scorer's factors atomically as ``<path>/factors.npz``."""
-    os.makedirs(path, exist_ok=True)
-    temporary = os.path.join(path, "factors.tmp.npz")
-    np.savez(temporary, user_factors=scorer.user_factors.numpy(), item_factors=scorer.item_factors.numpy(),
-             item_bias=scorer.item_bias.numpy())
-    os.replace(temporary, os.path.join(path, FACTORS_FILE))
+    with atomic_path(os.path.join(path, FACTORS_FILE)) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, user_factors=scorer.user_factors.numpy(), item_factors=scorer.item_factors.numpy(),
+                 item_bias=scorer.item_bias.numpy())
     return path
 
 

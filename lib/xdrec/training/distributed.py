@@ -2,7 +2,7 @@
 
 ``launch`` starts ``horovod.spark.run`` on the active SparkSession; every process runs ``train_worker``,
 which builds the model, reads its own shard of the staged Parquet training examples through Petastorm
-batch readers (one per domain of a phase), and runs the shared loop in :mod:`xdrec.trainer` with
+batch readers (one per domain of a phase), and runs the shared loop in :mod:`xdrec.training.loop` with
 gradients and metrics averaged by Horovod (gloo on CPU, a GPU per process when there is one). Rank 0
 logs, checkpoints and writes the final weights. ``run_local`` runs the same code in this process alone,
 for development.
@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from xdrec.methods import MethodSettings
-from xdrec.trainer import Batch, Collective, EarlyStopping, Phase
-from xdrec.validation import ValidationSet
+from xdrec.config import TrainConfig
+from xdrec.files import atomic_path
+from xdrec.modeling.methods import Batch, Phase
+from xdrec.training.loop import Collective
+from xdrec.training.validation import ValidationSet
 
 FINAL_WEIGHTS = "final.pt"
 
@@ -36,7 +38,7 @@ class DomainData:
 
 @dataclass
 class ModelData:
-    """What a model carries besides weights (see :class:`xdrec.model.TwoTower`); None where unused."""
+    """What a model carries besides weights (see :class:`xdrec.modeling.model.TwoTower`); None where unused."""
 
     item_text: np.ndarray | None = None  # float32 [num_items, text_dim]
     item_has_text: np.ndarray | None = None  # bool [num_items]
@@ -55,27 +57,20 @@ class ModelData:
 
 @dataclass
 class TrainSpec:
-    """Everything a worker needs, picklable and free of Spark objects."""
+    """Everything a worker needs, picklable and free of Spark objects. ``train`` is the config's train
+    section: batch size and scope, seed, reader, learning-rate scaling, loss and early stopping."""
 
     model: dict
     phases: list[Phase]
     data: dict[str, DomainData]
-    batch_size: int
-    seed: int
+    train: TrainConfig
     checkpoint_dir: str
     model_data: ModelData = field(default_factory=ModelData)
-    settings: MethodSettings = field(default_factory=MethodSettings)
     validation: ValidationSet | None = None
-    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
-    # "global": batch_size is split over the processes; "process": each process takes batch_size.
-    batch_scope: str = "global"
-    # How the learning rate follows the number of processes: "none", "linear" or "sqrt".
-    lr_scaling: str = "none"
-    # "memory": read each shard once and shuffle it in memory every epoch; "stream": re-read it every epoch.
-    reader: str = "memory"
 
     def rank_batch_size(self, size: int) -> int:
-        return max(1, self.batch_size // size) if self.batch_scope == "global" else self.batch_size
+        batch_size = self.train.batch_size
+        return max(1, batch_size // size) if self.train.batch_scope == "global" else batch_size
 
     def steps_per_epoch(self, phase: Phase, size: int) -> int:
         """Steps every rank takes in an epoch: one pass over the phase's largest domain in global batches."""
@@ -83,7 +78,7 @@ class TrainSpec:
         return max(1, max(self.data[domain].rows for domain in phase.domains) // global_batch)
 
     def learning_rate_factor(self, size: int) -> float:
-        return {"none": 1.0, "linear": float(size), "sqrt": math.sqrt(size)}[self.lr_scaling]
+        return {"none": 1.0, "linear": float(size), "sqrt": math.sqrt(size)}[self.train.lr_scaling]
 
     def scaled_phases(self, size: int) -> list[Phase]:
         factor = self.learning_rate_factor(size)
@@ -198,12 +193,12 @@ def quiet_warnings() -> None:
 
 def run_training(spec: TrainSpec, collective: Collective, device: torch.device) -> tuple[nn.Module, list]:
     """Build the model and train it through the spec's phases on this rank; return (model, history)."""
-    from xdrec import trainer
-    from xdrec.model import TwoTower
-    from xdrec.validation import ranking_figures
+    from xdrec.modeling.model import TwoTower
+    from xdrec.training import loop
+    from xdrec.training.validation import ranking_figures
 
     quiet_warnings()
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(spec.train.seed)
     model = TwoTower(**spec.model)
     spec.model_data.apply(model)
     rank_batch = spec.rank_batch_size(collective.size)
@@ -212,7 +207,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
 
     def domain_batches(domain: str, seed: int) -> Iterator[Batch]:
         url = spec.data[domain].url
-        if spec.reader == "stream":
+        if spec.train.reader == "stream":
             return petastorm_batches(url, collective.rank, collective.size, rank_batch, seed)
         if domain not in shards:
             shards[domain] = read_shard(url, collective.rank, collective.size)
@@ -220,25 +215,24 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
 
     def batches(phase: Phase, epoch: int) -> Iterator[tuple[Batch, ...]]:
         # A seed per (phase, epoch, rank, domain) makes a resumed run read what an uninterrupted one would.
-        seed = spec.seed + 1000 * phases.index(phase) + 10 * epoch + collective.rank
+        seed = spec.train.seed + 1000 * phases.index(phase) + 10 * epoch + collective.rank
         return zipped_batches([domain_batches(domain, seed + 100_003 * number)
                                for number, domain in enumerate(phase.domains)])
 
     def validate(model: nn.Module) -> dict[str, float]:
-        return ranking_figures(model, spec.validation, spec.early_stopping.k, collective)
+        return ranking_figures(model, spec.validation, spec.train.validation_k, collective)
 
-    history = trainer.train(
+    history = loop.train(
         model,
         phases,
         batches,
         lambda phase: spec.steps_per_epoch(phase, collective.size),
-        settings=spec.settings,
+        config=spec.train,
         validate=validate if spec.validation is not None and len(spec.validation) else None,
-        early_stopping=spec.early_stopping,
         collective=collective,
         checkpoint_dir=spec.checkpoint_dir,
         device=device,
-        seed=spec.seed,
+        seed=spec.train.seed,
         log=lambda message: print(f"[train] {message}", flush=True),
     )
     return model, history
@@ -246,9 +240,8 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
 
 def save_final_weights(model: nn.Module, checkpoint_dir: str) -> None:
     weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    path = os.path.join(checkpoint_dir, FINAL_WEIGHTS)
-    torch.save(weights, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with atomic_path(os.path.join(checkpoint_dir, FINAL_WEIGHTS)) as temporary:
+        torch.save(weights, temporary)
 
 
 def train_worker(spec: TrainSpec) -> list[dict]:

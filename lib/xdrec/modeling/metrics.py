@@ -1,7 +1,7 @@
-"""Ranking metrics from the ranks of relevant items, and a plain-Python reference to check them by.
+"""Ranking metrics from the ranks of relevant items: the one definition, for validation and evaluation.
 
 Definitions (binary relevance; ``ranks`` are the 1-based positions of a user's relevant items in the
-user's full ranking, see :func:`xdrec.ranking.full_ranks`; R relevant items, N ranked candidates):
+user's full ranking, see :func:`xdrec.modeling.ranking.full_ranks`; R relevant items, N ranked candidates):
 
 - HR@K: 1 if any relevant item is in the top K, else 0
 - Recall@K: relevant items in the top K / R;  Precision@K: relevant items in the top K / K;
@@ -27,6 +27,14 @@ def metric_names(ks: list[int]) -> list[str]:
     return [f"{name}@{k}" for k in ks for name in AT_K] + list(OVERALL)
 
 
+def hit_and_ndcg(ranks: np.ndarray, k: int) -> tuple[float, float]:
+    """(HR@k, NDCG@k) of one user from the 1-based ranks of the user's relevant items (at least one)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    in_top = ranks <= k
+    ideal = float((1.0 / np.log2(np.arange(2, min(len(ranks), k) + 2))).sum())
+    return float(in_top.any()), float((1.0 / np.log2(ranks[in_top] + 1.0)).sum()) / ideal
+
+
 def user_metrics(ranks: np.ndarray, candidates: int, ks: list[int]) -> dict[str, float]:
     """Every metric for one user from the sorted ranks of the user's relevant items (at least one)."""
     ranks = np.sort(np.asarray(ranks, dtype=np.float64))
@@ -34,18 +42,15 @@ def user_metrics(ranks: np.ndarray, candidates: int, ks: list[int]) -> dict[str,
     if relevant == 0:
         raise ValueError("user_metrics needs at least one relevant item")
     values: dict[str, float] = {}
-    discounts = 1.0 / np.log2(ranks + 1.0)
     hits_at_or_above = np.arange(1, relevant + 1)
     for k in ks:
         in_top = ranks <= k
         hits = int(in_top.sum())
         recall, precision = hits / relevant, hits / k
-        ideal = float((1.0 / np.log2(np.arange(2, min(relevant, k) + 2))).sum())
-        values[f"HR@{k}"] = float(hits > 0)
+        values[f"HR@{k}"], values[f"NDCG@{k}"] = hit_and_ndcg(ranks, k)
         values[f"Recall@{k}"] = recall
         values[f"Precision@{k}"] = precision
         values[f"F1@{k}"] = 2 * precision * recall / (precision + recall) if hits else 0.0
-        values[f"NDCG@{k}"] = float(discounts[in_top].sum()) / ideal
         values[f"MAP@{k}"] = float((hits_at_or_above[in_top] / ranks[in_top]).sum()) / min(relevant, k)
     values["MRR"] = float(1.0 / ranks[0])
     negatives = candidates - relevant
@@ -60,38 +65,4 @@ def sampled_line_metrics(rank: int, ks: list[int]) -> dict[str, float]:
     for k in ks:
         values[f"HR@{k}"] = float(rank <= k)
         values[f"NDCG@{k}"] = 1.0 / math.log2(rank + 1) if rank <= k else 0.0
-    return values
-
-
-def reference_user_metrics(ranked_items: list, relevant: set, ks: list[int]) -> dict[str, float]:
-    """The same metrics straight from their definitions, walking a user's full ranked list.
-
-    Deliberately naive (no ranks, no numpy): tests check :func:`user_metrics` and the Spark path by it.
-    """
-    values: dict[str, float] = {}
-    for k in ks:
-        top = ranked_items[:k]
-        hits = [item in relevant for item in top]
-        dcg = sum(1 / math.log2(position + 2) for position, hit in enumerate(hits) if hit)
-        idcg = sum(1 / math.log2(position + 2) for position in range(min(len(relevant), k)))
-        precision, recall = sum(hits) / k, sum(hits) / len(relevant)
-        average_precision, found = 0.0, 0
-        for position, hit in enumerate(hits):
-            if hit:
-                found += 1
-                average_precision += found / (position + 1)
-        values[f"HR@{k}"] = 1.0 if any(hits) else 0.0
-        values[f"Recall@{k}"] = recall
-        values[f"Precision@{k}"] = precision
-        values[f"F1@{k}"] = 2 * precision * recall / (precision + recall) if any(hits) else 0.0
-        values[f"NDCG@{k}"] = dcg / idcg
-        values[f"MAP@{k}"] = average_precision / min(len(relevant), k)
-    first = next(position for position, item in enumerate(ranked_items) if item in relevant)
-    values["MRR"] = 1 / (first + 1)
-    negatives = [item for item in ranked_items if item not in relevant]
-    pairs_ordered = 0
-    for item_position, item in enumerate(ranked_items):
-        if item in relevant:
-            pairs_ordered += sum(1 for other in ranked_items[item_position + 1:] if other not in relevant)
-    values["AUC"] = pairs_ordered / (len(relevant) * len(negatives)) if negatives else 1.0
     return values

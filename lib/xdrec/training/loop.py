@@ -2,8 +2,8 @@
 
 It knows nothing of Spark or Delta, and of Horovod only through the small :class:`Collective` interface,
 so the same loop runs single-process (the base ``Collective``) for development and under Horovod
-(``xdrec.distributed.HorovodCollective``) for real training. Every method is a list of phases, each with
-an objective from :mod:`xdrec.methods`; this loop is the only one.
+(``xdrec.training.distributed.HorovodCollective``) for real training. Every method is a list of phases, each with
+an objective from :mod:`xdrec.modeling.methods`; this loop is the only one.
 """
 from __future__ import annotations
 
@@ -16,48 +16,10 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from xdrec.methods import OBJECTIVES, MethodSettings, StepContext
-from xdrec.model import TwoTower
-
-# One batch: user indices, item indices, labels in {0, 1}.
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class Phase:
-    """A run of epochs with one objective over the training examples of one or more domains.
-
-    Every step takes one batch of each domain in ``domains``, in that order. A ``student`` phase first
-    keeps the model as it is as the teacher, then trains freshly initialised weights (distillation).
-    ``validate`` evaluates the ranking metric after every epoch, stops early and keeps the best epoch's
-    weights; ``validation_group`` overrides which user group selects it.
-    """
-
-    name: str
-    domains: list[str]
-    epochs: int
-    learning_rate: float
-    objective: str = "bce"
-    freeze: list[str] = field(default_factory=list)
-    part_learning_rates: dict[str, float] = field(default_factory=dict)
-    validate: bool = False
-    validation_group: str | None = None
-    student: bool = False
-
-
-@dataclass
-class EarlyStopping:
-    """Which validation figure selects epochs (``<group>/<metric>@<k>``), and how long to wait for it."""
-
-    metric: str = "NDCG"
-    k: int = 10
-    group: str = "all"
-    patience: int = 2
-
-    def key(self, phase: Phase, validation: dict[str, float]) -> str:
-        """The selecting figure's name; "all" users when the phase's group has no validation users."""
-        key = f"{phase.validation_group or self.group}/{self.metric}@{self.k}"
-        return key if key in validation else f"all/{self.metric}@{self.k}"
+from xdrec.config import TrainConfig
+from xdrec.files import atomic_path
+from xdrec.modeling.methods import Batch, OBJECTIVES, Phase, StepContext
+from xdrec.modeling.model import TwoTower
 
 
 class Collective:
@@ -104,6 +66,14 @@ class Best:
     state: dict[str, torch.Tensor]
 
 
+def selecting_key(train: TrainConfig, phase: Phase, validation: dict[str, float]) -> str:
+    """The validation figure that selects a phase's epochs, ``<group>/<metric>@<k>``; the "all" users'
+    figure when the phase's group (``train.validation_group`` unless the phase names one) has no users."""
+    suffix = f"{train.validation_metric}@{train.validation_k}"
+    key = f"{phase.validation_group or train.validation_group}/{suffix}"
+    return key if key in validation else f"all/{suffix}"
+
+
 def _checkpoint_file(checkpoint_dir: str) -> str:
     return os.path.join(checkpoint_dir, "checkpoint.pt")
 
@@ -116,10 +86,8 @@ def load_checkpoint(checkpoint_dir: str | None) -> dict | None:
 
 def save_checkpoint(checkpoint_dir: str, state: dict) -> None:
     """Write atomically: a run killed mid-write leaves the previous checkpoint intact."""
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    path = _checkpoint_file(checkpoint_dir)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with atomic_path(_checkpoint_file(checkpoint_dir)) as temporary:
+        torch.save(state, temporary)
 
 
 def parameter_groups(model: nn.Module, learning_rate: float, part_learning_rates: dict[str, float]) -> list[dict]:
@@ -148,9 +116,8 @@ def train(
     phases: list[Phase],
     batches: Callable[[Phase, int], Iterable[tuple[Batch, ...]]],
     steps_per_epoch: Callable[[Phase], int],
-    settings: MethodSettings = MethodSettings(),
+    config: TrainConfig | None = None,
     validate: Callable[[TwoTower], dict[str, float]] | None = None,
-    early_stopping: EarlyStopping = EarlyStopping(),
     collective: Collective = Collective(),
     checkpoint_dir: str | None = None,
     device: torch.device | str = "cpu",
@@ -162,11 +129,12 @@ def train(
     ``batches(phase, epoch)`` yields this rank's steps for one epoch, each a tuple with one batch per
     domain of the phase; the loop takes exactly ``steps_per_epoch(phase)`` of them, the same on every
     rank, so uneven shards cannot hang an allreduce. ``validate(model)`` returns validation figures
-    (already combined over ranks); validated phases stop after ``early_stopping.patience`` epochs without
+    (already combined over ranks); validated phases stop after ``config.patience`` epochs without
     improvement and end with their best epoch's weights. After every epoch rank 0 checkpoints the model,
     the optimizer, the position, the best epoch and the teacher; a restarted run with the same
     ``checkpoint_dir`` continues from there and ends where an uninterrupted one does.
     """
+    config = config or TrainConfig()
     model.to(device)
     history: list[EpochResult] = []
     start_phase, start_epoch = 0, 0
@@ -218,7 +186,7 @@ def train(
                 context = StepContext(progress=(epoch * steps + step) / total_steps, teacher=teacher,
                                       generator=generator)
                 optimizer.zero_grad()
-                loss = objective(model, step_batches, settings, context)
+                loss = objective(model, step_batches, config, context)
                 loss.backward()
                 for parameter in trainable:  # a part unused on this rank's batch still joins the allreduce
                     if parameter.grad is None:
@@ -246,15 +214,15 @@ def train(
             history.append(result)
             stop = False
             if validation is not None:
-                selecting = early_stopping.key(phase, validation)
+                selecting = selecting_key(config, phase, validation)
                 value = validation[selecting]
                 if best is None or value > best.value:
                     best = Best(selecting, value, epoch, _cpu_state(model))
-                stop = early_stopping.patience > 0 and epoch - best.epoch >= early_stopping.patience
+                stop = config.patience > 0 and epoch - best.epoch >= config.patience
             last = stop or epoch + 1 == phase.epochs
             if collective.rank == 0:
                 figures = "".join(f", {name} {figure:.4f}" for name, figure in (validation or {}).items()
-                                  if name.endswith(f"{early_stopping.metric}@{early_stopping.k}"))
+                                  if name.endswith(f"{config.validation_metric}@{config.validation_k}"))
                 log(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {result.loss:.4f}{figures}, "
                     f"{result.examples:,} examples in {seconds:.1f}s ({result.examples_per_second:,.0f}/s)")
             if last and best is not None and best.epoch != epoch:

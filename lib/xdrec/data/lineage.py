@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 
-from xdrec import tables
+from xdrec.data import tables
 from xdrec.errors import XdrecError
 
 RUNS_SCHEMA = ("run_id string, stage string, status string, started_at timestamp, seconds double, "

@@ -25,3 +25,7 @@ SPLITS = ("train", "valid", "test")
 def all_columns(kind: str) -> tuple[str, ...]:
     required, optional = COLUMNS[kind]
     return (*required, *optional)
+
+# The user groups that metrics are split by: users with target training history ("warm"), users with
+# none, cold-start users known only from the source domain ("cold"), and both together ("all").
+USER_GROUPS = ("warm", "cold", "all")

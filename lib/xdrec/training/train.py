@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,12 +22,13 @@ import torch
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xdrec import artifact, distributed, lineage, tables, tracking
 from xdrec.config import Config
-from xdrec.methods import MethodSettings, model_options, phases_for
-from xdrec.model import TwoTower
-from xdrec.trainer import EarlyStopping
-from xdrec.validation import ValidationSet
+from xdrec.data import lineage, tables
+from xdrec.files import atomic_path
+from xdrec.modeling.methods import model_options, phases_for
+from xdrec.modeling.model import TwoTower
+from xdrec.training import artifact, distributed, tracking
+from xdrec.training.validation import ValidationSet
 
 INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
 # Train keys that change how a run is watched or launched, not the model it makes.
@@ -60,14 +59,12 @@ def stage_examples(spark: SparkSession, config: Config, domain: str, version: in
     if not os.path.isfile(marker):
         examples = tables.read(spark, config.warehouse, tables.TRAINING_EXAMPLES, version)
         staged = shuffled_for_training(examples.where(F.col("domain") == domain), config.features.seed)
-        temporary = f"{folder}.tmp-{uuid.uuid4().hex}"
-        # Small row groups let Petastorm spread them evenly over the shards and shuffle them.
-        (staged.repartition(files).write.option("parquet.block.size", 256 * 1024).parquet(temporary))
-        rows = spark.read.parquet(temporary).count()
-        with open(os.path.join(temporary, "_ROWS"), "w") as handle:
-            handle.write(str(rows))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.rename(temporary, folder)
+        with atomic_path(folder) as temporary:
+            # Small row groups let Petastorm spread them evenly over the shards and shuffle them.
+            (staged.repartition(files).write.option("parquet.block.size", 256 * 1024).parquet(temporary))
+            rows = spark.read.parquet(temporary).count()
+            with open(os.path.join(temporary, "_ROWS"), "w") as handle:
+                handle.write(str(rows))
     with open(marker) as handle:
         rows = int(handle.read())
     return distributed.DomainData(url="file://" + folder, rows=rows)
@@ -221,13 +218,8 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
         model_data.has_target_history = histories.has_target_history
     if options["bridge"] == "ptupcdr":
         model_data.history_offsets, model_data.history_items = histories.history_offsets, histories.history_items
-    return distributed.TrainSpec(
-        model=model, phases=phases_for(method, config), data=data, batch_size=train.batch_size,
-        seed=train.seed, checkpoint_dir=checkpoint_dir, model_data=model_data,
-        settings=MethodSettings.from_config(train), validation=inputs.validation,
-        early_stopping=EarlyStopping(train.validation_metric, train.validation_k, train.validation_group,
-                                     train.patience),
-        batch_scope=train.batch_scope, lr_scaling=train.lr_scaling, reader=train.reader)
+    return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data, train=train,
+                                 checkpoint_dir=checkpoint_dir, model_data=model_data, validation=inputs.validation)
 
 
 def train_method(spark: SparkSession, config: Config, method: str, inputs: TrainingInputs) -> dict:

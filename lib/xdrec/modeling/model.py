@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xdrec.config import BRIDGES, FREEZABLE as PARTS
+from xdrec.modeling.parts import BRIDGES, PARTS
 
 # Views of a user: what the target domain sees (with the bridge for cold users), the source domain's
 # own embedding, or the bridge forced for everyone (to train it).

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from typing import Any
 
 import matplotlib
@@ -12,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and executors
 import matplotlib.pyplot as plt  # noqa: E402
 
-GROUPS = ("warm", "cold", "all")
+from xdrec.data.contract import USER_GROUPS  # noqa: E402
+from xdrec.files import atomic_path  # noqa: E402
 
 
 def _cell(value: float | None) -> str:
@@ -23,13 +22,13 @@ def summary_rows(results: dict[str, Any], headline: str) -> tuple[list[str], lis
     """Header and rows: per model, full-ranking NDCG/HR by group, sampled cold figures, coverage."""
     hit_rate = headline.replace("NDCG", "HR")
     full, sampled = results["metrics"]["full"], results["metrics"].get("sampled", {})
-    header = ["model"] + [f"{metric} {group}" for metric in (headline, hit_rate) for group in GROUPS] + \
+    header = ["model"] + [f"{metric} {group}" for metric in (headline, hit_rate) for group in USER_GROUPS] + \
              ["MRR all", "AUC all"] + [f"sampled {metric} cold" for metric in ("MRR", hit_rate, headline)] + ["coverage"]
     rows = []
     ordered = sorted(full, key=lambda model: -full[model]["all"].get(headline, 0.0))
     for model in ordered:
         row = [model]
-        row += [_cell(full[model].get(group, {}).get(metric)) for metric in (headline, hit_rate) for group in GROUPS]
+        row += [_cell(full[model].get(group, {}).get(metric)) for metric in (headline, hit_rate) for group in USER_GROUPS]
         row += [_cell(full[model]["all"].get("MRR")), _cell(full[model]["all"].get("AUC"))]
         row += [_cell(sampled.get(model, {}).get("cold", {}).get(metric)) for metric in ("MRR", hit_rate, headline)]
         coverage = results.get("coverage", {}).get(model)
@@ -44,7 +43,7 @@ def summary_table(results: dict[str, Any], headline: str) -> str:
     widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header, *rows]]
     counts = results["counts"]["full"][rows[0][0]] if rows else {}
-    users = ", ".join(f"{group} {counts.get(group, 0):,}" for group in GROUPS)
+    users = ", ".join(f"{group} {counts.get(group, 0):,}" for group in USER_GROUPS)
     return "\n".join([f"full ranking over all unseen target items; users: {users}", *lines])
 
 
@@ -58,10 +57,10 @@ def markdown(results: dict[str, Any], headline: str) -> str:
         f"# xdrec evaluation: target domain `{results['target_domain']}`",
         "",
         f"Full ranking: each test user's held-out items ranked among {results['protocols']['full']}; "
-        f"users: " + ", ".join(f"{g} {counts['full'][any_model].get(g, 0):,}" for g in GROUPS) + ".",
+        f"users: " + ", ".join(f"{g} {counts['full'][any_model].get(g, 0):,}" for g in USER_GROUPS) + ".",
         f"Sampled protocol (literature, for comparison only): each test line ranked among "
         f"{results['protocols']['sampled']}; averaged over lines: "
-        + ", ".join(f"{g} {counts['sampled'][any_model].get(g, 0):,}" for g in GROUPS if 'sampled' in counts) + ".",
+        + ", ".join(f"{g} {counts['sampled'][any_model].get(g, 0):,}" for g in USER_GROUPS if 'sampled' in counts) + ".",
         "Coverage: share of the target catalogue in anybody's top-K recommendations (models scored by the "
         "score stage only).",
         "",
@@ -72,7 +71,7 @@ def markdown(results: dict[str, Any], headline: str) -> str:
     if bootstrap:
         lines += [f"Paired bootstrap over users, {bootstrap['metric']} (full ranking), "
                   f"`{bootstrap['transfer']}` minus `{bootstrap['baseline']}`, 95% interval:", ""]
-        for group in GROUPS:
+        for group in USER_GROUPS:
             if group in bootstrap:
                 b = bootstrap[group]
                 lines.append(f"- {group}: {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}] over "
@@ -82,10 +81,10 @@ def markdown(results: dict[str, Any], headline: str) -> str:
     if rating:
         lines += ["Rating prediction baselines, over the rated test pairs (xdrec's models rank implicit feedback and "
                   "predict no ratings):", "",
-                  "| model | " + " | ".join(f"{m} {g}" for m in ("MAE", "RMSE") for g in GROUPS) + " |",
+                  "| model | " + " | ".join(f"{m} {g}" for m in ("MAE", "RMSE") for g in USER_GROUPS) + " |",
                   "|" + "---|" * 7]
         for model, groups in sorted(rating.items()):
-            cells = [_cell(groups.get(group, {}).get(metric)) for metric in ("MAE", "RMSE") for group in GROUPS]
+            cells = [_cell(groups.get(group, {}).get(metric)) for metric in ("MAE", "RMSE") for group in USER_GROUPS]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["Input Delta versions: " + ", ".join(f"{name} v{v}" for name, v in results["inputs"].items()), ""]
@@ -134,16 +133,12 @@ def plot_training(histories: dict[str, list[dict]], path: str) -> None:
 
 def write(folder: str, results: dict[str, Any], headline: str) -> str:
     """Write summary.md, metrics.json and the plots to ``folder``, replacing it whole."""
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".tmp-{uuid.uuid4().hex}")
-    os.makedirs(staging)
-    with open(os.path.join(staging, "metrics.json"), "w") as handle:
-        json.dump(results, handle, indent=2, sort_keys=True, default=str)
-    with open(os.path.join(staging, "summary.md"), "w") as handle:
-        handle.write(markdown(results, headline))
-    plot_groups(results, [headline, headline.replace("NDCG", "HR")], os.path.join(staging, "warm_vs_cold.png"))
-    plot_training(results.get("histories", {}), os.path.join(staging, "training_curves.png"))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.rename(staging, folder)
+    with atomic_path(folder) as staging:
+        os.makedirs(staging)
+        with open(os.path.join(staging, "metrics.json"), "w") as handle:
+            json.dump(results, handle, indent=2, sort_keys=True, default=str)
+        with open(os.path.join(staging, "summary.md"), "w") as handle:
+            handle.write(markdown(results, headline))
+        plot_groups(results, [headline, headline.replace("NDCG", "HR")], os.path.join(staging, "warm_vs_cold.png"))
+        plot_training(results.get("histories", {}), os.path.join(staging, "training_curves.png"))
     return folder
