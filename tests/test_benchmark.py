@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdrec.evaluation.benchmark import aggregate, dataset_table, verdict
+from xdrec.evaluation.benchmark import aggregate, dataset_label, dataset_table, verdict
 
 
 def evaluation(ndcg_cold: float, mrr_sampled: float) -> dict:
@@ -35,5 +35,13 @@ def test_verdict_names_the_best_transfer_method_against_both_yardsticks():
     beats = aggregate([_cold_ndcg(finetune=0.5, joint=0.6, target_only=0.3, popularity=0.4, emcdr=0.7)])
     assert verdict(beats, 10) == ("Cold-start users, full-ranking NDCG@10: the best transfer method, joint (0.6000), "
                                   "beats target_only (0.3000) and popularity (0.4000); the best baseline is emcdr (0.7000).")
-    loses = aggregate([_cold_ndcg(finetune=0.35, target_only=0.3, popularity=0.4)])
-    assert "finetune (0.3500), does NOT beat" in verdict(loses, 10)
+    between = aggregate([_cold_ndcg(finetune=0.35, target_only=0.3, popularity=0.4)])
+    assert "finetune (0.3500), beats target_only (0.3000) but NOT popularity (0.4000)" in verdict(between, 10)
+    loses = aggregate([_cold_ndcg(finetune=0.25, target_only=0.3, popularity=0.4)])
+    assert "finetune (0.2500), does NOT beat target_only (0.3000) or popularity (0.4000)" in verdict(loses, 10)
+
+
+@pytest.mark.parametrize("name, label", [("demo", "demo"), ("conf/cdrib_game_video.yaml", "cdrib_game_video"),
+                                         ("/data/configs/mine.yml", "mine")])
+def test_a_config_given_by_path_gets_the_label_of_one_given_by_name(name, label):
+    assert dataset_label(name) == label

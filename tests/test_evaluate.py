@@ -6,9 +6,9 @@ import pytest
 
 from reference_metrics import reference_user_metrics
 from xdrec.evaluation import baselines
-from xdrec.evaluation.evaluate import (FULL, coverage, full_ranking_metrics, group_means, long_format,
-                                       paired_bootstrap, rating_error_means, sampled_metrics, sampled_names,
-                                       target_test_users)
+from xdrec.evaluation.evaluate import (FULL, compare_best, coverage, full_ranking_metrics, group_means,
+                                       long_format, paired_bootstrap, rating_error_means, sampled_metrics,
+                                       sampled_names, target_test_users)
 from xdrec.modeling.metrics import metric_names
 from xdrec.modeling.ranking import FactorScorer
 
@@ -123,3 +123,17 @@ def test_rating_errors_match_hand_computed_mae_and_rmse(spark):
     assert errors[("user_mean", "cold", "MAE")] == pytest.approx((1.0, 2))  # |4-2| and |4-4| over 2
     assert errors[("user_mean", "cold", "RMSE")][0] == pytest.approx((4.0 / 2) ** 0.5)
     assert errors[("global_mean", "all", "RMSE")][0] == pytest.approx(((4 + 1 + 1) / 3) ** 0.5)
+
+
+def test_bootstrap_pairs_the_models_best_on_cold_start_users(spark):
+    """finetune leads on all users but joint on cold ones: the cold-start comparison must use joint."""
+    means = {"finetune": {"all": {"NDCG@10": 0.5}, "cold": {"NDCG@10": 0.1}},
+             "joint": {"all": {"NDCG@10": 0.3}, "cold": {"NDCG@10": 0.2}},
+             "popularity": {"all": {"NDCG@10": 0.4}, "cold": {"NDCG@10": 0.05}},
+             "als_merged": {"all": {"NDCG@10": 0.2}, "cold": {"NDCG@10": 0.15}}}
+    rows = [(model, user, user % 2 == 0, "NDCG@10", means[model]["cold" if user % 2 == 0 else "all"]["NDCG@10"])
+            for model in means for user in range(6)]
+    per_user = spark.createDataFrame(rows, "model string, user_idx int, cold boolean, metric string, value double")
+    result = compare_best(per_user, ["finetune", "joint"], ["popularity", "als_merged"], "NDCG@10", 200, 0, means)
+    assert (result["picked_on"], result["transfer"], result["baseline"]) == ("cold", "joint", "als_merged")
+    assert result["cold"]["difference"] == pytest.approx(0.05) and result["cold"]["users"] == 3

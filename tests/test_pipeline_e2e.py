@@ -6,7 +6,9 @@ import os
 
 import pytest
 
+from xdrec.config import CONF_DIR
 from xdrec.data import tables
+from xdrec.evaluation.benchmark import run_benchmark
 from xdrec.pipeline import run_pipeline, run_stage
 from xdrec.training import artifact
 
@@ -83,3 +85,16 @@ def test_rerun_reuses_the_model_and_replaces_recommendations(spark, pipeline_run
     assert retrained["finetune"]["model_version"] == results["train"]["finetune"]["model_version"]
     run_stage(spark, config, "score")
     assert tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count() == before
+
+
+@pytest.mark.e2e
+def test_benchmark_takes_a_config_given_by_path(pipeline_run, tmp_path):
+    """A config file given by path names the report folder by its file name (it once became a folder path)."""
+    config, _ = pipeline_run
+    overrides = [f"warehouse={config.warehouse}", "train.methods=[target_only]", "train.launcher=local",
+                 "train.num_proc=1", "evaluate.baselines=[popularity]"]
+    out = tmp_path / "report"
+    datasets = run_benchmark([str(CONF_DIR / "synthetic.yaml")], overrides, [5], str(out), None)
+    assert list(datasets) == ["synthetic"] and datasets["synthetic"]["seeds"] == [5]
+    assert (out / "synthetic" / "seed5" / "summary.md").is_file()
+    assert "### synthetic" in (out / "summary.md").read_text()

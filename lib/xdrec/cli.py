@@ -101,8 +101,9 @@ def run_benchmark_job(argv: list[str] | None = None) -> int:
         parser.add_argument("--conf", action="append", required=True, help="a dataset config; repeatable")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
         parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
-        parser.add_argument("--methods", default="all",
-                            help="comma-separated methods to train, 'all' (default) or 'config' (each config's own)")
+        parser.add_argument("--methods", default="config",
+                            help="comma-separated methods to train, 'config' (default: each config's train.methods) "
+                                 "or 'all'")
         parser.add_argument("--out", default="reports/benchmark", help="the report folder")
         parser.add_argument("--docs", default=None, help="also copy the summary table to this file")
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -7,8 +7,8 @@ written as Markdown, JSON and PNG to the output folder, and the Markdown is copi
 
     python jobs/benchmark.py --conf demo --conf cdrib_game_video --seeds 1,2,3 --out reports/benchmark
 
-Every method of :data:`xdrec.config.METHODS` is trained unless ``--methods`` names fewer (``config``: the
-configs' own ``train.methods``).
+Each config's own ``train.methods`` are trained unless ``--methods`` names others (``all``: every method
+of :data:`xdrec.config.METHODS`). A config given by path is named in the report by its file name.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,11 @@ from xdrec.data.contract import USER_GROUPS
 DATA_STAGES = ("fetch", "ingest", "features")
 MODEL_STAGES = ("train", "score", "evaluate")
 PROTOCOLS = ("full", "sampled")
+
+
+def dataset_label(config_name: str) -> str:
+    """A config's name in the report and its folder: ``demo``, or a file's name without ``.yaml`` for a path."""
+    return Path(config_name).stem
 
 
 def seeded(config_name: str, overrides: list[str], seed: int) -> Config:
@@ -81,10 +87,16 @@ def verdict(summary: dict, k: int) -> str:
     if not transfer:
         return "No transfer method was trained."
     best = max(transfer, key=cold)
-    beaten = cold(best) > cold("target_only") and cold(best) > cold("popularity")
-    line = (f"Cold-start users, full-ranking {metric}: the best transfer method, {best} ({cold(best):.4f}), "
-            f"{'beats' if beaten else 'does NOT beat'} target_only ({cold('target_only'):.4f}) and popularity "
-            f"({cold('popularity'):.4f})")
+    yardsticks = [f"{model} ({cold(model):.4f})" for model in ("target_only", "popularity") if model in full]
+    beaten = [text for model, text in zip(("target_only", "popularity"), yardsticks) if cold(best) > cold(model)]
+    not_beaten = [text for text in yardsticks if text not in beaten]
+    if not not_beaten:
+        standing = f"beats {' and '.join(beaten)}"
+    elif not beaten:
+        standing = f"does NOT beat {' or '.join(not_beaten)}"
+    else:
+        standing = f"beats {' and '.join(beaten)} but NOT {' or '.join(not_beaten)}"
+    line = f"Cold-start users, full-ranking {metric}: the best transfer method, {best} ({cold(best):.4f}), {standing}"
     if baselines:
         best_baseline = max(baselines, key=cold)
         line += f"; the best baseline is {best_baseline} ({cold(best_baseline):.4f})"
@@ -118,27 +130,32 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
     datasets: dict[str, dict] = {}
     os.makedirs(out, exist_ok=True)
     for name in config_names:
+        label = dataset_label(name)
         base = load_config(name, overrides)
         spark = get_spark(base.spark)
         started = time.perf_counter()
-        print(f"=== benchmark {name}: {base.data.name}, seeds {seeds} ===", flush=True)
+        print(f"=== benchmark {label}: {base.data.name}, seeds {seeds} ===", flush=True)
         for stage in DATA_STAGES:
             run_stage(spark, base, stage)
-        per_seed = []
+        per_seed, training_seconds, reused = [], 0.0, 0
         for seed in seeds:
             config = seeded(name, overrides, seed)
             results = {stage: run_stage(spark, config, stage) for stage in MODEL_STAGES}
             per_seed.append(results["evaluate"])
-            seed_folder = os.path.join(out, name, f"seed{seed}")
+            # A model reused from an earlier run took no time here: count the time it took to train then.
+            training_seconds += sum(meta["train_seconds"] for meta in results["train"].values())
+            reused += sum(bool(meta.get("reused")) for meta in results["train"].values())
+            seed_folder = os.path.join(out, label, f"seed{seed}")
             shutil.rmtree(seed_folder, ignore_errors=True)
             shutil.copytree(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), seed_folder)
-        datasets[name] = {
+        datasets[label] = {
             "dataset": base.data.name, "source_domain": base.data.source_domain,
             "target_domain": base.data.target_domain, "seeds": seeds, "ks": per_seed[0]["ks"],
             "summary": aggregate(per_seed), "seconds": round(time.perf_counter() - started, 1),
+            "training_seconds": round(training_seconds, 1), "reused_models": reused,
             "config": base.to_dict(), "inputs": per_seed[0]["inputs"],
         }
-        print(f"=== benchmark {name} done in {datasets[name]['seconds'] / 60:.1f} min ===", flush=True)
+        print(f"=== benchmark {label} done in {datasets[label]['seconds'] / 60:.1f} min ===", flush=True)
         # Written after every dataset, so a long benchmark cut short keeps what it finished.
         summary = write_report(datasets, out, docs)
     print(summary)
@@ -156,8 +173,10 @@ def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
              "averaged over users. Sampled (labelled): each test line among 999 sampled negatives, averaged "
              "over lines, as in the cold-start literature.", ""]
     for name, entry in datasets.items():
-        # "timing": how long it took in words, for a dataset whose seeds ran in separate benchmark runs.
-        timing = entry.get("timing") or f"{entry['seconds'] / 60:.1f} min on this machine"
+        timing = f"{entry['seconds'] / 60:.1f} min wall on this machine"
+        if entry.get("reused_models"):
+            timing += (f" ({entry['reused_models']} models reused from earlier runs; training all models took "
+                       f"{entry['training_seconds'] / 60:.1f} min)")
         lines.append(f"{entry['dataset']} ({entry['source_domain']} -> {entry['target_domain']}), seeds "
                      f"{', '.join(map(str, entry['seeds']))}, {timing}, "
                      f"input versions {entry['inputs']}:")

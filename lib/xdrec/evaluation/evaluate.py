@@ -217,18 +217,21 @@ def _nested(rows: list[Any]) -> dict:
 
 def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[str], metric: str,
                  samples: int, seed: int, means: dict) -> dict[str, Any]:
-    """Paired bootstrap of ``metric`` (full protocol) for the best transfer method vs the best baseline."""
+    """Paired bootstrap of ``metric`` (full protocol) for the best transfer method vs the best baseline,
+    both picked on cold-start users when the test split has any (the users transfer is for), else on all."""
     transfer = [m for m in methods if m != "target_only"]
     yardsticks = [m for m in [*baseline_names, *methods] if m not in transfer]
     if not transfer or not yardsticks:
         return {}
-    best = lambda models: max(models, key=lambda m: means[m]["all"].get(metric, float("-inf")))  # noqa: E731
+    picked_on = "cold" if all("cold" in means[m] for m in [*transfer, *yardsticks]) else "all"
+    best = lambda models: max(models, key=lambda m: means[m][picked_on].get(metric, float("-inf")))  # noqa: E731
     best_transfer, best_baseline = best(transfer), best(yardsticks)
     rows = (per_user.where(F.col("metric") == metric)
             .where(F.col("model").isin(best_transfer, best_baseline))
             .groupBy("user_idx", "cold").pivot("model", [best_transfer, best_baseline]).agg(F.first("value"))
             .toPandas())
-    result: dict[str, Any] = {"metric": metric, "transfer": best_transfer, "baseline": best_baseline}
+    result: dict[str, Any] = {"metric": metric, "picked_on": picked_on, "transfer": best_transfer,
+                              "baseline": best_baseline}
     for group, selected in (("warm", ~rows["cold"]), ("cold", rows["cold"]), ("all", rows["cold"] | ~rows["cold"])):
         paired = rows[selected].dropna()
         if len(paired):

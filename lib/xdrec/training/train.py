@@ -229,7 +229,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
     if os.path.isfile(os.path.join(path, "artifact.json")):
         print(f"[train] {method}: model {version} already trained on these inputs, reusing it")
         with open(os.path.join(path, "artifact.json")) as handle:
-            return json.load(handle)
+            return {**json.load(handle), "reused": True}
 
     phases = phases_for(method, config)
     files = config.train.num_proc * 4
