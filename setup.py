@@ -14,6 +14,6 @@ setup(
     packages=find_packages("lib"),
     package_data={"xdrec": ["log4j2.properties"]},
     python_requires=">=3.10,<3.12",
-    install_requires=["pyspark", "delta-spark", "torch", "pyyaml", "pydantic>=2.7", "pandas", "numpy", "pyarrow"],
+    install_requires=["pyspark", "delta-spark", "torch", "pyyaml", "pydantic>=2.7", "optuna", "pandas", "numpy", "pyarrow"],
     entry_points={"console_scripts": ["xdrec = xdrec.cli:main"]},
 )

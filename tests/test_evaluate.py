@@ -10,7 +10,7 @@ from xdrec.evaluation.evaluate import (FULL, compare_best, coverage, full_rankin
                                        long_format, paired_bootstrap, rating_error_means, sampled_metrics,
                                        sampled_names, target_test_users)
 from xdrec.modeling.metrics import metric_names
-from xdrec.modeling.ranking import FactorScorer
+from xdrec.modeling.model import FactorModel
 
 KS = [1, 5]
 CANDIDATES = np.arange(10)  # target items 0..9; items 10..11 belong to another domain
@@ -19,7 +19,7 @@ CANDIDATES = np.arange(10)  # target items 0..9; items 10..11 belong to another 
 @pytest.fixture(scope="module")
 def ordered_scorer(tmp_path_factory):
     """Every user ranks items by index: item 0 best. Saved as a baseline's factors, as evaluation loads it."""
-    scorer = FactorScorer(np.zeros((6, 1)), np.zeros((12, 1)), -np.arange(12, dtype=np.float32))
+    scorer = FactorModel(np.zeros((6, 1)), np.zeros((12, 1)), -np.arange(12, dtype=np.float32))
     return baselines.save_scorer(str(tmp_path_factory.mktemp("scorer")), scorer)
 
 

@@ -9,7 +9,8 @@ import torch
 
 from reference_metrics import reference_user_metrics
 from xdrec.modeling.metrics import sampled_line_metrics, user_metrics
-from xdrec.modeling.ranking import FactorScorer, full_ranks, sampled_ranks
+from xdrec.modeling.model import FactorModel
+from xdrec.modeling.ranking import full_ranks, sampled_ranks
 
 
 def test_one_relevant_item_at_rank_three_of_ten():
@@ -53,7 +54,7 @@ def random_scorer(users=6, items=40, seed=0, ties=False):
     item_factors = rng.normal(size=(items, 4))
     if ties:  # every item has a twin with an identical score
         item_factors[1::2] = item_factors[0::2]
-    return FactorScorer(user_factors, item_factors, rng.normal(size=items) * (0 if ties else 1))
+    return FactorModel(user_factors, item_factors, rng.normal(size=items) * (0 if ties else 1))
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -93,6 +94,6 @@ def test_sampled_ranks_count_better_negatives_the_item_itself_excluded():
 
 
 def test_sampled_ties_count_against_the_test_item():
-    indifferent = FactorScorer(np.zeros((1, 2)), np.zeros((10, 2)))
+    indifferent = FactorModel(np.zeros((1, 2)), np.zeros((10, 2)))
     ranks = sampled_ranks(indifferent, np.array([0]), np.array([3]), np.array([[1, 2, 3, 4]]))
     assert ranks.tolist() == [4]  # the three other items tie and go ahead; item 3 itself does not

@@ -58,8 +58,9 @@ def test_artifact_records_the_delta_versions_it_was_trained_on(spark, pipeline_r
 
 @pytest.mark.e2e
 def test_every_user_gets_k_recommendations_cold_start_users_included(spark, pipeline_run):
-    config, _ = pipeline_run
-    recommendations = tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).where("model = 'finetune'")
+    config, results = pipeline_run
+    served = results["train"]["selected"]["method"]
+    recommendations = tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).where(f"model = '{served}'")
     per_user = recommendations.groupBy("user_idx").count()
     assert per_user.where(f"count != {config.score.k}").count() == 0
     cold_users = tables.read(spark, config.warehouse, tables.COLD_START_USERS).select("user_idx")
@@ -81,8 +82,9 @@ def test_transfer_beats_popularity_and_target_only_on_cold_start_users(pipeline_
 def test_rerun_reuses_the_model_and_replaces_recommendations(spark, pipeline_run):
     config, results = pipeline_run
     before = tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count()
+    assert run_stage(spark, config, "tune") == results["tune"]  # the same search is not run twice
     retrained = run_stage(spark, config, "train")
-    assert retrained["finetune"]["model_version"] == results["train"]["finetune"]["model_version"]
+    assert retrained["models"]["finetune"]["model_version"] == results["train"]["models"]["finetune"]["model_version"]
     run_stage(spark, config, "score")
     assert tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count() == before
 
@@ -92,9 +94,33 @@ def test_benchmark_takes_a_config_given_by_path(pipeline_run, tmp_path):
     """A config file given by path names the report folder by its file name (it once became a folder path)."""
     config, _ = pipeline_run
     overrides = [f"warehouse={config.warehouse}", "train.methods=[target_only]", "train.launcher=local",
-                 "train.num_proc=1", "evaluate.baselines=[popularity]"]
+                 "train.num_proc=1", "evaluate.baselines=[popularity]", "tune.enabled=false"]
     out = tmp_path / "report"
     datasets = run_benchmark([str(CONF_DIR / "synthetic.yaml")], overrides, [5], str(out), None)
     assert list(datasets) == ["synthetic"] and datasets["synthetic"]["seeds"] == [5]
     assert (out / "synthetic" / "seed5" / "summary.md").is_file()
     assert "### synthetic" in (out / "summary.md").read_text()
+
+
+@pytest.mark.e2e
+def test_the_served_model_is_the_best_validated_and_the_only_one_scored(pipeline_run):
+    """Selection ranks the methods and the ALS family on validation; score serves the winner alone."""
+    config, results = pipeline_run
+    selected = results["train"]["selected"]
+    assert set(selected["validation"]) == {*config.train.methods, *config.train.factor_models}
+    assert selected["validation"][selected["method"]] == max(selected["validation"].values())
+    assert selected["selected_on"] == f"{config.train.validation_group}/NDCG@10"
+    assert set(results["score"]) == {selected["method"]}  # the score stage wrote the served model's partition only
+    assert results["evaluate"]["selected"] == selected
+
+
+@pytest.mark.e2e
+def test_tune_searches_on_validation_and_the_models_use_its_choice(pipeline_run):
+    config, results = pipeline_run
+    record = results["tune"]
+    assert len(record["searches"]["als"]["trials"]) == config.tune.als_trials
+    assert len(record["searches"]["finetune"]["trials"]) == config.tune.method_trials
+    assert record["selected_on"] == f"validation {config.train.validation_group}/NDCG@10"
+    models = results["train"]["models"]  # what artifact.json records of each model the pipeline trained
+    assert {key: models["finetune"]["config"]["train"][key] for key in record["train"]} == record["train"]
+    assert {key: models["als_merged"]["config"]["als"][key] for key in record["als"]} == record["als"]

@@ -12,7 +12,7 @@ import torch
 from xdrec.config import ScoreConfig, load_config
 from xdrec.data import tables
 from xdrec.errors import XdrecError
-from xdrec.modeling.model import TwoTower
+from xdrec.modeling.model import FactorModel, TwoTower
 from xdrec.training import artifact
 from xdrec.serving.score import (COLD_START, POPULARITY, WARM, changed_users, recommend_top_k, run_score,
                                  score_pairs)
@@ -32,7 +32,7 @@ def random_model(seed: int) -> TwoTower:
     return model.eval()
 
 
-def save_artifact(warehouse, method: str, version: str, model: TwoTower) -> str:
+def save_artifact(warehouse, method: str, version: str, model) -> str:
     user_index = pd.DataFrame({"user_id": [f"u{i}" for i in range(NUM_USERS)], "user_idx": np.arange(NUM_USERS)})
     item_index = pd.DataFrame({
         "domain": [SOURCE] * SOURCE_ITEMS + [TARGET] * TARGET_ITEMS,
@@ -159,6 +159,26 @@ def test_recommend_top_k_udf_matches_numpy_reference(spark, tmp_path, exclude_se
     assert per_user[1] == (2 if exclude_seen else 5) and per_user.drop(1).eq(5).all()
 
 
+def test_a_factor_model_is_served_by_the_same_udf(spark, tmp_path):
+    """ALS-family models are artifacts too: their top-K through the UDF is the brute-force one."""
+    rng = np.random.default_rng(5)
+    user_factors, item_factors = rng.normal(size=(NUM_USERS, 3)), rng.normal(size=(SOURCE_ITEMS + TARGET_ITEMS, 3))
+    bias = rng.normal(size=SOURCE_ITEMS + TARGET_ITEMS)
+    path = save_artifact(tmp_path, "als_merged", "v1", FactorModel(user_factors, item_factors, bias))
+    loaded = artifact.load(path)
+    assert isinstance(loaded.model, FactorModel) and loaded.meta["model_class"] == "FactorModel"
+    users = spark.createDataFrame([(u, f"u{u}", WARM, []) for u in range(NUM_USERS)],
+                                  "user_idx int, user_id string, route string, seen array<long>")
+
+    rows = recommend_top_k(users, path, TARGET, ScoreConfig(k=4, users_per_batch=5)).toPandas()
+
+    scores = user_factors @ item_factors[TARGET_ITEM_IDX].T + bias[TARGET_ITEM_IDX]
+    expected = {user: [(int(TARGET_ITEM_IDX[j]), float(scores[user, j]))
+                       for j in sorted(range(TARGET_ITEMS), key=lambda j: (-scores[user, j], j))[:4]]
+                for user in range(NUM_USERS)}
+    assert_rows_match_reference(rows, expected)
+
+
 def test_score_pairs_matches_the_model_and_leaves_unknown_pairs_null(spark, tmp_path):
     model = random_model(3)
     path = save_artifact(tmp_path, "finetune", "v1", model)
@@ -241,7 +261,8 @@ def scenario(spark, tmp_path_factory, make_config):
     warehouse = str(tmp_path_factory.mktemp("score"))
 
     def config(day, *more):
-        return make_config(warehouse, "score.k=4", f"score.run_date={day}", "train.methods=[finetune]", *more)
+        return make_config(warehouse, "score.k=4", f"score.run_date={day}", "train.methods=[finetune]",
+                           "train.factor_models=[]", "score.models=trained", *more)
 
     rows, users = base_interactions()
     write_tables(spark, warehouse, rows, users)

@@ -229,6 +229,9 @@ class TrainConfig(_Section):
 
     methods: ListOf[Method] = ["finetune", "target_only"]
     """Methods the pipeline trains (see docs/methods.md); "target_only" is the yardstick."""
+    factor_models: ListOf[Baseline] = ["popularity", "als_merged", "emcdr"]
+    """Factor models (section ``als``) fitted beside the methods and offered to model selection, which
+    serves whichever validates best (docs/methods.md, "Model selection")."""
     launcher: Literal["horovod", "local"] = "horovod"
     """"horovod": num_proc processes inside Spark; "local": one process, the driver itself (development)."""
     num_proc: PositiveInt = 2
@@ -330,6 +333,9 @@ class ScoreConfig(_Section):
     """The run_date partition written, YYYY-MM-DD; empty: today (UTC)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto": the executor's GPU when it has one, else the CPU."""
+    models: Literal["selected", "trained"] = "selected"
+    """"selected": the model the train stage selected to serve; "trained": every method and factor model
+    (to compare their recommendations, e.g. their catalogue coverage)."""
 
     @field_validator("run_date")
     @classmethod
@@ -354,15 +360,43 @@ class EvaluateConfig(_Section):
     bootstrap_samples: PositiveInt = 1000
     """Resamples of the paired bootstrap comparing the best transfer method with the best baseline."""
     seed: Int = 2024
-    """Seed of the sampled negatives, the bootstrap and the ALS baselines."""
-    als_rank: PositiveInt = 32
-    """ALS baselines: the factors' rank."""
-    als_iterations: PositiveInt = 10
-    """ALS baselines: iterations."""
-    als_regularization: Float = 0.05
-    """ALS baselines: the regularisation parameter."""
-    als_alpha: Float = 10.0
-    """ALS baselines: the confidence scale of implicit feedback."""
+    """Seed of the sampled negatives and the bootstrap."""
+
+
+class AlsConfig(_Section):
+    """Spark MLlib ALS (implicit feedback) behind the factor models: ``train.factor_models`` and the
+    evaluation baselines."""
+
+    rank: PositiveInt = 32
+    """The factors' rank."""
+    iterations: PositiveInt = 10
+    """Alternating iterations."""
+    regularization: NonNegativeFloat = 0.05
+    """The regularisation parameter (regParam)."""
+    alpha: NonNegativeFloat = 10.0
+    """The confidence scale of implicit feedback."""
+    seed: Int = 2024
+    """Seed of ALS's initial factors and of EMCDR's mapping."""
+
+
+class TuneConfig(_Section):
+    """The tune stage: seeded Optuna searches on the validation split (never the test split) of the ALS
+    settings and of the methods' training settings (docs/methods.md, "Tuning")."""
+
+    enabled: Flag = True
+    """Whether the pipeline tunes before training; the stages after it then use the tuned settings."""
+    als_trials: NonNegativeInt = 12
+    """ALS fits tried, each scored on validation; 0: the ``als`` section is used as it is."""
+    method_trials: NonNegativeInt = 6
+    """Training runs of ``method`` tried, through the train stage's launcher and loop; 0: the ``train``
+    section is used as it is."""
+    method: Method | Literal[""] = ""
+    """The method whose runs tune the training settings; "": the first of ``train.methods`` that is not
+    target_only."""
+    minutes: PositiveFloat = 30.0
+    """Wall-clock budget of the stage: the ALS search may use half; no trial starts after it is spent."""
+    seed: Int = 0
+    """Seed of the searches (Optuna's TPE sampler)."""
 
 
 class SparkConfig(_Section):
@@ -396,6 +430,10 @@ class Config(_Section):
     """Batch scoring."""
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     """Offline evaluation."""
+    als: AlsConfig = Field(default_factory=AlsConfig)
+    """The ALS factor models."""
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    """The tune stage."""
     spark: SparkConfig = Field(default_factory=SparkConfig)
     """The SparkSession."""
     # Where this configuration was loaded from, for messages; not a key, so not in to_dict().

@@ -14,15 +14,24 @@ STAGES: dict[str, str] = {
     "fetch": "xdrec.data.fetch:run_fetch",
     "ingest": "xdrec.data.ingest:run_ingest",
     "features": "xdrec.data.features:run_features",
+    "tune": "xdrec.training.tune:run_tune",
     "train": "xdrec.training.train:run_train",
     "score": "xdrec.serving.score:run_score",
     "evaluate": "xdrec.evaluation.evaluate:run_evaluate",
 }
 
 
+# The stages that run with the tune stage's chosen settings laid over the config (xdrec.training.tune.tuned).
+TUNED_STAGES = ("train", "score", "evaluate")
+
+
 def run_stage(spark: SparkSession, config: Config, stage: str) -> dict:
     module_name, function_name = STAGES[stage].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
+    if stage in TUNED_STAGES:
+        from xdrec.training.tune import tuned
+
+        config = tuned(config)
     started = time.perf_counter()
     print(f"== {stage} ==", flush=True)
     result = function(spark, config)
@@ -31,8 +40,10 @@ def run_stage(spark: SparkSession, config: Config, stage: str) -> dict:
 
 
 def run_pipeline(spark: SparkSession, config: Config) -> dict:
-    """Every stage in order: fetch -> ingest -> features -> train -> score -> evaluate."""
+    """Every stage in order: fetch -> ingest -> features -> tune -> train -> score -> evaluate."""
     started = time.perf_counter()
     results = {stage: run_stage(spark, config, stage) for stage in STAGES}
-    print(f"pipeline finished in {time.perf_counter() - started:.0f}s", flush=True)
+    served = results["train"]["selected"]
+    print(f"pipeline finished in {time.perf_counter() - started:.0f}s; serving {served['method']} "
+          f"({served['model_version']}), {served['reason']}", flush=True)
     return results

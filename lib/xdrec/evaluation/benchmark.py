@@ -1,9 +1,10 @@
 """The benchmark: every method and baseline on each configured dataset, over several seeds, in one report.
 
-For each dataset config the data stages run once (fetch, ingest, features); then for each seed the
-model stages run with ``train.seed`` and ``evaluate.seed`` set to it (train, score, evaluate), and the
-seed's evaluation report is kept. The summary averages every figure over the seeds (mean ± std) and is
-written as Markdown, JSON and PNG to the output folder, and the Markdown is copied to ``docs/`` when asked.
+For each dataset config the data stages and tuning run once (fetch, ingest, features, tune); then for
+each seed the model stages run with ``train.seed``, ``evaluate.seed`` and ``als.seed`` set to it (train,
+score, evaluate), and the seed's evaluation report is kept. The summary averages every figure over the
+seeds (mean ± std) and is written as Markdown, JSON and PNG to the output folder, and the Markdown is
+copied to ``docs/`` when asked.
 
     python jobs/benchmark.py --conf demo --conf cdrib_game_video --seeds 1,2,3 --out reports/benchmark
 
@@ -24,7 +25,8 @@ import numpy as np
 from xdrec.config import Config, METHODS, load_config
 from xdrec.data.contract import USER_GROUPS
 
-DATA_STAGES = ("fetch", "ingest", "features")
+# Once per dataset: the data, and the settings tuned on its validation split (shared by every seed).
+PREPARE_STAGES = ("fetch", "ingest", "features", "tune")
 MODEL_STAGES = ("train", "score", "evaluate")
 PROTOCOLS = ("full", "sampled")
 
@@ -35,7 +37,9 @@ def dataset_label(config_name: str) -> str:
 
 
 def seeded(config_name: str, overrides: list[str], seed: int) -> Config:
-    return load_config(config_name, [*overrides, f"train.seed={seed}", f"evaluate.seed={seed}"])
+    """The config of one seed's run; every model is scored, so each one's catalogue coverage is reported."""
+    return load_config(config_name, ["score.models=trained", *overrides, f"train.seed={seed}",
+                                     f"evaluate.seed={seed}", f"als.seed={seed}"])
 
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict:
@@ -135,7 +139,7 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
         spark = get_spark(base.spark)
         started = time.perf_counter()
         print(f"=== benchmark {label}: {base.data.name}, seeds {seeds} ===", flush=True)
-        for stage in DATA_STAGES:
+        for stage in PREPARE_STAGES:
             run_stage(spark, base, stage)
         per_seed, training_seconds, reused = [], 0.0, 0
         for seed in seeds:
@@ -143,8 +147,9 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
             results = {stage: run_stage(spark, config, stage) for stage in MODEL_STAGES}
             per_seed.append(results["evaluate"])
             # A model reused from an earlier run took no time here: count the time it took to train then.
-            training_seconds += sum(meta["train_seconds"] for meta in results["train"].values())
-            reused += sum(bool(meta.get("reused")) for meta in results["train"].values())
+            models = results["train"]["models"].values()
+            training_seconds += sum(meta["train_seconds"] for meta in models)
+            reused += sum(bool(meta.get("reused")) for meta in models)
             seed_folder = os.path.join(out, label, f"seed{seed}")
             shutil.rmtree(seed_folder, ignore_errors=True)
             shutil.copytree(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), seed_folder)

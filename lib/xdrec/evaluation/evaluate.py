@@ -37,13 +37,13 @@ from xdrec.errors import XdrecError
 from xdrec.evaluation import baselines, report
 from xdrec.modeling.metrics import metric_names, sampled_line_metrics, user_metrics
 from xdrec.modeling.ranking import full_ranks, sampled_ranks
-from xdrec.training import artifact as artifacts
+from xdrec.training import artifact as artifacts, factors, selection
 
 FULL, SAMPLED, RATING = "full", "sampled", "rating"
 
 
 def load_scorer(path: str):
-    """A model artifact's TwoTower or a baseline's FactorScorer, from its folder."""
+    """A model artifact's model or a baseline's FactorModel, from its folder."""
     if os.path.isfile(os.path.join(path, baselines.FACTORS_FILE)):
         return baselines.load_scorer(path)
     return artifacts.load(path).model
@@ -152,10 +152,9 @@ def rating_errors(indexed: DataFrame, config: Config) -> DataFrame | None:
     test = rated.where((F.col("domain") == config.data.target_domain) & (F.col("split") == "test"))
     if test.isEmpty():
         return None
-    settings = config.evaluate
     predictions = baselines.rating_predictions(
-        rated.where(F.col("split") == "train"), test, config.data.target_domain, settings.als_rank,
-        settings.als_iterations, settings.als_regularization, settings.seed)
+        rated.where(F.col("split") == "train"), test, config.data.target_domain, config.als.rank,
+        config.als.iterations, config.als.regularization, config.als.seed)
     return rating_error_means(predictions)
 
 
@@ -180,26 +179,17 @@ def paired_bootstrap(first: np.ndarray, second: np.ndarray, samples: int, seed: 
 
 
 def fit_baselines(config: Config, indexed: DataFrame, num_users: int, num_items: int) -> dict[str, str]:
-    """Fit every configured baseline on the training split; return {name: folder of its factors}."""
-    settings, data = config.evaluate, config.data
+    """Fit every configured baseline that the train stage did not fit as a factor model, on the training
+    split; return {name: folder of its factors}."""
     train = indexed.where(F.col("split") == "train").select("domain", "user_idx", "item_idx")
-    target_train = train.where(F.col("domain") == data.target_domain)
-    source_train = train.where(F.col("domain") == data.source_domain)
-    als = dict(rank=settings.als_rank, iterations=settings.als_iterations,
-               regularization=settings.als_regularization, alpha=settings.als_alpha, seed=settings.seed)
     paths = {}
-    for name in settings.baselines:
+    for name in config.evaluate.baselines:
+        if name in config.train.factor_models:
+            continue
         started = time.perf_counter()
-        if name == "popularity":
-            scorer = baselines.popularity(target_train, num_users, num_items)
-        elif name == "als_target":
-            scorer = baselines.FactorScorer(*baselines.als_factors(target_train, num_users, num_items, **als))
-        elif name == "als_merged":
-            scorer = baselines.FactorScorer(*baselines.als_factors(train, num_users, num_items, **als))
-        else:
-            scorer = baselines.emcdr(source_train, target_train, num_users, num_items, **als)
-        paths[name] = baselines.save_scorer(
-            os.path.join(os.path.abspath(config.warehouse), "baselines", name), scorer)
+        model = factors.fit_factor_model(name, train, config.data.source_domain, config.data.target_domain,
+                                         num_users, num_items, config.als)
+        paths[name] = baselines.save_scorer(os.path.join(os.path.abspath(config.warehouse), "baselines", name), model)
         print(f"[evaluate] baseline {name} fitted in {time.perf_counter() - started:.1f}s", flush=True)
     return paths
 
@@ -255,8 +245,10 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     num_items = int(item_index["item_idx"].max()) + 1
     candidates = np.sort(item_index.loc[item_index["domain"] == target, "item_idx"].to_numpy(dtype=np.int64))
 
-    scorers = {method: artifacts.latest_path(config.warehouse, method) for method in config.train.methods}
+    trained = [*config.train.methods, *config.train.factor_models]
+    scorers = {method: artifacts.latest_path(config.warehouse, method) for method in trained}
     scorers.update(fit_baselines(config, indexed, num_users, num_items))
+    yardsticks = [name for name in scorers if name not in config.train.methods]
 
     users = target_test_users(indexed, target).cache()
     lines = (indexed.where((F.col("domain") == target) & (F.col("split") == "test"))
@@ -296,8 +288,9 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         "coverage": (coverage(tables.read(spark, config.warehouse, tables.RECOMMENDATIONS), len(candidates),
                               config.score.k)
                      if tables.exists(spark, config.warehouse, tables.RECOMMENDATIONS) else {}),
-        "bootstrap": compare_best(per_user, config.train.methods, list(settings.baselines), headline,
+        "bootstrap": compare_best(per_user, config.train.methods, yardsticks, headline,
                                   settings.bootstrap_samples, settings.seed, summary["values"][FULL]),
+        "selected": selection.read_selection(config.warehouse),
         "inputs": versions,
         "written": {tables.USER_METRICS: user_metrics_version, tables.METRICS: metrics_version},
         "histories": {method: artifacts.load(path).meta.get("history", [])

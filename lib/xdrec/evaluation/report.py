@@ -67,6 +67,9 @@ def markdown(results: dict[str, Any], headline: str) -> str:
         *table,
         "",
     ]
+    selected = results.get("selected")
+    if selected:
+        lines += [f"Served model: `{selected['method']}` ({selected['model_version']}), {selected['reason']}", ""]
     bootstrap = results.get("bootstrap") or {}
     if bootstrap:
         lines += [f"Paired bootstrap over users, {bootstrap['metric']} (full ranking), "

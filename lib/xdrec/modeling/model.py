@@ -225,3 +225,46 @@ class TwoTower(nn.Module):
             if self.has_part(part):
                 for parameter in self.get_submodule(part).parameters():
                     parameter.requires_grad_(False)
+
+
+class FactorModel(nn.Module):
+    """Matrix factorisation: score(u, i) = <user_factors[u], item_factors[i]> + item_bias[i].
+
+    How factors learned outside xdrec's training loop (Spark ALS, EMCDR over ALS, popularity as a bias
+    alone) are ranked, validated and served through the same artifact, kernels and UDF as a
+    :class:`TwoTower`: it answers the same ``user_vectors``, ``item_vectors``, ``item_bias`` and
+    ``score_matrix`` calls. Rows a model has no factors for hold zeros::
+
+        model = FactorModel(np.eye(2), np.eye(3)[:, :2], item_bias=np.array([0.0, 0.0, 0.5]))
+        model.score_matrix(torch.tensor([0]), torch.tensor([0, 1, 2]))  # tensor([[1.0, 0.0, 0.5]])
+    """
+
+    def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray | None = None):
+        super().__init__()
+        item_factors = np.asarray(item_factors, dtype=np.float32)
+        bias = np.zeros(len(item_factors), dtype=np.float32) if item_bias is None else item_bias
+        self.user_embedding = nn.Embedding.from_pretrained(torch.as_tensor(np.asarray(user_factors, dtype=np.float32)))
+        self.item_embedding = nn.Embedding.from_pretrained(torch.as_tensor(item_factors))
+        self.item_bias = nn.Embedding.from_pretrained(torch.as_tensor(np.asarray(bias, dtype=np.float32))[:, None])
+
+    @classmethod
+    def of_size(cls, num_users: int, num_items: int, embedding_dim: int) -> "FactorModel":
+        """Zero factors of the given shape, to load a state dict into."""
+        return cls(np.zeros((num_users, embedding_dim)), np.zeros((num_items, embedding_dim)))
+
+    def hyperparameters(self) -> dict:
+        """The arguments of :meth:`of_size`."""
+        num_users, embedding_dim = self.user_embedding.weight.shape
+        return {"num_users": num_users, "num_items": len(self.item_embedding.weight), "embedding_dim": embedding_dim}
+
+    def user_vectors(self, users: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
+        return self.user_embedding(users)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item_embedding(items)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
+        return (self.user_vectors(users) * self.item_vectors(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+
+    def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.user_vectors(users) @ self.item_vectors(items).T + self.item_bias(items).squeeze(-1)

@@ -2,8 +2,8 @@
 
 Plain torch and numpy, no Spark: :mod:`xdrec.evaluation.evaluate` runs them inside pandas UDFs. A *scorer* is any
 object with ``score_matrix(users, items) -> [len(users), len(items)]`` logits: a trained
-:class:`~xdrec.modeling.model.TwoTower`, or a :class:`FactorScorer` built from a baseline's factors (ALS, EMCDR,
-popularity).
+:class:`~xdrec.modeling.model.TwoTower`, or a :class:`~xdrec.modeling.model.FactorModel` built from a
+baseline's factors (ALS, EMCDR, popularity).
 
 Ranks are 1-based and break ties the way the scorer's top-K does (:meth:`xdrec.serving.topk.TopKScorer.top_k`): among
 equal scores the lower item index ranks first, so the full-ranking metrics agree with the
@@ -14,23 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-
-
-class FactorScorer(nn.Module):
-    """score(u, i) = <user_factors[u], item_factors[i]> + item_bias[i], from fixed tensors.
-
-    Rows are indexed by user_idx / item_idx; indices a baseline has no factors for hold zeros.
-    """
-
-    def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray | None = None):
-        super().__init__()
-        self.user_factors = torch.as_tensor(np.asarray(user_factors, dtype=np.float32))
-        self.item_factors = torch.as_tensor(np.asarray(item_factors, dtype=np.float32))
-        bias = np.zeros(len(item_factors), dtype=np.float32) if item_bias is None else item_bias
-        self.item_bias = torch.as_tensor(np.asarray(bias, dtype=np.float32))
-
-    def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.user_factors[users] @ self.item_factors[items].T + self.item_bias[items]
 
 
 def _rank_in_rows(scores: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:

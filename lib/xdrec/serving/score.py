@@ -32,7 +32,7 @@ from xdrec.config import Config, ScoreConfig
 from xdrec.data import lineage, tables
 from xdrec.errors import XdrecError
 from xdrec.serving.topk import TopKScorer, resolve_device
-from xdrec.training import artifact as artifacts
+from xdrec.training import artifact as artifacts, selection
 
 # How a user's recommendations were made: by the model for a user with target-domain training history,
 # by the model for a cold-start user (only other domains' history: the method's bridge carries it
@@ -348,8 +348,16 @@ def _score_method(spark: SparkSession, config: Config, method: str, run_date: da
     return summary
 
 
+def models_to_score(config: Config) -> list[str]:
+    """``score.models``: the model the train stage selected, or every trained method and factor model."""
+    if config.score.models == "selected":
+        return [selection.read_selection(config.warehouse)["method"]]
+    return [*config.train.methods, *config.train.factor_models]
+
+
 def run_score(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict[str, Any]:
-    """Score every user with interactions against the target domain, for each trained method.
+    """Score every user with interactions against the target domain, for the served model (or each of
+    ``methods``, or every trained one: ``score.models``).
 
     Writes the ``score.run_date`` partition (default today, UTC) of each method in ``recommendations``,
     replacing that partition only, in one Delta commit, and appends the run to ``score_runs``. Returns
@@ -380,7 +388,7 @@ def run_score(spark: SparkSession, config: Config, methods: list[str] | None = N
     started, run_id = time.time(), lineage.new_run_id()
     try:
         scored = {method: _score_method(spark, config, method, run_date, inputs, input_versions)
-                  for method in methods or config.train.methods}
+                  for method in methods or models_to_score(config)}
     finally:
         users.unpersist()
     written = {name: tables.version(spark, warehouse, name) for name in (tables.RECOMMENDATIONS, tables.SCORE_RUNS)}

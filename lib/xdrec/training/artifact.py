@@ -2,8 +2,8 @@
 
 An artifact is a folder ``<warehouse>/models/<method>/<model_version>/`` holding
 
-- ``model.pt``: the ``TwoTower`` state dict;
-- ``artifact.json``: method, model version, model hyperparameters, source and target domain, the full
+- ``model.pt``: the model's state dict (a ``TwoTower``, or a ``FactorModel`` for a factor model);
+- ``artifact.json``: method, model version, model class and hyperparameters, source and target domain, the full
   configuration, the Delta versions of the tables training read, and training history;
 - ``user_index.parquet`` (user_id, user_idx) and ``item_index.parquet`` (domain, item_id, item_idx).
 
@@ -23,9 +23,13 @@ import torch
 
 from xdrec.errors import XdrecError
 from xdrec.files import atomic_path
-from xdrec.modeling.model import TwoTower
+from xdrec.modeling.model import FactorModel, TwoTower
 
 FORMAT_VERSION = 1
+# What builds each model class an artifact can hold from its hyperparameters, by the class name that
+# artifact.json records ("model_class"; artifacts written before factor models hold a TwoTower).
+MODEL_BUILDERS = {"TwoTower": TwoTower, "FactorModel": FactorModel.of_size}
+Model = TwoTower | FactorModel
 
 
 def models_dir(warehouse: str, method: str) -> str:
@@ -36,7 +40,7 @@ def models_dir(warehouse: str, method: str) -> str:
 class Artifact:
     path: str
     meta: dict[str, Any]
-    model: TwoTower
+    model: Model
     user_index: pd.DataFrame
     item_index: pd.DataFrame
 
@@ -54,21 +58,27 @@ class Artifact:
         return np.sort(items.astype(np.int64))
 
 
-def save(path: str, model: TwoTower, meta: dict[str, Any], user_index: pd.DataFrame,
+def save(path: str, model: Model, meta: dict[str, Any], user_index: pd.DataFrame,
          item_index: pd.DataFrame) -> str:
     """Write an artifact atomically at ``path`` and point ``LATEST`` at it."""
     with atomic_path(path) as staging:
         os.makedirs(staging)
         torch.save(model.state_dict(), os.path.join(staging, "model.pt"))
-        meta = {**meta, "format": FORMAT_VERSION, "model": model.hyperparameters()}
+        meta = {**meta, "format": FORMAT_VERSION, "model_class": type(model).__name__,
+                "model": model.hyperparameters()}
         with open(os.path.join(staging, "artifact.json"), "w") as handle:
             json.dump(meta, handle, indent=2, sort_keys=True, default=str)
         user_index.to_parquet(os.path.join(staging, "user_index.parquet"), index=False)
         item_index.to_parquet(os.path.join(staging, "item_index.parquet"), index=False)
+    mark_latest(path)
+    return path
+
+
+def mark_latest(path: str) -> None:
+    """Point its method's ``LATEST`` at the artifact folder ``path``."""
     with atomic_path(os.path.join(os.path.dirname(os.path.abspath(path)), "LATEST")) as latest:
         with open(latest, "w") as handle:
             handle.write(os.path.basename(path) + "\n")
-    return path
 
 
 def latest_path(warehouse: str, method: str) -> str:
@@ -89,7 +99,7 @@ def load(path: str) -> Artifact:
         meta = json.load(handle)
     if meta.get("format") != FORMAT_VERSION:
         raise XdrecError(f"{meta_path}: artifact format {meta.get('format')} is not {FORMAT_VERSION}")
-    model = TwoTower(**meta["model"])
+    model = MODEL_BUILDERS[meta.get("model_class", "TwoTower")](**meta["model"])
     model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True))
     model.eval()
     return Artifact(

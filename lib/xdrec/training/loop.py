@@ -66,11 +66,11 @@ class Best:
     state: dict[str, torch.Tensor]
 
 
-def selecting_key(train: TrainConfig, phase: Phase, validation: dict[str, float]) -> str:
-    """The validation figure that selects a phase's epochs, ``<group>/<metric>@<k>``; the "all" users'
-    figure when the phase's group (``train.validation_group`` unless the phase names one) has no users."""
+def selecting_key(train: TrainConfig, validation: dict[str, float], group: str | None = None) -> str:
+    """The validation figure that selects epochs and models, ``<group>/<metric>@<k>``; the "all" users'
+    figure when the group (``train.validation_group`` unless ``group`` is given) has no users."""
     suffix = f"{train.validation_metric}@{train.validation_k}"
-    key = f"{phase.validation_group or train.validation_group}/{suffix}"
+    key = f"{group or train.validation_group}/{suffix}"
     return key if key in validation else f"all/{suffix}"
 
 
@@ -214,7 +214,7 @@ def train(
             history.append(result)
             stop = False
             if validation is not None:
-                selecting = selecting_key(config, phase, validation)
+                selecting = selecting_key(config, validation, phase.validation_group)
                 value = validation[selecting]
                 if best is None or value > best.value:
                     best = Best(selecting, value, epoch, _cpu_state(model))

@@ -1,6 +1,7 @@
 """Experiment tracking with MLflow: one run per trained model.
 
-A run records the method and every ``train`` and ``features`` setting as parameters, the Delta versions
+A run records the method and every ``train``, ``als`` and ``features`` setting as parameters (the tuned
+values when the tune stage ran, see :mod:`xdrec.training.tune`), the Delta versions
 of the input tables (parameters ``input.<table>.version``), the loss, throughput and validation figures of
 every epoch as metrics (step = the epoch's position in the whole training), and the model artifact.
 By default runs go to a local file store at ``<warehouse>/mlruns`` (``train.mlflow_tracking_uri`` points
@@ -54,6 +55,7 @@ def run(config: Config, method: str, model_version: str) -> Iterator[str | None]
         mlflow.log_params({"method": method, "source_domain": config.data.source_domain,
                            "target_domain": config.data.target_domain,
                            **_flat("train", config.to_dict()["train"]),
+                           **_flat("als", config.to_dict()["als"]),
                            **_flat("features", config.to_dict()["features"])})
         yield active.info.run_id
     print(f"[train] {method}: MLflow run {active.info.run_id} in {uri}", flush=True)

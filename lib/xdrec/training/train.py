@@ -22,24 +22,30 @@ import torch
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xdrec.config import Config
+from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
 from xdrec.files import atomic_path
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.modeling.model import TwoTower
-from xdrec.training import artifact, distributed, tracking
+from xdrec.training import artifact, distributed, factors, selection, tracking
 from xdrec.training.validation import ValidationSet
 
 INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
 # Train keys that change how a run is watched or launched, not the model it makes.
-_NOT_IN_VERSION = ("methods", "mlflow", "mlflow_tracking_uri", "mlflow_experiment", "start_timeout", "launcher")
+_NOT_IN_VERSION = ("methods", "factor_models", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
+                   "start_timeout", "launcher")
 
 
 def model_version(method: str, config: Config, input_versions: dict[str, int]) -> str:
-    """Same method, settings, split and input versions -> same version."""
-    train = {key: value for key, value in config.to_dict()["train"].items() if key not in _NOT_IN_VERSION}
-    settings = {"method": method, "train": train, "features": config.to_dict()["features"],
-                "data": [config.data.source_domain, config.data.target_domain], "inputs": input_versions}
+    """Same method, settings, split and input versions -> same version. A method's settings are the train
+    section's; a factor model's the als section's."""
+    values = config.to_dict()
+    if method in BASELINES:
+        settings = {"als": values["als"]}
+    else:
+        settings = {"train": {key: value for key, value in values["train"].items() if key not in _NOT_IN_VERSION}}
+    settings.update({"method": method, "features": values["features"],
+                     "data": [config.data.source_domain, config.data.target_domain], "inputs": input_versions})
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -222,14 +228,42 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
                                  checkpoint_dir=checkpoint_dir, model_data=model_data, validation=inputs.validation)
 
 
+def reused_artifact(config: Config, method: str, version: str) -> dict | None:
+    """The meta of ``method``'s artifact of this ``version`` when one exists (then LATEST points at it), else None."""
+    path = os.path.join(artifact.models_dir(config.warehouse, method), version)
+    if not os.path.isfile(os.path.join(path, "artifact.json")):
+        return None
+    print(f"[train] {method}: model {version} already trained on these inputs, reusing it")
+    artifact.mark_latest(path)
+    with open(os.path.join(path, "artifact.json")) as handle:
+        return {**json.load(handle), "reused": True}
+
+
+def artifact_meta(config: Config, method: str, version: str, inputs: TrainingInputs, history: list,
+                  seconds: float, run_id: str | None) -> dict:
+    """What artifact.json records of a trained model besides the model's own hyperparameters."""
+    return {
+        "method": method,
+        "model_version": version,
+        "source_domain": config.data.source_domain,
+        "target_domain": config.data.target_domain,
+        "inputs": {"warehouse": os.path.abspath(config.warehouse), "versions": inputs.versions},
+        "config": config.to_dict(),
+        "history": history,
+        "train_seconds": round(seconds, 1),
+        "num_proc": config.train.num_proc if config.train.launcher == "horovod" and history else 1,
+        "mlflow_run_id": run_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def train_method(spark: SparkSession, config: Config, method: str, inputs: TrainingInputs) -> dict:
     """Train one method and save its artifact; skip if that exact version already exists."""
     version = model_version(method, config, inputs.versions)
     path = os.path.join(artifact.models_dir(config.warehouse, method), version)
-    if os.path.isfile(os.path.join(path, "artifact.json")):
-        print(f"[train] {method}: model {version} already trained on these inputs, reusing it")
-        with open(os.path.join(path, "artifact.json")) as handle:
-            return {**json.load(handle), "reused": True}
+    reused = reused_artifact(config, method, version)
+    if reused is not None:
+        return reused
 
     phases = phases_for(method, config)
     files = config.train.num_proc * 4
@@ -253,32 +287,51 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
 
         model = TwoTower(**spec.model)
         model.load_state_dict(torch.load(os.path.join(checkpoint_dir, distributed.FINAL_WEIGHTS), weights_only=True))
-        meta = {
-            "method": method,
-            "model_version": version,
-            "source_domain": config.data.source_domain,
-            "target_domain": config.data.target_domain,
-            "inputs": {"warehouse": os.path.abspath(config.warehouse), "versions": inputs.versions},
-            "config": config.to_dict(),
-            "history": history,
-            "train_seconds": round(seconds, 1),
-            "num_proc": config.train.num_proc if config.train.launcher == "horovod" else 1,
-            "mlflow_run_id": run_id,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)
     print(f"[train] {method}: saved {path} ({seconds:.0f}s)", flush=True)
     return meta
 
 
+def fit_factor_model(spark: SparkSession, config: Config, name: str, inputs: TrainingInputs) -> dict:
+    """Fit one factor model (Spark ALS, EMCDR over ALS, popularity) and save it as an artifact, like a
+    trained method; skip if that exact version already exists."""
+    version = model_version(name, config, inputs.versions)
+    reused = reused_artifact(config, name, version)
+    if reused is not None:
+        return reused
+    path = os.path.join(artifact.models_dir(config.warehouse, name), version)
+    train_rows = (tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS,
+                              inputs.versions[tables.INDEXED_INTERACTIONS])
+                  .where(F.col("split") == "train").select("domain", "user_idx", "item_idx"))
+    with tracking.run(config, name, version) as run_id:
+        started = time.perf_counter()
+        model = factors.fit_factor_model(name, train_rows, config.data.source_domain, config.data.target_domain,
+                                         inputs.num_users, inputs.num_items, config.als)
+        seconds = time.perf_counter() - started
+        meta = artifact_meta(config, name, version, inputs, [], seconds, run_id)
+        artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
+        tracking.log_training(run_id, config, meta, path)
+    print(f"[train] {name}: fitted and saved {path} ({seconds:.0f}s)", flush=True)
+    return meta
+
+
 def run_train(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict:
-    """Train every configured method (or ``methods``) on the current feature tables; record the run
-    (the pinned input versions, and each method's model version) in ``runs``."""
+    """Train every configured method (or ``methods``) and fit the factor models on the current feature
+    tables, select the model to serve on validation, and record the run (the pinned input versions, and
+    each model's version) in ``runs``. Returns ``{"models": {name: artifact meta}, "selected": record}``."""
     started, run_id = time.time(), lineage.new_run_id()
     methods = methods or config.train.methods
     inputs = read_inputs(spark, config, with_histories=any(model_options(m)["bridge"] != "none" for m in methods))
-    trained = {method: train_method(spark, config, method, inputs) for method in methods}
+    models = {method: train_method(spark, config, method, inputs) for method in methods}
+    models.update({name: fit_factor_model(spark, config, name, inputs) for name in config.train.factor_models})
+    selected = selection.select_model(
+        config.warehouse, config.train,
+        {name: os.path.join(artifact.models_dir(config.warehouse, name), meta["model_version"])
+         for name, meta in models.items()},
+        inputs.validation)
     lineage.record_run(spark, config.warehouse, "train", run_id, started, inputs.versions, {},
-                       summary={method: meta["model_version"] for method, meta in trained.items()})
-    return trained
+                       summary={**{name: meta["model_version"] for name, meta in models.items()},
+                                "selected": selected["method"]})
+    return {"models": models, "selected": selected}

@@ -1,0 +1,191 @@
+"""The tune stage: choose settings for a new dataset on its validation split, never on its test split.
+
+Two seeded Optuna searches (TPE sampler, seed ``tune.seed``), one after the other, each within its share
+of ``tune.minutes``:
+
+1. the ALS factor models' settings (``als.rank``, ``als.regularization``, ``als.alpha``): each trial fits
+   Spark ALS on both domains merged and ranks the validation users with it;
+2. the methods' training settings (``train.learning_rate``, ``train.embedding_dim``, ``train.loss``):
+   each trial trains ``tune.method`` through the same launcher and loop as the train stage.
+
+Every trial is scored like model selection scores models: ``train.validation_metric`` @
+``train.validation_k`` on ``train.validation_group`` of the validation users. The best settings are
+written to ``<warehouse>/tuning/best.json`` with every trial; :func:`tuned` lays them over the config of
+the stages that follow (train, score, evaluate), so the trained models, the served model and the ALS
+baselines all use them, and every artifact and MLflow run records them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from xdrec.config import AlsConfig, Config
+from xdrec.data import tables
+from xdrec.files import atomic_path
+from xdrec.modeling.methods import model_options, phases_for
+from xdrec.training import distributed, factors
+from xdrec.training.loop import Collective, selecting_key
+from xdrec.training.train import INPUT_TABLES, TrainingInputs, read_inputs, stage_examples, train_spec
+from xdrec.training.validation import ranking_figures
+
+TUNING_FILE = "best.json"
+# Search spaces: wide enough for catalogues of a few hundred to a few hundred thousand items.
+ALS_RANKS = (16, 32, 64, 128, 256)
+EMBEDDING_DIMS = (16, 32, 64, 128)
+
+
+def tuning_path(warehouse: str) -> str:
+    return os.path.join(os.path.abspath(warehouse), "tuning", TUNING_FILE)
+
+
+def tuned(config: Config) -> Config:
+    """``config`` with the tune stage's chosen settings in place, when tuning is on and has run."""
+    path = tuning_path(config.warehouse)
+    if not config.tune.enabled or not os.path.isfile(path):
+        return config
+    with open(path) as handle:
+        chosen = json.load(handle)
+    return config.model_copy(update={"als": config.als.model_copy(update=chosen["als"]),
+                                     "train": config.train.model_copy(update=chosen["train"])})
+
+
+def tuned_method(config: Config) -> str | None:
+    """The method whose training runs tune the train settings (``tune.method``, else the first transfer method)."""
+    if config.tune.method:
+        return config.tune.method
+    return next((method for method in config.train.methods if method != "target_only"),
+                config.train.methods[0] if config.train.methods else None)
+
+
+def _study(seed: int):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+
+
+def _trial_log(family: str, number: int, params: dict[str, Any], value: float, seconds: float) -> None:
+    settings = ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                         for key, value in params.items())
+    print(f"[tune] {family} trial {number + 1}: {settings} -> {value:.4f} ({seconds:.0f}s)", flush=True)
+
+
+def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seconds: float) -> Any:
+    """The ALS search: each trial fits ALS on both domains merged and ranks the validation users."""
+    train_rows = (tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS,
+                              inputs.versions[tables.INDEXED_INTERACTIONS])
+                  .where(F.col("split") == "train").select("domain", "user_idx", "item_idx").cache())
+
+    def objective(trial) -> float:
+        started = time.perf_counter()
+        als = AlsConfig(rank=trial.suggest_categorical("rank", ALS_RANKS),
+                        regularization=trial.suggest_float("regularization", 1e-3, 10.0, log=True),
+                        alpha=trial.suggest_float("alpha", 0.5, 100.0, log=True),
+                        iterations=config.als.iterations, seed=config.als.seed)
+        model = factors.fit_factor_model("als_merged", train_rows, config.data.source_domain,
+                                         config.data.target_domain, inputs.num_users, inputs.num_items, als)
+        figures = ranking_figures(model, inputs.validation, config.train.validation_k, Collective())
+        value = figures[selecting_key(config.train, figures)]
+        _trial_log("als", trial.number, trial.params, value, time.perf_counter() - started)
+        return value
+
+    study = _study(config.tune.seed)
+    try:
+        study.optimize(objective, n_trials=config.tune.als_trials, timeout=seconds)
+    finally:
+        train_rows.unpersist()
+    return study
+
+
+def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, method: str, seconds: float) -> Any:
+    """The training-settings search: each trial trains ``method`` through the train stage's launcher and
+    loop; its figure is that of the model the run keeps (its last validated phase's best epoch)."""
+    files = config.train.num_proc * 4
+
+    def objective(trial) -> float:
+        started = time.perf_counter()
+        train = config.train.model_copy(update={
+            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
+            "embedding_dim": trial.suggest_categorical("embedding_dim", EMBEDDING_DIMS),
+            "loss": trial.suggest_categorical("loss", ("bce", "softmax"))})
+        trial_config = config.model_copy(update={"train": train})
+        phases = phases_for(method, trial_config)
+        domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
+        data = {domain: stage_examples(spark, trial_config, domain, inputs.versions[tables.TRAINING_EXAMPLES], files)
+                for domain in domains}
+        checkpoint_dir = os.path.join(os.path.dirname(tuning_path(config.warehouse)), "trials",
+                                      f"{method}-{trial.number}-{time.time_ns()}")
+        spec = train_spec(trial_config, method, inputs, data, checkpoint_dir)
+        try:
+            history = (distributed.launch(spec, train.num_proc, train.start_timeout) if train.launcher == "horovod"
+                       else distributed.run_local(spec))
+        finally:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a trial's weights are not kept
+        validated = [epoch for epoch in history if epoch["validation"]]
+        last_phase = [epoch["validation"] for epoch in validated if epoch["phase"] == validated[-1]["phase"]]
+        key = selecting_key(train, last_phase[0])
+        value = max(figures[key] for figures in last_phase)
+        _trial_log(method, trial.number, trial.params, value, time.perf_counter() - started)
+        return value
+
+    study = _study(config.tune.seed + 1)
+    study.optimize(objective, n_trials=config.tune.method_trials, timeout=seconds)
+    return study
+
+
+def _trials(study) -> list[dict[str, Any]]:
+    return [{"number": trial.number, "params": trial.params, "value": trial.value, "state": trial.state.name}
+            for trial in study.trials]
+
+
+def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
+    """Search the ALS and training settings on the validation split and record the best in
+    ``<warehouse>/tuning/best.json``; returns that record ({} when ``tune.enabled`` is false)."""
+    if not config.tune.enabled:
+        print("[tune] tune.enabled is false: the config's settings are used as they are", flush=True)
+        return {}
+    versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
+    method = tuned_method(config)
+    # The same search over the same inputs chooses the same: a rerun reuses the record.
+    values = config.to_dict()
+    search_key = hashlib.sha256(json.dumps(
+        {"tune": values["tune"], "als": values["als"], "train": values["train"], "features": values["features"],
+         "method": method, "inputs": versions}, sort_keys=True).encode()).hexdigest()[:12]
+    path = tuning_path(config.warehouse)
+    if os.path.isfile(path):
+        with open(path) as handle:
+            previous = json.load(handle)
+        if previous.get("search") == search_key:
+            print(f"[tune] search {search_key} already ran on these inputs, reusing its choice: als "
+                  f"{previous['als']}, train {previous['train']}", flush=True)
+            return previous
+    started = time.perf_counter()
+    budget = config.tune.minutes * 60
+    inputs = read_inputs(spark, config, with_histories=method is not None and model_options(method)["bridge"] != "none")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    record: dict[str, Any] = {"search": search_key, "als": {}, "train": {}, "searches": {}, "inputs": inputs.versions,
+                              "selected_on": f"validation {config.train.validation_group}/"
+                                             f"{config.train.validation_metric}@{config.train.validation_k}"}
+    if config.tune.als_trials:
+        study = search_als(spark, config, inputs, budget / 2)
+        record["als"] = study.best_params
+        record["searches"]["als"] = {"best": study.best_value, "trials": _trials(study)}
+    if config.tune.method_trials and method is not None:
+        remaining = max(budget - (time.perf_counter() - started), 1.0)
+        study = search_method(spark, config, inputs, method, remaining)
+        record["train"] = study.best_params
+        record["searches"][method] = {"best": study.best_value, "trials": _trials(study)}
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    with atomic_path(path) as temporary, open(temporary, "w") as handle:
+        json.dump(record, handle, indent=2)
+    print(f"[tune] chosen in {record['seconds']:.0f}s on {record['selected_on']}: als {record['als']}, "
+          f"train {record['train']} -> {path}", flush=True)
+    return record
