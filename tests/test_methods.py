@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from planted_world import COLD_USERS, NUM_ITEMS, NUM_USERS, SOURCE, TARGET, in_memory_batches, make_world
+from planted_world import (COLD_USERS, NUM_ITEMS, NUM_USERS, SOURCE, SOURCE_ITEMS, TARGET, TARGET_ITEMS,
+                           in_memory_batches, make_world)
 from xdrec.config import METHODS, TrainConfig, load_config
 from xdrec.errors import XdrecError
 from xdrec.training import artifact, loop
@@ -81,9 +82,30 @@ def test_batch_softmax_ranks_each_positive_against_the_batch_items_with_the_log_
             logits = model(torch.full((4,), user), candidates) - torch.log(share)
             expected.append(-torch.log_softmax(logits, 0)[candidates.tolist().index(item)])
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
-    assert labelled_loss(model, (users, items, labels), TrainConfig(loss="softmax")).item() == loss.item()
+    context = StepContext(progress=0.0, teacher=None, generator=torch.Generator())
+    assert labelled_loss(model, (users, items, labels), TrainConfig(loss="softmax"), context).item() == loss.item()
     # A batch without positives has nothing to rank: a zero loss, so every rank still takes its step.
     assert batch_softmax_loss(model, (users, items, torch.zeros(6))).item() == 0.0
+
+
+def test_sampled_softmax_ranks_each_positive_against_shared_uniform_draws_of_its_domain():
+    torch.manual_seed(0)
+    model = TwoTower(6, 9, 4, 8, temperature=0.1)
+    domain_items = torch.tensor([4, 5, 6, 7, 8])  # the batch's domain: other items are never drawn
+    users, items, labels = torch.tensor([0, 1, 2]), torch.tensor([5, 7, 4]), torch.tensor([1.0, 0.0, 1.0])
+    train = TrainConfig(loss="sampled_softmax", sampled_negatives=3)
+    context = StepContext(progress=0.0, teacher=None, generator=torch.Generator().manual_seed(7),
+                          candidates=(domain_items,))
+    loss = labelled_loss(model, (users, items, labels), train, context)
+
+    drawn = domain_items[torch.randint(5, (3,), generator=torch.Generator().manual_seed(7))]
+    with torch.no_grad():
+        expected = [-torch.log_softmax(model(torch.full((4,), user), torch.cat([torch.tensor([item]), drawn])), 0)[0]
+                    for user, item in [(0, 5), (2, 4)]]
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    # Cosine over temperature: every logit without its bias lies within [-1/t, 1/t].
+    vectors = model.user_vectors(torch.arange(6)) @ model.item_vectors(torch.arange(9)).T
+    assert vectors.abs().max().item() <= 1 / 0.1 + 1e-4
 
 
 def bridge_model(kind: str) -> TwoTower:
@@ -204,13 +226,15 @@ def train_method(method: str, world, loss: str) -> dict[str, float]:
         world.histories.apply(model)
     batches, steps = in_memory_batches(world.examples, 32)
     history = loop.train(model, phases_for(method, config), batches, steps,
-                         config=config.train.model_copy(update={"patience": 0}),
+                         config=config.train.model_copy(update={"patience": 0, "sampled_negatives": 16}),
+                         domain_items={domain: torch.from_numpy(items)
+                                       for domain, items in ((SOURCE, SOURCE_ITEMS), (TARGET, TARGET_ITEMS))},
                          validate=lambda m: ranking_figures(m, world.validation, 10, Collective()),
                          log=lambda message: None)
     return history[-1].validation
 
 
-@pytest.fixture(scope="module", params=["bce", "softmax"])
+@pytest.fixture(scope="module", params=["bce", "softmax", "sampled_softmax"])
 def method_figures(request):
     world = make_world(0)
     return {method: train_method(method, world, request.param) for method in METHODS}

@@ -251,10 +251,16 @@ class TrainConfig(_Section):
     """How a process reads its Petastorm shard: "memory" reads it once and shuffles it in memory every epoch
     (Horovod's estimators call this inmemory_cache_all); "stream" re-reads the Parquet row groups every epoch
     through a shuffling queue, for shards larger than a process's memory."""
-    loss: Literal["bce", "softmax"] = "bce"
+    loss: Literal["bce", "softmax", "sampled_softmax"] = "bce"
     """The labelled examples' loss: "bce" scores each (user, item, label) row on its own; "softmax" ranks each
     positive row's item against every item of the batch (the staged negatives and the other rows' items),
-    with the sampling-bias correction of Yi et al. (RecSys 2019). See docs/methods.md, "Training"."""
+    with the sampling-bias correction of Yi et al. (RecSys 2019); "sampled_softmax" ranks it against
+    ``sampled_negatives`` items drawn uniformly from its domain. See docs/methods.md, "Training"."""
+    sampled_negatives: PositiveInt = 1024
+    """loss "sampled_softmax": the negatives drawn per step, shared by the batch."""
+    temperature: NonNegativeFloat = 0.0
+    """0: a score is the dot product of the user and item vectors (plus the item bias); above 0: their
+    cosine similarity divided by this temperature (plus the bias)."""
     learning_rate: PositiveFloat = 0.005
     """Learning rate of every phase but the source pretraining that has its own ``source_learning_rate``."""
     source_learning_rate: PositiveFloat | None = None

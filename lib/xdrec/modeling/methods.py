@@ -53,6 +53,8 @@ class StepContext:
     progress: float  # share of the phase's steps done before this one, in [0, 1)
     teacher: TwoTower | None  # the frozen teacher of a student phase
     generator: torch.Generator  # seeded per (phase, epoch, rank), for draws that must replay on resume
+    # Item indices of each batch's domain, in the phase's domain order (the sampled softmax draws from them).
+    candidates: tuple[torch.Tensor, ...] = ()
 
 
 def batch_softmax_loss(model: TwoTower, batch: Batch, view: str = TARGET_VIEW) -> torch.Tensor:
@@ -72,30 +74,52 @@ def batch_softmax_loss(model: TwoTower, batch: Batch, view: str = TARGET_VIEW) -
     return F.cross_entropy(logits, position[positive])
 
 
-def labelled_loss(model: TwoTower, batch: Batch, train: "TrainConfig", view: str = TARGET_VIEW,
-                  logits: torch.Tensor | None = None) -> torch.Tensor:
-    """The configured loss (``train.loss``) of one domain's labelled examples; ``logits``: the batch's
-    pairwise logits when the caller has them already (bce reuses them)."""
+def sampled_softmax_loss(model: TwoTower, batch: Batch, candidates: torch.Tensor, negatives: int,
+                         generator: torch.Generator, view: str = TARGET_VIEW) -> torch.Tensor:
+    """Cross-entropy of each positive row's item against ``negatives`` items drawn uniformly from the
+    domain's ``candidates`` and shared by the batch: a uniform sample needs no popularity correction, so
+    the logits rank the whole catalogue as a full softmax over it would."""
+    users, items, labels = batch
+    positive = labels > 0.5
+    if not bool(positive.any()):
+        return _no_loss(model)
+    users, items = users[positive], items[positive]
+    drawn = candidates[torch.randint(len(candidates), (negatives,), generator=generator, device=candidates.device)]
+    user_vectors = model.user_vectors(users, view)
+    own = (user_vectors * model.item_vectors(items)).sum(-1) + model.item_bias(items).squeeze(-1)
+    others = user_vectors @ model.item_vectors(drawn).T + model.item_bias(drawn).squeeze(-1)
+    logits = torch.cat([own.unsqueeze(1), others], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=logits.device))
+
+
+def labelled_loss(model: TwoTower, batch: Batch, train: "TrainConfig", context: StepContext, domain: int = 0,
+                  view: str = TARGET_VIEW, logits: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured loss (``train.loss``) of the examples of the phase's ``domain``-th domain; ``logits``:
+    the batch's pairwise logits when the caller has them already (bce reuses them)."""
     if train.loss == "softmax":
         return batch_softmax_loss(model, batch, view)
+    if train.loss == "sampled_softmax":
+        return sampled_softmax_loss(model, batch, context.candidates[domain], train.sampled_negatives,
+                                    context.generator, view)
     users, items, labels = batch
     return F.binary_cross_entropy_with_logits(model(users, items, view) if logits is None else logits, labels)
 
 
 def target_loss(model, batches, train, context) -> torch.Tensor:
     """The labelled loss of one domain's examples, users as the target domain sees them."""
-    return labelled_loss(model, batches[0], train)
+    return labelled_loss(model, batches[0], train, context)
 
 
 def source_loss(model, batches, train, context) -> torch.Tensor:
     """The labelled loss with the source domain's own user embeddings (bridge models' pretraining)."""
-    return labelled_loss(model, batches[0], train, SOURCE_VIEW)
+    return labelled_loss(model, batches[0], train, context, view=SOURCE_VIEW)
 
 
 def joint_loss(model, batches, train, context) -> torch.Tensor:
     """L = L_source + lambda * L_target over a source and a target batch; users share one representation."""
     source, target = batches
-    return labelled_loss(model, source, train) + train.joint_weight * labelled_loss(model, target, train)
+    return (labelled_loss(model, source, train, context, 0)
+            + train.joint_weight * labelled_loss(model, target, train, context, 1))
 
 
 class GradientReversal(torch.autograd.Function):
@@ -158,7 +182,7 @@ def distill_loss(model, batches, train, context) -> torch.Tensor:
         teacher_target = context.teacher(users, items)
         teacher_transfer = context.teacher(transfer_users, transfer_items)
     student_target = model(users, items)
-    hard = labelled_loss(model, target, train, logits=student_target)
+    hard = labelled_loss(model, target, train, context, logits=student_target)
     soft = (soft_loss(student_target, teacher_target, temperature)
             + soft_loss(model(transfer_users, transfer_items), teacher_transfer, temperature))
     return (1.0 - weight) * hard + weight * soft
@@ -192,7 +216,7 @@ def bridge_task_loss(model, batches, train, context) -> torch.Tensor:
     keep = _overlapping(model, users)
     if not bool(keep.any()):
         return _no_loss(model)
-    return labelled_loss(model, (users[keep], items[keep], labels[keep]), train, BRIDGED_VIEW)
+    return labelled_loss(model, (users[keep], items[keep], labels[keep]), train, context, view=BRIDGED_VIEW)
 
 
 Objective = Callable[[TwoTower, tuple, "TrainConfig", StepContext], torch.Tensor]

@@ -11,7 +11,9 @@ score(user, item) = <user_vector(user), item_vector(item)> + item_bias[item], wh
   for every item unless ``item_ids_with_text`` is off, then only for items without text;
 - user_vector = user_tower(user_embedding[user]), or, for a bridge model (``bridge`` "emcdr" or
   "ptupcdr"), user_tower(target_user_embedding[user]) for users with target history and
-  user_tower(bridge(source embedding, source history)) for the cold ones: users with source history only.
+  user_tower(bridge(source embedding, source history)) for the cold ones: users with source history only;
+- with a ``temperature`` t > 0 both vectors are scaled to length 1/sqrt(t), so their product is their
+  cosine similarity / t (bounded scores, one learned sharpness: see docs/methods.md, "Training").
 
 Everything a model needs at scoring time (item text, which users are cold, their source histories) is
 in its state dict, so ``TwoTower(**hyperparameters()).load_state_dict(...)`` restores a working model and
@@ -82,7 +84,7 @@ class PersonalisedBridge(nn.Module):
 class TwoTower(nn.Module):
     def __init__(self, num_users: int, num_items: int, embedding_dim: int = 32, hidden_dim: int = 64,
                  text_dim: int = 0, item_ids_with_text: bool = True, bridge: str = "none",
-                 history_size: int = 0, domain_classifier: bool = False):
+                 history_size: int = 0, domain_classifier: bool = False, temperature: float = 0.0):
         super().__init__()
         if bridge not in BRIDGES:
             raise ValueError(f"unknown bridge {bridge!r}; known: {', '.join(BRIDGES)}")
@@ -91,6 +93,7 @@ class TwoTower(nn.Module):
         self.text_dim, self.item_ids_with_text = text_dim, item_ids_with_text
         self.bridge_kind, self.history_size = bridge, history_size
         self.has_domain_classifier = domain_classifier
+        self.temperature = temperature
         self.user_embedding = nn.Embedding(num_users, embedding_dim)
         self.item_embedding = nn.Embedding(num_items, embedding_dim)
         self.item_bias = nn.Embedding(num_items, 1)
@@ -122,7 +125,7 @@ class TwoTower(nn.Module):
                 "embedding_dim": self.embedding_dim, "hidden_dim": self.hidden_dim,
                 "text_dim": self.text_dim, "item_ids_with_text": self.item_ids_with_text,
                 "bridge": self.bridge_kind, "history_size": self.history_size,
-                "domain_classifier": self.has_domain_classifier}
+                "domain_classifier": self.has_domain_classifier, "temperature": self.temperature}
 
     def reset_parameters(self) -> None:
         """Fresh weights for every trainable part; buffers (text, histories) are kept."""
@@ -162,7 +165,13 @@ class TwoTower(nn.Module):
             text = self.text_projection(self.item_text[items]) * has_text
             ids = embedded if self.item_ids_with_text else embedded * ~has_text
             embedded = ids + text
-        return self.item_tower(embedded)
+        return self.scaled(self.item_tower(embedded))
+
+    def scaled(self, vectors: torch.Tensor) -> torch.Tensor:
+        """With a temperature, unit vectors over sqrt(temperature), so a dot product is cosine / temperature."""
+        if not self.temperature:
+            return vectors
+        return nn.functional.normalize(vectors, dim=-1) / self.temperature ** 0.5
 
     def bridged_embeddings(self, users: torch.Tensor) -> torch.Tensor:
         """The bridge's estimate of the users' target embeddings from what they did in the source domain."""
@@ -194,7 +203,7 @@ class TwoTower(nn.Module):
 
     def user_vectors(self, users: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
         """User vectors; the default target view applies the bridge to cold users of a bridge model."""
-        return self.user_tower(self.user_embeddings(users, view))
+        return self.scaled(self.user_tower(self.user_embeddings(users, view)))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
         """Logits for (user, item) pairs, shape ``[batch]``."""

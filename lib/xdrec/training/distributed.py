@@ -67,6 +67,8 @@ class TrainSpec:
     checkpoint_dir: str
     model_data: ModelData = field(default_factory=ModelData)
     validation: ValidationSet | None = None
+    # Each domain's item indices, which the sampled softmax draws its negatives from.
+    domain_items: dict[str, np.ndarray] = field(default_factory=dict)
 
     def rank_batch_size(self, size: int) -> int:
         batch_size = self.train.batch_size
@@ -228,6 +230,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
         batches,
         lambda phase: spec.steps_per_epoch(phase, collective.size),
         config=spec.train,
+        domain_items={domain: torch.from_numpy(items) for domain, items in spec.domain_items.items()},
         validate=validate if spec.validation is not None and len(spec.validation) else None,
         collective=collective,
         checkpoint_dir=spec.checkpoint_dir,

@@ -117,6 +117,7 @@ def train(
     batches: Callable[[Phase, int], Iterable[tuple[Batch, ...]]],
     steps_per_epoch: Callable[[Phase], int],
     config: TrainConfig | None = None,
+    domain_items: dict[str, torch.Tensor] | None = None,
     validate: Callable[[TwoTower], dict[str, float]] | None = None,
     collective: Collective = Collective(),
     checkpoint_dir: str | None = None,
@@ -128,7 +129,8 @@ def train(
 
     ``batches(phase, epoch)`` yields this rank's steps for one epoch, each a tuple with one batch per
     domain of the phase; the loop takes exactly ``steps_per_epoch(phase)`` of them, the same on every
-    rank, so uneven shards cannot hang an allreduce. ``validate(model)`` returns validation figures
+    rank, so uneven shards cannot hang an allreduce. ``domain_items`` (domain -> item indices) is what the
+    sampled softmax (``config.loss``) draws negatives from. ``validate(model)`` returns validation figures
     (already combined over ranks); validated phases stop after ``config.patience`` epochs without
     improvement and end with their best epoch's weights. After every epoch rank 0 checkpoints the model,
     the optimizer, the position, the best epoch and the teacher; a restarted run with the same
@@ -171,6 +173,7 @@ def train(
             best = Best(**checkpoint["best"]) if checkpoint["best"] else None
             first_epoch = start_epoch
         objective = OBJECTIVES[phase.objective]
+        candidates = tuple(domain_items[domain].to(device) for domain in phase.domains) if domain_items else ()
         steps = steps_per_epoch(phase)
         total_steps = steps * phase.epochs
         for epoch in range(first_epoch, phase.epochs):
@@ -184,7 +187,7 @@ def train(
             for step in range(steps):
                 step_batches = tuple(tuple(tensor.to(device) for tensor in batch) for batch in next(iterator))
                 context = StepContext(progress=(epoch * steps + step) / total_steps, teacher=teacher,
-                                      generator=generator)
+                                      generator=generator, candidates=candidates)
                 optimizer.zero_grad()
                 loss = objective(model, step_batches, config, context)
                 loss.backward()

@@ -215,7 +215,7 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
     model = TwoTower(inputs.num_users, inputs.num_items, train.embedding_dim, train.hidden_dim, text_dim=text_dim,
                      item_ids_with_text=train.item_ids_with_text,
                      history_size=len(histories.history_items) if options["bridge"] == "ptupcdr" else 0,
-                     **options).hyperparameters()
+                     temperature=train.temperature, **options).hyperparameters()
     model_data = distributed.ModelData()
     if inputs.item_text is not None:
         model_data.item_text, model_data.item_has_text = inputs.item_text
@@ -224,8 +224,11 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
         model_data.has_target_history = histories.has_target_history
     if options["bridge"] == "ptupcdr":
         model_data.history_offsets, model_data.history_items = histories.history_offsets, histories.history_items
+    domain_items = {domain: np.sort(inputs.item_index.loc[inputs.item_index["domain"] == domain, "item_idx"]
+                                    .to_numpy(np.int64)) for domain in data}
     return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data, train=train,
-                                 checkpoint_dir=checkpoint_dir, model_data=model_data, validation=inputs.validation)
+                                 checkpoint_dir=checkpoint_dir, model_data=model_data, validation=inputs.validation,
+                                 domain_items=domain_items)
 
 
 def reused_artifact(config: Config, method: str, version: str) -> dict | None:

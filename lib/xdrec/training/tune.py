@@ -5,8 +5,9 @@ of ``tune.minutes``:
 
 1. the ALS factor models' settings (``als.rank``, ``als.regularization``, ``als.alpha``): each trial fits
    Spark ALS on both domains merged and ranks the validation users with it;
-2. the methods' training settings (``train.learning_rate``, ``train.embedding_dim``, ``train.loss``):
-   each trial trains ``tune.method`` through the same launcher and loop as the train stage.
+2. the methods' training settings (``train.learning_rate``, ``train.embedding_dim``, ``train.loss``,
+   ``train.temperature``): each trial trains ``tune.method`` through the same launcher and loop as the
+   train stage.
 
 Every trial is scored like model selection scores models: ``train.validation_metric`` @
 ``train.validation_k`` on ``train.validation_group`` of the validation users. The best settings are
@@ -29,6 +30,7 @@ from pyspark.sql import functions as F
 
 from xdrec.config import AlsConfig, Config
 from xdrec.data import tables
+from xdrec.errors import XdrecError
 from xdrec.files import atomic_path
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.training import distributed, factors
@@ -39,7 +41,9 @@ from xdrec.training.validation import ranking_figures
 TUNING_FILE = "best.json"
 # Search spaces: wide enough for catalogues of a few hundred to a few hundred thousand items.
 ALS_RANKS = (16, 32, 64, 128, 256)
-EMBEDDING_DIMS = (16, 32, 64, 128)
+EMBEDDING_DIMS = (16, 32, 64, 128, 256)
+LOSSES = ("bce", "softmax", "sampled_softmax")
+TEMPERATURES = (0.0, 0.05, 0.1, 0.2)  # 0: dot products; else cosine / temperature
 
 
 def tuning_path(warehouse: str) -> str:
@@ -65,11 +69,33 @@ def tuned_method(config: Config) -> str | None:
                 config.train.methods[0] if config.train.methods else None)
 
 
-def _study(seed: int):
+def seeded_study(seed: int):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+
+
+def run_search(study, objective, family: str, trials: int, seconds: float):
+    """Run the search; a failed trial (a diverged run, a lost worker) is recorded and the search goes on,
+    but a search whose every trial failed stops the stage with the first failure's cause."""
+    import optuna
+
+    failures: list[Exception] = []
+
+    def recorded(trial) -> float:
+        try:
+            return objective(trial)
+        except Exception as error:  # Optuna logs it with its traceback and marks the trial failed
+            failures.append(error)
+            raise
+
+    study.optimize(recorded, n_trials=trials, timeout=seconds, catch=(Exception,))
+    if not any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
+        first = failures[0] if failures else None
+        cause = f"{type(first).__name__}: {str(first).strip().splitlines()[-1]}" if first else "no trial ran"
+        raise XdrecError(f"tune: every {family} trial failed; the first: {cause}") from first
+    return study
 
 
 def _trial_log(family: str, number: int, params: dict[str, Any], value: float, seconds: float) -> None:
@@ -97,12 +123,10 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
         _trial_log("als", trial.number, trial.params, value, time.perf_counter() - started)
         return value
 
-    study = _study(config.tune.seed)
     try:
-        study.optimize(objective, n_trials=config.tune.als_trials, timeout=seconds)
+        return run_search(seeded_study(config.tune.seed), objective, "als", config.tune.als_trials, seconds)
     finally:
         train_rows.unpersist()
-    return study
 
 
 def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, method: str, seconds: float) -> Any:
@@ -115,7 +139,8 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         train = config.train.model_copy(update={
             "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
             "embedding_dim": trial.suggest_categorical("embedding_dim", EMBEDDING_DIMS),
-            "loss": trial.suggest_categorical("loss", ("bce", "softmax"))})
+            "loss": trial.suggest_categorical("loss", LOSSES),
+            "temperature": trial.suggest_categorical("temperature", TEMPERATURES)})
         trial_config = config.model_copy(update={"train": train})
         phases = phases_for(method, trial_config)
         domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
@@ -136,9 +161,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         _trial_log(method, trial.number, trial.params, value, time.perf_counter() - started)
         return value
 
-    study = _study(config.tune.seed + 1)
-    study.optimize(objective, n_trials=config.tune.method_trials, timeout=seconds)
-    return study
+    return run_search(seeded_study(config.tune.seed + 1), objective, method, config.tune.method_trials, seconds)
 
 
 def _trials(study) -> list[dict[str, Any]]:

@@ -1,0 +1,43 @@
+"""The tune stage's search loop: seeded, robust to a failed trial, and clear when every trial fails.
+(The stage itself runs for real in tests/test_pipeline_e2e.py.)"""
+from __future__ import annotations
+
+import pytest
+
+from xdrec.errors import XdrecError
+from xdrec.training.tune import run_search, seeded_study
+
+
+def quadratic(trial) -> float:
+    x = trial.suggest_float("x", -2.0, 2.0)
+    return -(x - 0.5) ** 2
+
+
+def test_the_search_is_reproducible_for_a_seed():
+    first = run_search(seeded_study(3), quadratic, "als", trials=8, seconds=60)
+    again = run_search(seeded_study(3), quadratic, "als", trials=8, seconds=60)
+    other = run_search(seeded_study(4), quadratic, "als", trials=8, seconds=60)
+    assert [t.params for t in first.trials] == [t.params for t in again.trials]
+    assert [t.params for t in first.trials] != [t.params for t in other.trials]
+
+
+def test_a_failed_trial_is_recorded_and_the_search_goes_on():
+    calls = []
+
+    def first_fails(trial) -> float:
+        calls.append(trial.number)
+        if trial.number == 0:
+            raise RuntimeError("a worker was lost")
+        return quadratic(trial)
+
+    study = run_search(seeded_study(0), first_fails, "finetune", trials=3, seconds=60)
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_a_search_whose_every_trial_failed_names_the_cause():
+    def diverges(trial) -> float:
+        trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+        raise ValueError("the loss is NaN\nat epoch 2")
+
+    with pytest.raises(XdrecError, match="every finetune trial failed; the first: ValueError: at epoch 2"):
+        run_search(seeded_study(0), diverges, "finetune", trials=2, seconds=60)
