@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xdrec.errors import XdrecError
-from xdrec.training.tune import run_search, seeded_study
+from xdrec.training.tune import METHOD_SPACE, inside, run_search, seeded_study, suggest
 
 
 def quadratic(trial) -> float:
@@ -41,3 +41,17 @@ def test_a_search_whose_every_trial_failed_names_the_cause():
 
     with pytest.raises(XdrecError, match="every finetune trial failed; the first: ValueError: at epoch 2"):
         run_search(seeded_study(0), diverges, "finetune", trials=2, seconds=60)
+
+
+def test_the_configs_own_settings_are_tried_first():
+    own = inside(METHOD_SPACE, {"learning_rate": 0.5, "embedding_dim": 48, "loss": "bce", "temperature": 0.1})
+    # A rate above the range is clamped to it; a dimension that is not a choice is left to the sampler.
+    assert own == {"learning_rate": 3e-2, "loss": "bce", "temperature": 0.1}
+    tried = []
+
+    def objective(trial) -> float:
+        tried.append(suggest(trial, METHOD_SPACE))
+        return 0.0
+
+    run_search(seeded_study(0), objective, "finetune", trials=3, seconds=60, first=own)
+    assert {key: tried[0][key] for key in own} == own and len(tried) == 3

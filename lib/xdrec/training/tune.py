@@ -9,6 +9,7 @@ of ``tune.minutes``:
    ``train.temperature``): each trial trains ``tune.method`` through the same launcher and loop as the
    train stage.
 
+Each search tries the config's own settings first, so its choice never validates worse than them.
 Every trial is scored like model selection scores models: ``train.validation_metric`` @
 ``train.validation_k`` on ``train.validation_group`` of the validation users. The best settings are
 written to ``<warehouse>/tuning/best.json`` with every trial; :func:`tuned` lays them over the config of
@@ -28,7 +29,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from xdrec.config import AlsConfig, Config
+from xdrec.config import Config
 from xdrec.data import tables
 from xdrec.errors import XdrecError
 from xdrec.files import atomic_path
@@ -39,11 +40,34 @@ from xdrec.training.train import INPUT_TABLES, TrainingInputs, read_inputs, stag
 from xdrec.training.validation import ranking_figures
 
 TUNING_FILE = "best.json"
-# Search spaces: wide enough for catalogues of a few hundred to a few hundred thousand items.
-ALS_RANKS = (16, 32, 64, 128, 256)
-EMBEDDING_DIMS = (16, 32, 64, 128, 256)
-LOSSES = ("bce", "softmax", "sampled_softmax")
-TEMPERATURES = (0.0, 0.05, 0.1, 0.2)  # 0: dot products; else cosine / temperature
+# Search spaces, wide enough for catalogues of a few hundred to a few hundred thousand items: a tuple of
+# choices, or (low, high) searched on a log scale.
+ALS_SPACE = {"rank": (16, 32, 64, 128, 256), "regularization": (1e-3, 10.0), "alpha": (0.5, 100.0)}
+METHOD_SPACE = {"learning_rate": (1e-4, 3e-2), "embedding_dim": (16, 32, 64, 128, 256),
+                "loss": ("bce", "softmax", "sampled_softmax"),
+                "temperature": (0.0, 0.05, 0.1, 0.2)}  # 0: dot products; else cosine / temperature
+
+
+def _is_range(choices: tuple) -> bool:
+    return len(choices) == 2 and all(isinstance(bound, float) for bound in choices)
+
+
+def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
+    """One trial's settings from ``space``."""
+    return {name: trial.suggest_float(name, *choices, log=True) if _is_range(choices)
+            else trial.suggest_categorical(name, choices) for name, choices in space.items()}
+
+
+def inside(space: dict[str, tuple], settings: dict[str, Any]) -> dict[str, Any]:
+    """The config's own ``settings`` as a point of ``space`` (ranges clamped; a choice it lacks is left to
+    the sampler), to try first: so the search never chooses worse than the config on validation."""
+    point = {}
+    for name, choices in space.items():
+        if _is_range(choices):
+            point[name] = min(max(float(settings[name]), choices[0]), choices[1])
+        elif settings[name] in choices:
+            point[name] = settings[name]
+    return point
 
 
 def tuning_path(warehouse: str) -> str:
@@ -76,10 +100,14 @@ def seeded_study(seed: int):
     return optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
 
 
-def run_search(study, objective, family: str, trials: int, seconds: float):
-    """Run the search; a failed trial (a diverged run, a lost worker) is recorded and the search goes on,
-    but a search whose every trial failed stops the stage with the first failure's cause."""
+def run_search(study, objective, family: str, trials: int, seconds: float, first: dict[str, Any] | None = None):
+    """Run the search, trying ``first`` first when given; a failed trial (a diverged run, a lost worker) is
+    recorded and the search goes on, but a search whose every trial failed stops the stage with the first
+    failure's cause."""
     import optuna
+
+    if first:
+        study.enqueue_trial(first)
 
     failures: list[Exception] = []
 
@@ -112,10 +140,7 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
 
     def objective(trial) -> float:
         started = time.perf_counter()
-        als = AlsConfig(rank=trial.suggest_categorical("rank", ALS_RANKS),
-                        regularization=trial.suggest_float("regularization", 1e-3, 10.0, log=True),
-                        alpha=trial.suggest_float("alpha", 0.5, 100.0, log=True),
-                        iterations=config.als.iterations, seed=config.als.seed)
+        als = config.als.model_copy(update=suggest(trial, ALS_SPACE))
         model = factors.fit_factor_model("als_merged", train_rows, config.data.source_domain,
                                          config.data.target_domain, inputs.num_users, inputs.num_items, als)
         figures = ranking_figures(model, inputs.validation, config.train.validation_k, Collective())
@@ -124,7 +149,8 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
         return value
 
     try:
-        return run_search(seeded_study(config.tune.seed), objective, "als", config.tune.als_trials, seconds)
+        return run_search(seeded_study(config.tune.seed), objective, "als", config.tune.als_trials, seconds,
+                          first=inside(ALS_SPACE, config.als.model_dump()))
     finally:
         train_rows.unpersist()
 
@@ -136,11 +162,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
 
     def objective(trial) -> float:
         started = time.perf_counter()
-        train = config.train.model_copy(update={
-            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
-            "embedding_dim": trial.suggest_categorical("embedding_dim", EMBEDDING_DIMS),
-            "loss": trial.suggest_categorical("loss", LOSSES),
-            "temperature": trial.suggest_categorical("temperature", TEMPERATURES)})
+        train = config.train.model_copy(update=suggest(trial, METHOD_SPACE))
         trial_config = config.model_copy(update={"train": train})
         phases = phases_for(method, trial_config)
         domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
@@ -161,7 +183,8 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         _trial_log(method, trial.number, trial.params, value, time.perf_counter() - started)
         return value
 
-    return run_search(seeded_study(config.tune.seed + 1), objective, method, config.tune.method_trials, seconds)
+    return run_search(seeded_study(config.tune.seed + 1), objective, method, config.tune.method_trials, seconds,
+                      first=inside(METHOD_SPACE, config.train.model_dump()))
 
 
 def _trials(study) -> list[dict[str, Any]]:
