@@ -32,11 +32,13 @@ def select_model(warehouse: str, train: TrainConfig, candidates: dict[str, str],
     """Rank every candidate ``{method: artifact folder}`` on ``validation``, record the best as the served
     model and return the record. On a tie the candidate listed first wins (the trained methods come
     before the factor models)."""
+    if not candidates:
+        raise XdrecError("no model to select from: train.methods and train.factor_models are both empty")
     if not len(validation):
         raise XdrecError("no target-domain validation users: the split holds none, so no model can be selected")
     loaded = {method: artifact.load(path) for method, path in candidates.items()}
-    figures = {method: ranking_figures(model.model, validation, train.validation_k, Collective())
-               for method, model in loaded.items()}
+    figures = {method: ranking_figures(saved.model, validation, train.validation_k, Collective())
+               for method, saved in loaded.items()}
     key = selecting_key(train, next(iter(figures.values())))
     winner = max(candidates, key=lambda method: figures[method][key])
     record = {"method": winner, "model_version": loaded[winner].model_version,

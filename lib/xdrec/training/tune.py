@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -216,7 +215,6 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
     started = time.perf_counter()
     budget = config.tune.minutes * 60
     inputs = read_inputs(spark, config, with_histories=method is not None and model_options(method)["bridge"] != "none")
-    logging.getLogger("optuna").setLevel(logging.WARNING)
     record: dict[str, Any] = {"search": search_key, "als": {}, "train": {}, "searches": {}, "inputs": inputs.versions,
                               "selected_on": f"validation {config.train.validation_group}/"
                                              f"{config.train.validation_metric}@{config.train.validation_k}"}
