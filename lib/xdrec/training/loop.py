@@ -81,7 +81,8 @@ def _checkpoint_file(checkpoint_dir: str) -> str:
 def load_checkpoint(checkpoint_dir: str | None) -> dict | None:
     if not checkpoint_dir or not os.path.isfile(_checkpoint_file(checkpoint_dir)):
         return None
-    return torch.load(_checkpoint_file(checkpoint_dir), map_location="cpu", weights_only=False)
+    # Tensors and plain values only: a checkpoint on shared storage must never hand us code to run.
+    return torch.load(_checkpoint_file(checkpoint_dir), map_location="cpu", weights_only=True)
 
 
 def save_checkpoint(checkpoint_dir: str, state: dict) -> None:

@@ -297,17 +297,21 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
     return meta
 
 
-def fit_factor_model(spark: SparkSession, config: Config, name: str, inputs: TrainingInputs) -> dict:
-    """Fit one factor model (Spark ALS, EMCDR over ALS, popularity) and save it as an artifact, like a
-    trained method; skip if that exact version already exists."""
+def training_rows(spark: SparkSession, config: Config, versions: dict[str, int]) -> DataFrame:
+    """(domain, user_idx, item_idx) of every training interaction at the pinned version: what the factor
+    models are fitted on."""
+    return (tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS, versions[tables.INDEXED_INTERACTIONS])
+            .where(F.col("split") == "train").select("domain", "user_idx", "item_idx"))
+
+
+def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_rows: DataFrame) -> dict:
+    """Fit one factor model (Spark ALS, EMCDR over ALS, popularity) on ``train_rows`` and save it as an
+    artifact, like a trained method; skip if that exact version already exists."""
     version = model_version(name, config, inputs.versions)
     reused = reused_artifact(config, name, version)
     if reused is not None:
         return reused
     path = os.path.join(artifact.models_dir(config.warehouse, name), version)
-    train_rows = (tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS,
-                              inputs.versions[tables.INDEXED_INTERACTIONS])
-                  .where(F.col("split") == "train").select("domain", "user_idx", "item_idx"))
     with tracking.run(config, name, version) as run_id:
         started = time.perf_counter()
         model = factors.fit_factor_model(name, train_rows, config.data.source_domain, config.data.target_domain,
@@ -328,7 +332,11 @@ def run_train(spark: SparkSession, config: Config, methods: list[str] | None = N
     methods = methods or config.train.methods
     inputs = read_inputs(spark, config, with_histories=any(model_options(m)["bridge"] != "none" for m in methods))
     models = {method: train_method(spark, config, method, inputs) for method in methods}
-    models.update({name: fit_factor_model(spark, config, name, inputs) for name in config.train.factor_models})
+    train_rows = training_rows(spark, config, inputs.versions).cache()
+    try:
+        models.update({name: fit_factor_model(config, name, inputs, train_rows) for name in config.train.factor_models})
+    finally:
+        train_rows.unpersist()
     selected = selection.select_model(
         config.warehouse, config.train,
         {name: os.path.join(artifact.models_dir(config.warehouse, name), meta["model_version"])

@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from xdrec.config import Config
 from xdrec.data import tables
@@ -35,7 +34,8 @@ from xdrec.files import atomic_path
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, selecting_key
-from xdrec.training.train import INPUT_TABLES, TrainingInputs, read_inputs, stage_examples, train_spec
+from xdrec.training.train import (INPUT_TABLES, TrainingInputs, read_inputs, stage_examples, train_spec,
+                                  training_rows)
 from xdrec.training.validation import ranking_figures
 
 TUNING_FILE = "best.json"
@@ -133,9 +133,7 @@ def _trial_log(family: str, number: int, params: dict[str, Any], value: float, s
 
 def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seconds: float) -> Any:
     """The ALS search: each trial fits ALS on both domains merged and ranks the validation users."""
-    train_rows = (tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS,
-                              inputs.versions[tables.INDEXED_INTERACTIONS])
-                  .where(F.col("split") == "train").select("domain", "user_idx", "item_idx").cache())
+    train_rows = training_rows(spark, config, inputs.versions).cache()
 
     def objective(trial) -> float:
         started = time.perf_counter()
