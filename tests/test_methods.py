@@ -46,14 +46,14 @@ def test_distill_loss_mixes_labels_and_tempered_teacher_scores():
     target = (torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 6, 7]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
     source = (torch.tensor([8, 9, 8, 9]), torch.tensor([0, 1, 2, 3]), torch.ones(4))
     context = StepContext(progress=0.0, teacher=teacher, generator=torch.Generator().manual_seed(3))
-    labels_only = distill_loss(student, (target, source), TrainConfig(distill_weight=0.0), context)
+    labels_only = distill_loss(student, (target, source), TrainConfig(loss="bce", distill_weight=0.0), context)
     assert labels_only.item() == pytest.approx(
         F.binary_cross_entropy_with_logits(student(target[0], target[1]), target[2]).item())
 
     temperature = 3.0
     context.generator.manual_seed(3)
     teacher_only = distill_loss(student, (target, source),
-                                TrainConfig(distill_weight=1.0, distill_temperature=temperature), context)
+                                TrainConfig(loss="bce", distill_weight=1.0, distill_temperature=temperature), context)
     # Transfer pairs: the source batch's users with target items drawn from the target batch.
     drawn = target[1][torch.randint(4, (4,), generator=torch.Generator().manual_seed(3))]
     with torch.no_grad():
@@ -99,9 +99,13 @@ def test_sampled_softmax_ranks_each_positive_against_shared_uniform_draws_of_its
     loss = labelled_loss(model, (users, items, labels), train, context)
 
     drawn = domain_items[torch.randint(5, (3,), generator=torch.Generator().manual_seed(7))]
+    assert set(drawn.tolist()) & {5, 4}  # a draw hits a row's own item: masked, not counted as a negative
     with torch.no_grad():
-        expected = [-torch.log_softmax(model(torch.full((4,), user), torch.cat([torch.tensor([item]), drawn])), 0)[0]
-                    for user, item in [(0, 5), (2, 4)]]
+        expected = []
+        for user, item in [(0, 5), (2, 4)]:
+            negatives = drawn[drawn != item]
+            scores = model(torch.full((1 + len(negatives),), user), torch.cat([torch.tensor([item]), negatives]))
+            expected.append(-torch.log_softmax(scores, 0)[0])
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
     # Cosine over temperature: every logit without its bias lies within [-1/t, 1/t].
     vectors = model.user_vectors(torch.arange(6)) @ model.item_vectors(torch.arange(9)).T

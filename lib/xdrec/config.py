@@ -227,8 +227,9 @@ class FeaturesConfig(_Section):
 class TrainConfig(_Section):
     """The methods trained and how: model size, phases, learning rates, early stopping, launch."""
 
-    methods: ListOf[Method] = ["finetune", "target_only"]
-    """Methods the pipeline trains (see docs/methods.md); "target_only" is the yardstick."""
+    methods: ListOf[Method] = ["joint", "finetune"]
+    """Methods the pipeline trains (see docs/methods.md); the first one but target_only is the one the tune
+    stage tunes."""
     factor_models: ListOf[Baseline] = ["popularity", "als_merged", "emcdr"]
     """Factor models (section ``als``) fitted beside the methods and offered to model selection, which
     serves whichever validates best (docs/methods.md, "Model selection")."""
@@ -236,12 +237,12 @@ class TrainConfig(_Section):
     """"horovod": num_proc processes inside Spark; "local": one process, the driver itself (development)."""
     num_proc: PositiveInt = 2
     """Training processes (Horovod ranks); 1 with the local launcher."""
-    embedding_dim: PositiveInt = 32
+    embedding_dim: PositiveInt = 128
     """Size of the user and item embeddings (and of the vectors the towers output)."""
     hidden_dim: PositiveInt = 64
     """Width of the towers' hidden layer."""
-    batch_size: PositiveInt = 1024
-    """Examples per step (see ``batch_scope``)."""
+    batch_size: PositiveInt = 4096
+    """Examples per step (see ``batch_scope``), positive and negative rows together."""
     batch_scope: Literal["global", "process"] = "global"
     """"global": batch_size is the global batch, split over the processes; "process": every process takes
     batch_size examples a step (global batch num_proc x batch_size). See docs/methods.md, "Scaling"."""
@@ -251,17 +252,17 @@ class TrainConfig(_Section):
     """How a process reads its Petastorm shard: "memory" reads it once and shuffles it in memory every epoch
     (Horovod's estimators call this inmemory_cache_all); "stream" re-reads the Parquet row groups every epoch
     through a shuffling queue, for shards larger than a process's memory."""
-    loss: Literal["bce", "softmax", "sampled_softmax"] = "bce"
+    loss: Literal["bce", "softmax", "sampled_softmax"] = "sampled_softmax"
     """The labelled examples' loss: "bce" scores each (user, item, label) row on its own; "softmax" ranks each
     positive row's item against every item of the batch (the staged negatives and the other rows' items),
     with the sampling-bias correction of Yi et al. (RecSys 2019); "sampled_softmax" ranks it against
     ``sampled_negatives`` items drawn uniformly from its domain. See docs/methods.md, "Training"."""
     sampled_negatives: PositiveInt = 1024
     """loss "sampled_softmax": the negatives drawn per step, shared by the batch."""
-    temperature: NonNegativeFloat = 0.0
+    temperature: NonNegativeFloat = 0.1
     """0: a score is the dot product of the user and item vectors (plus the item bias); above 0: their
     cosine similarity divided by this temperature (plus the bias)."""
-    learning_rate: PositiveFloat = 0.005
+    learning_rate: PositiveFloat = 0.01
     """Learning rate of every phase but the source pretraining that has its own ``source_learning_rate``."""
     source_learning_rate: PositiveFloat | None = None
     """Pretraining on the source domain; unset: learning_rate."""
@@ -269,8 +270,9 @@ class TrainConfig(_Section):
     """Learning rates of single model parts in the target phase that fine-tunes them."""
     source_epochs: NonNegativeInt = 2
     """Epochs of the source-domain pretraining phase."""
-    target_epochs: PositiveInt = 3
-    """Epochs of the target-domain phase."""
+    target_epochs: PositiveInt = 30
+    """Most epochs of the target-domain phase (and of the joint methods' one phase); early stopping
+    (``patience``) usually ends it sooner."""
     bridge_epochs: PositiveInt = 5
     """Epochs of the bridge_* methods' bridge phase."""
     freeze: ListOf[Part] = ["user_embedding", "user_tower"]
@@ -300,7 +302,7 @@ class TrainConfig(_Section):
     """Early stopping: the validation users the metric averages over (a phase may name its own)."""
     validation_max_users: PositiveInt = 2000
     """Early stopping: at most this many validation users (a seeded sample)."""
-    patience: NonNegativeInt = 2
+    patience: NonNegativeInt = 3
     """Epochs without a better validation metric before a phase stops (0: never stop early)."""
     mlflow: Flag = True
     """Whether to track runs in MLflow."""

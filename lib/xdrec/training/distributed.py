@@ -94,11 +94,26 @@ class HorovodCollective(Collective):
         self.hvd = hvd
         self.rank, self.size = hvd.rank(), hvd.size()
 
-    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
+    def average_gradients(self, parameters: list[nn.Parameter], tables: list[nn.Parameter] = ()) -> None:
         gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
-        averaged = self.hvd.grouped_allreduce(gradients, op=self.hvd.Average, name="gradients")
-        for gradient, average in zip(gradients, averaged):
-            gradient.copy_(average)
+        if gradients:
+            averaged = self.hvd.grouped_allreduce(gradients, op=self.hvd.Average, name="gradients")
+            for gradient, average in zip(gradients, averaged):
+                gradient.copy_(average)
+        table_gradients = [parameter.grad for parameter in tables if parameter.grad is not None]
+        if table_gradients:
+            self.average_rows(table_gradients)
+
+    def average_rows(self, gradients: list[torch.Tensor]) -> None:
+        """Average embedding tables' gradients by exchanging only the rows this step touched (indices and
+        values through allgather): the same sums as a dense allreduce, at a cost that grows with the batch,
+        not with the number of users and items."""
+        touched = [gradient.abs().sum(dim=1).nonzero().squeeze(1) for gradient in gradients]
+        rows = self.hvd.grouped_allgather(touched, name="table_rows")
+        values = self.hvd.grouped_allgather([gradient[index] for gradient, index in zip(gradients, touched)],
+                                            name="table_values")
+        for gradient, index, value in zip(gradients, rows, values):
+            gradient.zero_().index_add_(0, index, value).div_(self.size)
 
     def broadcast_model(self, model: nn.Module) -> None:
         # Parameters only: buffers (item text, histories) come from the spec, the same on every rank.

@@ -28,8 +28,9 @@ class Collective:
     rank = 0
     size = 1
 
-    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
-        """Average the gradients of ``parameters`` over all ranks (a no-op for one process)."""
+    def average_gradients(self, parameters: list[nn.Parameter], tables: list[nn.Parameter] = ()) -> None:
+        """Average the gradients of ``parameters`` and of the embedding ``tables`` over all ranks (a no-op
+        for one process). A step touches few rows of a table, so a runtime may exchange only those."""
 
     def broadcast_model(self, model: nn.Module) -> None:
         """Make every rank start from rank 0's weights."""
@@ -166,6 +167,9 @@ def train(
         model.requires_grad_(True)
         model.freeze(phase.freeze)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        table_ids = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
+        tables = [parameter for parameter in trainable if id(parameter) in table_ids]
+        dense = [parameter for parameter in trainable if id(parameter) not in table_ids]
         optimizer = torch.optim.Adam(parameter_groups(model, phase.learning_rate, phase.part_learning_rates))
         best: Best | None = None
         first_epoch = 0
@@ -195,7 +199,7 @@ def train(
                 for parameter in trainable:  # a part unused on this rank's batch still joins the allreduce
                     if parameter.grad is None:
                         parameter.grad = torch.zeros_like(parameter)
-                collective.average_gradients(trainable)
+                collective.average_gradients(dense, tables)
                 optimizer.step()
                 size = sum(len(batch[2]) for batch in step_batches)
                 total_loss += loss.item() * size
