@@ -1,6 +1,7 @@
 """Shared fixtures: one SparkSession (with Delta) for the whole test session, small synthetic data."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -11,6 +12,12 @@ from xdrec.spark import get_spark
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trace_files_in_a_temporary_folder(tmp_path_factory):
+    """Failed jobs write their traces (xdrec.cli.write_trace) here, not into the checkout."""
+    os.environ["XDREC_LOG_DIR"] = str(tmp_path_factory.mktemp("logs"))
 
 
 @pytest.fixture(scope="session")

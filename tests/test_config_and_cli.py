@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xdrec.cli import run_job
+from xdrec.cli import guarded, run_job
 from xdrec.config import CONF_DIR, load_config
 from xdrec.errors import XdrecError
 
@@ -86,3 +86,32 @@ def test_job_file_reports_missing_input_in_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("xdrec:")]
     assert len(lines) == 1 and "interactions.csv" in lines[0], result.stderr
     assert "at org.apache" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_jvm_failure_names_its_root_cause_in_one_line_and_logs_the_trace(spark, tmp_path, monkeypatch, capsys):
+    """A Py4JJavaError's own first line ("An error occurred while calling o66.collectToPython.") says
+    nothing; the line must carry the Java exception and its innermost cause, the trace goes to a file."""
+    monkeypatch.setenv("XDREC_LOG_DIR", str(tmp_path / "logs"))
+    folder = tmp_path / "table"
+    spark.range(10).coalesce(1).write.parquet(str(folder))
+    part = next(folder.glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:4] + b"x" * 64)  # cut: no footer
+    (folder / f".{part.name}.crc").unlink(missing_ok=True)
+
+    assert guarded(lambda: spark.read.schema("id long").parquet(str(folder)).collect()) == 1
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("xdrec: Spark error:"), err
+    assert "An error occurred while calling" not in err and "root cause:" in err and part.name in err, err
+    trace = err.split("full trace: ")[1].rstrip(")\n")
+    assert "Py4JJavaError" in open(trace).read()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.name=../../../../elsewhere", "key 'data.name' must be a plain folder name"),
+    ("data.name=a/b", "key 'data.name' must be a plain folder name"),
+    ("warehouse=/", "key 'warehouse' must be a folder, not a filesystem root"),
+])
+def test_config_cannot_point_the_stages_outside_a_warehouse_folder(override, expected):
+    with pytest.raises(XdrecError, match=expected):
+        load_config("synthetic", [override])

@@ -214,6 +214,28 @@ def test_artifact_round_trip_keeps_bridge_text_and_scores(tmp_path):
         torch.testing.assert_close(loaded.score_matrix(users, items), model.eval().score_matrix(users, items))
 
 
+@pytest.mark.parametrize("name, damage", [
+    ("model.pt", "cut"), ("model.pt", "random"), ("artifact.json", "cut"), ("user_index.parquet", "cut"),
+])
+def test_a_damaged_artifact_fails_with_one_line_naming_the_file(tmp_path, name, damage):
+    torch.manual_seed(0)
+    user_index = pd.DataFrame({"user_id": ["u0", "u1"], "user_idx": [0, 1]})
+    item_index = pd.DataFrame({"domain": [TARGET] * 3, "item_id": ["a", "b", "c"], "item_idx": [0, 1, 2]})
+    path = artifact.save(os.path.join(tmp_path, "target_only", "v1"), TwoTower(2, 3, 4, 8),
+                         {"method": "target_only", "model_version": "v1"}, user_index, item_index)
+    damaged = os.path.join(path, name)
+    with open(damaged, "rb") as handle:
+        content = handle.read()
+    with open(damaged, "wb") as handle:
+        handle.write(content[: len(content) // 2] if damage == "cut" else np.random.default_rng(0).bytes(len(content)))
+
+    with pytest.raises(XdrecError) as raised:
+        artifact.load(path)
+
+    message = str(raised.value)
+    assert damaged in message and "unreadable model artifact file" in message and "\n" not in message
+
+
 CONFIG_OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
                     "data.domains={source: {interactions: s.csv}, target: {interactions: t.csv}}",
                     "train.source_epochs=4", "train.target_epochs=6", "train.bridge_epochs=6",

@@ -1,11 +1,16 @@
-"""The train stage's pure helpers: users' histories as CSR, the item text matrix, model versions."""
+"""The train stage's pure helpers: users' histories as CSR, the item text matrix, model and code versions."""
 from __future__ import annotations
+
+import os
+import shutil
 
 import numpy as np
 import pandas as pd
 
+import xdrec
 from xdrec.config import load_config
-from xdrec.training.train import csr, item_text_matrix, model_version, user_histories
+from xdrec.training import train
+from xdrec.training.train import code_version, csr, item_text_matrix, model_version, user_histories
 
 
 def test_csr_lists_each_users_items_in_order():
@@ -40,3 +45,19 @@ def test_model_version_follows_the_model_not_how_it_is_watched():
     assert model_version("finetune", base, versions) != model_version("finetune", other, versions)
     assert model_version("finetune", base, versions) != model_version("finetune", base, {"training_examples": 4})
     assert model_version("finetune", base, versions) != model_version("joint", base, versions)
+
+
+def test_a_change_to_the_training_code_gives_models_a_new_version(tmp_path, monkeypatch):
+    package = tmp_path / "xdrec"
+    shutil.copytree(os.path.dirname(xdrec.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_version(str(package))
+    assert code_version(str(package / "..") + "/xdrec") == before  # the same files, the same version
+    loop = package / "training" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# a fix\n")
+    code_version.cache_clear()
+    assert code_version(str(package)) != before
+
+    config, versions = load_config("synthetic"), {"training_examples": 3}
+    current = model_version("finetune", config, versions)
+    monkeypatch.setattr(train, "code_version", lambda: "another")
+    assert model_version("finetune", config, versions) != current

@@ -2,6 +2,8 @@
 stopping, checkpoint and resume (also inside a distillation's student phase)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -37,8 +39,9 @@ def validate(model):
 def run(phases, checkpoint_dir=None, model=None, batches=None, **options):
     model = model or fresh_model()
     default_batches, steps = in_memory_batches(WORLD.examples, BATCH)
+    options.setdefault("log", lambda message: None)
     history = loop.train(model, phases, batches or default_batches, steps, domain_items=DOMAIN_ITEMS,
-                         checkpoint_dir=checkpoint_dir, log=lambda message: None, **options)
+                         checkpoint_dir=checkpoint_dir, **options)
     return model, history
 
 
@@ -180,3 +183,35 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, phases, d
     assert [r.validation for r in resumed_history] == [r.validation for r in full_history]
     for name, tensor in uninterrupted.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "code", "other_model"])
+def test_unreadable_checkpoint_is_set_aside_and_training_starts_over(tmp_path, damage):
+    phases = [Phase("target", [TARGET], epochs=2, learning_rate=0.05, validate=True)]
+    options = {"validate": validate, "config": TrainConfig(patience=5)}
+    fresh, fresh_history = run(phases, **options)
+    folder = tmp_path / "damaged"
+    run(phases, checkpoint_dir=str(folder), **options)
+    checkpoint = folder / "checkpoint.pt"
+    marker = tmp_path / "ran"
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    elif damage == "code":  # a pickle that runs a command when unpickled without weights_only
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        torch.save({"model": Payload()}, checkpoint)
+    else:
+        torch.save({"model": {"user_embedding.weight": torch.zeros(3, 3)}}, checkpoint)
+    messages = []
+
+    model, history = run(phases, checkpoint_dir=str(folder), log=messages.append, **options)
+
+    assert not marker.exists()
+    assert [r.validation for r in history] == [r.validation for r in fresh_history]
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert any("is unreadable" in message and "training from the start" in message for message in messages)
+    assert len(list(folder.glob("checkpoint.pt.unreadable-*"))) == 1

@@ -2,14 +2,16 @@
 
 The same entry serves the console script and the thin files in ``jobs/`` that ``spark-submit`` runs.
 A user error (bad config key, missing file, unknown stage, missing table) ends in one line on stderr
-and exit code 2; an unexpected failure in one line and exit code 1, with the traceback only when
-``XDREC_DEBUG=1``.
+and exit code 2; an unexpected failure in one line with its root cause (for a JVM error, the innermost
+Java exception) and exit code 1. Either way the full traceback is written to a log file under
+``<warehouse>/logs/`` (``$XDREC_LOG_DIR`` when set), which the line names; ``XDREC_DEBUG=1`` also prints it.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 import traceback
 from typing import Callable
 
@@ -44,9 +46,46 @@ def parse_args(argv: list[str], stage: str | None) -> argparse.Namespace:
     return args
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+def root_cause(error: BaseException) -> str:
+    """``error`` in one line with its deepest cause: for a JVM error (Py4JJavaError) the Java exception and
+    its innermost cause, which say what went wrong, rather than "An error occurred while calling o123.x"."""
+    java = getattr(error, "java_exception", None)
+    if java is not None:
+        try:
+            outer = root = java
+            while root.getCause() is not None and not root.getCause().equals(root):
+                root = root.getCause()
+            outer_line, root_line = _first_line(str(outer.toString())), _first_line(str(root.toString()))
+            return outer_line if root_line == outer_line else f"{outer_line}; root cause: {root_line}"
+        except Exception:  # noqa: BLE001 - the JVM is gone: fall back to the Python side's text
+            pass
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {_first_line(str(error))}"
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+# Where write_trace puts traces once a job has loaded its config: <warehouse>/logs.
+_trace_folder = {"path": "logs"}
+
+
+def write_trace(error: BaseException) -> str | None:
+    """Write ``error``'s full traceback to a new file under ``$XDREC_LOG_DIR``, else the job's
+    ``<warehouse>/logs`` (``logs`` before its config is read); its path, or None when that cannot be written."""
+    folder = os.environ.get("XDREC_LOG_DIR") or _trace_folder["path"]
+    path = os.path.join(folder, f"xdrec-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(f"xdrec {' '.join(sys.argv)}\n")
+            traceback.print_exception(type(error), error, error.__traceback__, file=handle)
+        return path
+    except OSError:
+        return None
 
 
 def guarded(body: Callable[[], None]) -> int:
@@ -54,21 +93,21 @@ def guarded(body: Callable[[], None]) -> int:
     try:
         body()
         return 0
-    except XdrecError as error:
-        print(f"xdrec: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("xdrec: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the one place that turns failures into an exit code
         from pyspark.errors import PySparkException
 
-        debug = os.environ.get("XDREC_DEBUG") == "1"
-        if debug:
+        trace = write_trace(error)
+        if os.environ.get("XDREC_DEBUG") == "1":
             traceback.print_exc()
-        hint = "" if debug else " (set XDREC_DEBUG=1 for the traceback)"
-        kind = "Spark error" if isinstance(error, PySparkException) else "failed"
-        print(f"xdrec: {kind}: {_one_line(error)}{hint}", file=sys.stderr)
+        where = f" (full trace: {trace})" if trace else ""
+        if isinstance(error, XdrecError):
+            print(f"xdrec: error: {error}{where}", file=sys.stderr)
+            return 2
+        kind = "Spark error" if isinstance(error, PySparkException) or hasattr(error, "java_exception") else "failed"
+        print(f"xdrec: {kind}: {root_cause(error)}{where}", file=sys.stderr)
         return 1
 
 
@@ -78,6 +117,7 @@ def run_job(stage: str | None = None, argv: list[str] | None = None) -> int:
     def body() -> None:
         args = parse_args(sys.argv[1:] if argv is None else argv, stage)
         config = load_config(args.conf, args.overrides)
+        _trace_folder["path"] = os.path.join(config.warehouse, "logs")
 
         from xdrec.pipeline import run_pipeline, run_stage
         from xdrec.spark import get_spark

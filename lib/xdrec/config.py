@@ -135,6 +135,15 @@ class DataConfig(_Section):
 
     name: str = "movielens-1m"
     """The dataset's name: the raw files live under ``<warehouse>/raw/<name>``."""
+
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, value: str) -> str:
+        # It names a folder inside the warehouse: a path here would put raw files anywhere.
+        if not value or value in (".", "..") or any(character in value for character in "/\\:"):
+            raise PydanticCustomError("folder_name", "Input should be a plain folder name (no /, \\, : or ..)")
+        return value
+
     source_domain: str = "other"
     """The domain knowledge is transferred from (a key of ``domains``)."""
     target_domain: str = "comedy"
@@ -427,7 +436,15 @@ class Config(_Section):
 
     warehouse: str = "warehouse"
     """Root folder of the Delta tables (delta/), the raw inputs (raw/, see ``{raw}``), the model artifacts
-    (models/) and MLflow's default store (mlruns/)."""
+    (models/) and MLflow's default store (mlruns/). Not a filesystem root."""
+
+    @field_validator("warehouse")
+    @classmethod
+    def _not_a_root(cls, value: str) -> str:
+        # Every stage writes delta/, models/, raw/ ... directly under it.
+        if not value.strip() or os.path.dirname(os.path.abspath(value)) == os.path.abspath(value):
+            raise PydanticCustomError("warehouse_root", "Input should be a folder, not a filesystem root")
+        return value
     data: DataConfig
     """The domains and their raw inputs."""
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)

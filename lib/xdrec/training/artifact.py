@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,21 +92,36 @@ def latest_path(warehouse: str, method: str) -> str:
 
 
 def load(path: str) -> Artifact:
-    """Load an artifact folder onto the CPU, model in eval mode."""
+    """Load an artifact folder onto the CPU, model in eval mode. A missing, cut or foreign file fails with
+    one line naming it and its cause."""
     meta_path = os.path.join(path, "artifact.json")
     if not os.path.isfile(meta_path):
         raise XdrecError(f"not a model artifact (no artifact.json): {path}")
-    with open(meta_path) as handle:
+    with _reading(meta_path), open(meta_path) as handle:
         meta = json.load(handle)
     if meta.get("format") != FORMAT_VERSION:
         raise XdrecError(f"{meta_path}: artifact format {meta.get('format')} is not {FORMAT_VERSION}")
-    model = MODEL_BUILDERS[meta.get("model_class", "TwoTower")](**meta["model"])
-    model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True))
+    weights_path = os.path.join(path, "model.pt")
+    with _reading(weights_path):
+        model = MODEL_BUILDERS[meta.get("model_class", "TwoTower")](**meta["model"])
+        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     model.eval()
-    return Artifact(
-        path=path,
-        meta=meta,
-        model=model,
-        user_index=pd.read_parquet(os.path.join(path, "user_index.parquet")),
-        item_index=pd.read_parquet(os.path.join(path, "item_index.parquet")),
-    )
+    indexes = {}
+    for name in ("user_index", "item_index"):
+        index_path = os.path.join(path, f"{name}.parquet")
+        with _reading(index_path):
+            indexes[name] = pd.read_parquet(index_path)
+    return Artifact(path=path, meta=meta, model=model, **indexes)
+
+
+@contextmanager
+def _reading(path: str):
+    """Turn any failure to read ``path`` into one line that names the file and the root cause."""
+    try:
+        yield
+    except XdrecError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every reader's own errors (EOF, Unicode, Arrow, pickle)
+        lines = str(error).strip().splitlines()
+        raise XdrecError(f"{path}: unreadable model artifact file ({type(error).__name__}: "
+                         f"{lines[0] if lines else 'no detail'}); retrain with the train stage") from error

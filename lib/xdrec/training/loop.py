@@ -79,11 +79,37 @@ def _checkpoint_file(checkpoint_dir: str) -> str:
     return os.path.join(checkpoint_dir, "checkpoint.pt")
 
 
-def load_checkpoint(checkpoint_dir: str | None) -> dict | None:
-    if not checkpoint_dir or not os.path.isfile(_checkpoint_file(checkpoint_dir)):
+def load_checkpoint(checkpoint_dir: str | None, model: nn.Module, set_aside: bool,
+                    log: Callable[[str], None]) -> dict | None:
+    """The checkpoint in ``checkpoint_dir`` with its weights loaded into ``model``, or None when there is none.
+
+    A checkpoint that cannot be read or does not fit the model (a run killed by a full disk, a file from
+    elsewhere, one holding more than tensors and plain values) must not block every later run: it is
+    logged with its cause, moved aside (by the rank that ``set_aside``) and training starts over.
+    """
+    path = _checkpoint_file(checkpoint_dir) if checkpoint_dir else None
+    if path is None or not os.path.isfile(path):
         return None
-    # Tensors and plain values only: a checkpoint on shared storage must never hand us code to run.
-    return torch.load(_checkpoint_file(checkpoint_dir), map_location="cpu", weights_only=True)
+    try:
+        # Tensors and plain values only: a checkpoint on shared storage must never hand us code to run.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
+        if {name: tensor.shape for name, tensor in checkpoint["model"].items()} != expected:
+            raise ValueError("its weights do not fit this model")
+        model.load_state_dict(checkpoint["model"])
+        return checkpoint
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means: start over
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        message = f"checkpoint {path} is unreadable ({type(error).__name__}: {cause})"
+        if set_aside:
+            aside = f"{path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
+            try:
+                os.replace(path, aside)
+                message += f"; moved to {aside}"
+            except FileNotFoundError:
+                pass
+        log(f"{message}; training from the start")
+        return None
 
 
 def save_checkpoint(checkpoint_dir: str, state: dict) -> None:
@@ -142,9 +168,8 @@ def train(
     model.to(device)
     history: list[EpochResult] = []
     start_phase, start_epoch = 0, 0
-    checkpoint = load_checkpoint(checkpoint_dir)
+    checkpoint = load_checkpoint(checkpoint_dir, model, set_aside=collective.rank == 0, log=log)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
         start_phase, start_epoch = checkpoint["phase"], checkpoint["epoch"]
         history = [EpochResult(**result) for result in checkpoint["history"]]
         log(f"resuming from checkpoint: phase {start_phase}, epoch {start_epoch}")

@@ -5,11 +5,12 @@ of that version as plain Parquet for Petastorm (Delta's folder also holds files 
 which a Parquet reader would read too), gathers what the model carries (item text embeddings, users'
 source histories) and the validation split, launches Horovod inside Spark (or one local process), and
 saves the artifact with the versions it was trained on. The model version is a hash of the method, its
-settings and those input versions, so a rerun with the same inputs resumes or reuses the same run
-instead of starting another.
+settings, those input versions and the modelling and training code, so a rerun with the same inputs and
+code resumes or reuses the same run instead of starting another.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import torch
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+import xdrec
 from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
 from xdrec.files import atomic_path
@@ -36,16 +38,31 @@ _NOT_IN_VERSION = ("methods", "factor_models", "mlflow", "mlflow_tracking_uri", 
                    "start_timeout", "launcher")
 
 
+@functools.cache
+def code_version(package: str = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) -> str:
+    """A hash of the package version and of the code that makes and scores models (``xdrec.modeling`` and
+    ``xdrec.training`` of the ``package`` folder): a fix there gives every model a new version, so a rerun
+    retrains instead of reusing a model of the old code."""
+    digest = hashlib.sha256(f"xdrec {xdrec.__version__}\0".encode())
+    for folder in ("modeling", "training"):
+        for name in sorted(os.listdir(os.path.join(package, folder))):
+            if name.endswith(".py"):
+                with open(os.path.join(package, folder, name), "rb") as handle:
+                    digest.update(f"{folder}/{name}\0".encode() + handle.read())
+    return digest.hexdigest()[:12]
+
+
 def model_version(method: str, config: Config, input_versions: dict[str, int]) -> str:
-    """Same method, settings, split and input versions -> same version. A method's settings are the train
-    section's; a factor model's the als section's."""
+    """Same method, settings, split, input versions and code -> same version. A method's settings are the
+    train section's; a factor model's the als section's."""
     values = config.to_dict()
     if method in BASELINES:
         settings = {"als": values["als"]}
     else:
         settings = {"train": {key: value for key, value in values["train"].items() if key not in _NOT_IN_VERSION}}
     settings.update({"method": method, "features": values["features"],
-                     "data": [config.data.source_domain, config.data.target_domain], "inputs": input_versions})
+                     "data": [config.data.source_domain, config.data.target_domain], "inputs": input_versions,
+                     "code": code_version()})
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -248,6 +265,7 @@ def artifact_meta(config: Config, method: str, version: str, inputs: TrainingInp
     return {
         "method": method,
         "model_version": version,
+        "code_version": code_version(),
         "source_domain": config.data.source_domain,
         "target_domain": config.data.target_domain,
         "inputs": {"warehouse": os.path.abspath(config.warehouse), "versions": inputs.versions},

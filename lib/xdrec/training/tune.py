@@ -34,8 +34,8 @@ from xdrec.files import atomic_path
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, selecting_key
-from xdrec.training.train import (INPUT_TABLES, TrainingInputs, read_inputs, stage_examples, train_spec,
-                                  training_rows)
+from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_examples,
+                                  train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
 
 TUNING_FILE = "best.json"
@@ -201,7 +201,7 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
     values = config.to_dict()
     search_key = hashlib.sha256(json.dumps(
         {"tune": values["tune"], "als": values["als"], "train": values["train"], "features": values["features"],
-         "method": method, "inputs": versions}, sort_keys=True).encode()).hexdigest()[:12]
+         "method": method, "inputs": versions, "code": code_version()}, sort_keys=True).encode()).hexdigest()[:12]
     path = tuning_path(config.warehouse)
     if os.path.isfile(path):
         with open(path) as handle:
