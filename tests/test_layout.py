@@ -151,3 +151,4 @@ def test_the_checker_finds_lazy_imports_cycles_and_layers():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
     assert layer("serving.score") > layer("training.loop") > layer("modeling.model") > layer("data.tables")
+

@@ -215,3 +215,19 @@ def test_unreadable_checkpoint_is_set_aside_and_training_starts_over(tmp_path, d
         assert torch.equal(model.state_dict()[name], tensor), name
     assert any("is unreadable" in message and "training from the start" in message for message in messages)
     assert len(list(folder.glob("checkpoint.pt.unreadable-*"))) == 1
+
+
+def test_a_pruned_run_stops_its_last_validated_phase_and_keeps_its_best_epoch():
+    figures = iter([0.1, 0.3, 0.2, 0.25, 0.9])
+    asked = []
+
+    def prune(so_far):
+        asked.append(list(so_far))
+        return len(so_far) == 3  # the rule says stop after the third validated epoch
+
+    phases = [Phase("source", [SOURCE], epochs=1, learning_rate=0.05),
+              Phase("target", [TARGET], epochs=5, learning_rate=0.05, validate=True)]
+    _, history = run(phases, validate=lambda model: {"all/NDCG@10": next(figures)},
+                     config=TrainConfig(patience=0), prune=prune)
+    assert [(r.phase, r.epoch) for r in history] == [("source", 0), ("target", 0), ("target", 1), ("target", 2)]
+    assert asked == [[0.1], [0.1, 0.3], [0.1, 0.3, 0.2]]

@@ -1,11 +1,13 @@
-"""The tune stage's search loop: seeded, robust to a failed trial, and clear when every trial fails.
+"""The tune stage's search loop: seeded, robust to a failed trial, clear when every trial fails, and its
+median stopping rule.
 (The stage itself runs for real in tests/test_pipeline_e2e.py.)"""
 from __future__ import annotations
 
 import pytest
 
 from xdrec.errors import XdrecError
-from xdrec.training.tune import METHOD_SPACE, inside, run_search, seeded_study, suggest
+from xdrec.training.loop import below_median
+from xdrec.training.tune import METHOD_SPACE, epoch_medians, inside, run_search, seeded_study, suggest
 
 
 def quadratic(trial) -> float:
@@ -55,3 +57,13 @@ def test_the_configs_own_settings_are_tried_first():
 
     run_search(seeded_study(0), objective, "finetune", trials=3, seconds=60, first=own)
     assert {key: tried[0][key] for key in own} == own and len(tried) == 3
+
+
+def test_the_median_rule_stops_a_run_below_the_finished_runs_once_past_its_grace_epochs():
+    medians = epoch_medians([[0.1, 0.2, 0.3, 0.4], [0.1, 0.4, 0.5], [0.0, 0.1]])
+    assert medians == pytest.approx([0.1, 0.2, 0.4, 0.4])
+    assert not below_median([0.0, 0.0], medians, after=2)  # within its grace epochs
+    assert below_median([0.0, 0.0, 0.39], medians, after=2)  # third epoch: best 0.39 < 0.4
+    assert not below_median([0.0, 0.5, 0.39], medians, after=2)  # its best so far counts
+    assert not below_median([0.0] * 6, medians, after=2)  # past every finished run's length
+    assert not below_median([0.0, 0.0, 0.0], medians, after=0)  # 0: never

@@ -3,8 +3,8 @@
 The same entry serves the console script and the thin files in ``jobs/`` that ``spark-submit`` runs.
 A user error (bad config key, missing file, unknown stage, missing table) ends in one line on stderr
 and exit code 2; an unexpected failure in one line with its root cause (for a JVM error, the innermost
-Java exception) and exit code 1. Either way the full traceback is written to a log file under
-``<warehouse>/logs/`` (``$XDREC_LOG_DIR`` when set), which the line names; ``XDREC_DEBUG=1`` also prints it.
+Java exception) and exit code 1, its full traceback written to a log file under ``<warehouse>/logs/``
+(``$XDREC_LOG_DIR`` when set), which the line names. ``XDREC_DEBUG=1`` also prints the traceback.
 """
 from __future__ import annotations
 
@@ -99,13 +99,13 @@ def guarded(body: Callable[[], None]) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns failures into an exit code
         from pyspark.errors import PySparkException
 
-        trace = write_trace(error)
         if os.environ.get("XDREC_DEBUG") == "1":
             traceback.print_exc()
-        where = f" (full trace: {trace})" if trace else ""
-        if isinstance(error, XdrecError):
-            print(f"xdrec: error: {error}{where}", file=sys.stderr)
+        if isinstance(error, XdrecError):  # the user's to fix, and the line says what
+            print(f"xdrec: error: {error}", file=sys.stderr)
             return 2
+        trace = write_trace(error)
+        where = f" (full trace: {trace})" if trace else ""
         kind = "Spark error" if isinstance(error, PySparkException) or hasattr(error, "java_exception") else "failed"
         print(f"xdrec: {kind}: {root_cause(error)}{where}", file=sys.stderr)
         return 1

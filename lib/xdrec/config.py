@@ -412,6 +412,10 @@ class TuneConfig(_Section):
     target_only."""
     minutes: PositiveFloat = 30.0
     """Wall-clock budget of the stage: the ALS search may use half; no trial starts after it is spent."""
+    prune_after_epochs: NonNegativeInt = 3
+    """A training trial that has validated more than this many epochs stops as soon as its best figure is
+    below the median of the finished trials' figures at the same epoch (Optuna's median rule); 0: trials
+    always run to their end."""
     seed: Int = 0
     """Seed of the searches (Optuna's TPE sampler)."""
 

@@ -69,6 +69,10 @@ class TrainSpec:
     validation: ValidationSet | None = None
     # Each domain's item indices, which the sampled softmax draws its negatives from.
     domain_items: dict[str, np.ndarray] = field(default_factory=dict)
+    # A tune trial's median stopping rule (loop.below_median): earlier trials' median figure per epoch of
+    # the last validated phase, and the epochs validated before it may stop the run (0: never).
+    prune_below: list[float] = field(default_factory=list)
+    prune_after: int = 0
 
     def rank_batch_size(self, size: int) -> int:
         batch_size = self.train.batch_size
@@ -252,6 +256,8 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
         device=device,
         seed=spec.train.seed,
         log=lambda message: print(f"[train] {message}", flush=True),
+        prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after))
+        if spec.prune_after and spec.prune_below else None,
     )
     return model, history
 

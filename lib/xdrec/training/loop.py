@@ -11,7 +11,7 @@ import copy
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -75,24 +75,38 @@ def selecting_key(train: TrainConfig, validation: dict[str, float], group: str |
     return key if key in validation else f"all/{suffix}"
 
 
+def below_median(figures: Sequence[float], medians: Sequence[float], after: int) -> bool:
+    """The median stopping rule: whether a run whose validated figures so far are ``figures`` is hopeless,
+    its best below ``medians`` (earlier runs' median figure at each epoch) at its latest epoch, once it
+    has validated more than ``after`` epochs. ``after`` 0: never."""
+    latest = len(figures) - 1
+    return after > 0 and after <= latest < len(medians) and max(figures) < medians[latest]
+
+
 def _checkpoint_file(checkpoint_dir: str) -> str:
     return os.path.join(checkpoint_dir, "checkpoint.pt")
 
 
-def load_checkpoint(checkpoint_dir: str | None, model: nn.Module, set_aside: bool,
-                    log: Callable[[str], None]) -> dict | None:
+def load_checkpoint(checkpoint_dir: str | None) -> dict | None:
+    """The checkpoint in ``checkpoint_dir``, or None when there is none."""
+    if not checkpoint_dir or not os.path.isfile(_checkpoint_file(checkpoint_dir)):
+        return None
+    # Tensors and plain values only: a checkpoint on shared storage must never hand us code to run.
+    return torch.load(_checkpoint_file(checkpoint_dir), map_location="cpu", weights_only=True)
+
+
+def restore_checkpoint(checkpoint_dir: str | None, model: nn.Module, set_aside: bool,
+                       log: Callable[[str], None]) -> dict | None:
     """The checkpoint in ``checkpoint_dir`` with its weights loaded into ``model``, or None when there is none.
 
     A checkpoint that cannot be read or does not fit the model (a run killed by a full disk, a file from
     elsewhere, one holding more than tensors and plain values) must not block every later run: it is
     logged with its cause, moved aside (by the rank that ``set_aside``) and training starts over.
     """
-    path = _checkpoint_file(checkpoint_dir) if checkpoint_dir else None
-    if path is None or not os.path.isfile(path):
-        return None
     try:
-        # Tensors and plain values only: a checkpoint on shared storage must never hand us code to run.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(checkpoint_dir)
+        if checkpoint is None:
+            return None
         expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
         if {name: tensor.shape for name, tensor in checkpoint["model"].items()} != expected:
             raise ValueError("its weights do not fit this model")
@@ -100,6 +114,7 @@ def load_checkpoint(checkpoint_dir: str | None, model: nn.Module, set_aside: boo
         return checkpoint
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means: start over
         cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        path = _checkpoint_file(checkpoint_dir)
         message = f"checkpoint {path} is unreadable ({type(error).__name__}: {cause})"
         if set_aside:
             aside = f"{path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -152,6 +167,7 @@ def train(
     device: torch.device | str = "cpu",
     seed: int = 0,
     log: Callable[[str], None] = print,
+    prune: Callable[[list[float]], bool] | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` through ``phases``; return one result per epoch (of this run and resumed ones).
 
@@ -162,13 +178,16 @@ def train(
     (already combined over ranks); validated phases stop after ``config.patience`` epochs without
     improvement and end with their best epoch's weights. After every epoch rank 0 checkpoints the model,
     the optimizer, the position, the best epoch and the teacher; a restarted run with the same
-    ``checkpoint_dir`` continues from there and ends where an uninterrupted one does.
+    ``checkpoint_dir`` continues from there and ends where an uninterrupted one does. ``prune`` (a tune
+    trial's stopping rule, such as :func:`below_median`) is asked after every validated epoch of the last
+    validated phase with that phase's figures so far, and stops the phase when it says so.
     """
     config = config or TrainConfig()
+    last_validated = max((number for number, phase in enumerate(phases) if phase.validate), default=-1)
     model.to(device)
     history: list[EpochResult] = []
     start_phase, start_epoch = 0, 0
-    checkpoint = load_checkpoint(checkpoint_dir, model, set_aside=collective.rank == 0, log=log)
+    checkpoint = restore_checkpoint(checkpoint_dir, model, set_aside=collective.rank == 0, log=log)
     if checkpoint is not None:
         start_phase, start_epoch = checkpoint["phase"], checkpoint["epoch"]
         history = [EpochResult(**result) for result in checkpoint["history"]]
@@ -252,6 +271,12 @@ def train(
                 if best is None or value > best.value:
                     best = Best(selecting, value, epoch, _cpu_state(model))
                 stop = config.patience > 0 and epoch - best.epoch >= config.patience
+                if prune is not None and phase_number == last_validated and not stop:
+                    figures = [item.validation[selecting] for item in history
+                               if item.phase == phase.name and item.validation]
+                    stop = prune(figures)
+                    if stop and collective.rank == 0:
+                        log(f"{phase.name}: pruned after epoch {epoch + 1}, below the earlier trials' median")
             last = stop or epoch + 1 == phase.epochs
             if collective.rank == 0:
                 figures = "".join(f", {name} {figure:.4f}" for name, figure in (validation or {}).items()

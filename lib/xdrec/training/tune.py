@@ -9,7 +9,9 @@ of ``tune.minutes``:
    ``train.temperature``): each trial trains ``tune.method`` through the same launcher and loop as the
    train stage.
 
-Each search tries the config's own settings first, so its choice never validates worse than them.
+Each search tries the config's own settings first, so its choice never validates worse than them. A
+training trial is pruned (stopped, and marked so in Optuna) once it has validated more than
+``tune.prune_after_epochs`` epochs and its best figure is below the finished trials' median at that epoch.
 Every trial is scored like model selection scores models: ``train.validation_metric`` @
 ``train.validation_k`` on ``train.validation_group`` of the validation users. The best settings are
 written to ``<warehouse>/tuning/best.json`` with every trial; :func:`tuned` lays them over the config of
@@ -25,6 +27,7 @@ import shutil
 import time
 from typing import Any
 
+import numpy as np
 from pyspark.sql import SparkSession
 
 from xdrec.config import Config
@@ -33,7 +36,7 @@ from xdrec.errors import XdrecError
 from xdrec.files import atomic_path
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.training import distributed, factors
-from xdrec.training.loop import Collective, selecting_key
+from xdrec.training.loop import Collective, below_median, selecting_key
 from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_examples,
                                   train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
@@ -113,6 +116,8 @@ def run_search(study, objective, family: str, trials: int, seconds: float, first
     def recorded(trial) -> float:
         try:
             return objective(trial)
+        except optuna.TrialPruned:
+            raise
         except Exception as error:  # Optuna logs it with its traceback and marks the trial failed
             failures.append(error)
             raise
@@ -155,7 +160,10 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
 def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, method: str, seconds: float) -> Any:
     """The training-settings search: each trial trains ``method`` through the train stage's launcher and
     loop; its figure is that of the model the run keeps (its last validated phase's best epoch)."""
+    import optuna
+
     files = config.train.num_proc * 4
+    curves: list[list[float]] = []  # the finished trials' figures per epoch of the last validated phase
 
     def objective(trial) -> float:
         started = time.perf_counter()
@@ -168,6 +176,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         checkpoint_dir = os.path.join(os.path.dirname(tuning_path(config.warehouse)), "trials",
                                       f"{method}-{trial.number}-{time.time_ns()}")
         spec = train_spec(trial_config, method, inputs, data, checkpoint_dir)
+        spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         try:
             history = (distributed.launch(spec, train.num_proc, train.start_timeout) if train.launcher == "horovod"
                        else distributed.run_local(spec))
@@ -176,12 +185,24 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         validated = [epoch for epoch in history if epoch["validation"]]
         last_phase = [epoch["validation"] for epoch in validated if epoch["phase"] == validated[-1]["phase"]]
         key = selecting_key(train, last_phase[0])
-        value = max(figures[key] for figures in last_phase)
-        _trial_log(method, trial.number, trial.params, value, time.perf_counter() - started)
-        return value
+        curve = [figures[key] for figures in last_phase]
+        for epoch, figure in enumerate(curve):
+            trial.report(figure, epoch)
+        _trial_log(method, trial.number, trial.params, max(curve), time.perf_counter() - started)
+        if below_median(curve, spec.prune_below, spec.prune_after):
+            raise optuna.TrialPruned(f"stopped after epoch {len(curve)}, below the earlier trials' median")
+        curves.append(curve)
+        return max(curve)
 
     return run_search(seeded_study(config.tune.seed + 1), objective, method, config.tune.method_trials, seconds,
                       first=inside(METHOD_SPACE, config.train.model_dump()))
+
+
+def epoch_medians(curves: list[list[float]]) -> list[float]:
+    """The median figure per epoch over ``curves`` (each finished run's figures per epoch), for the epochs
+    that a run reached: the bar of the median stopping rule (after one finished run, that run's figures)."""
+    longest = max((len(curve) for curve in curves), default=0)
+    return [float(np.median([curve[epoch] for curve in curves if len(curve) > epoch])) for epoch in range(longest)]
 
 
 def _trials(study) -> list[dict[str, Any]]:
