@@ -10,10 +10,11 @@ setup(
     name="xdrec",
     version="0.1.0",
     description="Cross-domain recommender: Delta feature tables, Horovod transfer training, Spark UDF scoring",
-    package_dir={"": "lib"},
-    packages=find_packages("lib"),
-    package_data={"xdrec": ["log4j2.properties"]},
-    python_requires=">=3.10,<3.12",
+    # The named configs (conf/) ship inside the package as xdrec/conf, so an installed wheel loads them.
+    package_dir={"": "lib", "xdrec.conf": "conf"},
+    packages=[*find_packages("lib"), "xdrec.conf"],
+    package_data={"xdrec": ["log4j2.properties"], "xdrec.conf": ["*.yaml"]},
+    python_requires=">=3.10",
     install_requires=["pyspark", "delta-spark", "torch", "pyyaml", "pydantic>=2.7", "optuna", "pandas", "numpy", "pyarrow"],
     entry_points={"console_scripts": ["xdrec = xdrec.cli:main"]},
 )

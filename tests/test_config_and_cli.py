@@ -1,6 +1,8 @@
 """Configuration loading and validation, and the command line's one-line errors."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,24 @@ def test_the_tests_run_this_checkouts_code():
     import xdrec
 
     assert Path(xdrec.__file__).resolve().parent == REPO / "lib" / "xdrec"
+
+
+def test_an_installed_wheel_loads_the_named_configs(tmp_path):
+    """The wheel ships conf/ as xdrec/conf: `--conf demo` works without a source checkout."""
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ behind
+    source.mkdir()
+    shutil.copy(REPO / "setup.py", source)
+    for folder in ("lib", "conf"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path, timeout=300)
+    wheel = next((tmp_path / "dist").glob("xdrec-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, timeout=300)
+    shown = subprocess.run(
+        [sys.executable, "-c", "import xdrec, xdrec.config as c; print(xdrec.__file__); "
+                               "print(c.load_config('demo').data.name, c.load_config('cdrib_video_game').data.name)"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert shown.returncode == 0, shown.stderr
+    location, names = shown.stdout.splitlines()
+    assert location.startswith(str(tmp_path / "site")) and names == "movielens-1m cdrib-video-game"

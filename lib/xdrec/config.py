@@ -7,6 +7,7 @@ type or a bad value raises :class:`~xdrec.errors.XdrecError` naming the key and 
 """
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
@@ -26,7 +27,17 @@ from xdrec.data.contract import FORMATS, INTERACTIONS, ITEMS, USER_GROUPS, all_c
 from xdrec.errors import XdrecError
 from xdrec.modeling.parts import PARTS
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _conf_dir() -> Path:
+    """The named configs: ``conf/`` of a source checkout, else the copy that the wheel ships as ``xdrec/conf``."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "setup.py").is_file() and (checkout / "conf").is_dir():
+        return checkout / "conf"
+    return Path(str(importlib.resources.files("xdrec").joinpath("conf")))
+
+
+CONF_DIR = _conf_dir()
 DEFAULT_CONF = "demo"
 
 
