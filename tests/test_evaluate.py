@@ -137,3 +137,7 @@ def test_bootstrap_pairs_the_models_best_on_cold_start_users(spark):
     result = compare_best(per_user, ["finetune", "joint"], ["popularity", "als_merged"], "NDCG@10", 200, 0, means)
     assert (result["picked_on"], result["transfer"], result["baseline"]) == ("cold", "joint", "als_merged")
     assert result["cold"]["difference"] == pytest.approx(0.05) and result["cold"]["users"] == 3
+    versus = result["versus"]
+    assert set(versus) == {"popularity", "als_merged"}
+    assert versus["popularity"]["cold"]["difference"] == pytest.approx(0.15) and versus["popularity"]["cold"]["significant"]
+    assert versus["als_merged"]["cold"] == result["cold"]

@@ -208,7 +208,8 @@ def _nested(rows: list[Any]) -> dict:
 def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[str], metric: str,
                  samples: int, seed: int, means: dict) -> dict[str, Any]:
     """Paired bootstrap of ``metric`` (full protocol) for the best transfer method vs the best baseline,
-    both picked on cold-start users when the test split has any (the users transfer is for), else on all."""
+    both picked on cold-start users when the test split has any (the users transfer is for), else on all;
+    ``versus`` holds the best transfer method against every baseline (and target_only) the same way."""
     transfer = [m for m in methods if m != "target_only"]
     yardsticks = [m for m in [*baseline_names, *methods] if m not in transfer]
     if not transfer or not yardsticks:
@@ -217,17 +218,21 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
     best = lambda models: max(models, key=lambda m: means[m][picked_on].get(metric, float("-inf")))  # noqa: E731
     best_transfer, best_baseline = best(transfer), best(yardsticks)
     rows = (per_user.where(F.col("metric") == metric)
-            .where(F.col("model").isin(best_transfer, best_baseline))
-            .groupBy("user_idx", "cold").pivot("model", [best_transfer, best_baseline]).agg(F.first("value"))
+            .where(F.col("model").isin(best_transfer, *yardsticks))
+            .groupBy("user_idx", "cold").pivot("model", [best_transfer, *yardsticks]).agg(F.first("value"))
             .toPandas())
-    result: dict[str, Any] = {"metric": metric, "picked_on": picked_on, "transfer": best_transfer,
-                              "baseline": best_baseline}
-    for group, selected in (("warm", ~rows["cold"]), ("cold", rows["cold"]), ("all", rows["cold"] | ~rows["cold"])):
-        paired = rows[selected].dropna()
-        if len(paired):
-            result[group] = paired_bootstrap(paired[best_transfer].to_numpy(), paired[best_baseline].to_numpy(),
-                                             samples, seed)
-    return result
+
+    def against(yardstick: str) -> dict[str, dict[str, float]]:
+        groups = {}
+        for group, selected in (("warm", ~rows["cold"]), ("cold", rows["cold"]), ("all", rows["cold"] | ~rows["cold"])):
+            paired = rows.loc[selected, [best_transfer, yardstick]].dropna()
+            if len(paired):
+                groups[group] = paired_bootstrap(paired[best_transfer].to_numpy(), paired[yardstick].to_numpy(),
+                                                 samples, seed)
+        return groups
+
+    return {"metric": metric, "picked_on": picked_on, "transfer": best_transfer, "baseline": best_baseline,
+            **against(best_baseline), "versus": {yardstick: against(yardstick) for yardstick in yardsticks}}
 
 
 def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:

@@ -79,6 +79,13 @@ def markdown(results: dict[str, Any], headline: str) -> str:
                 b = bootstrap[group]
                 lines.append(f"- {group}: {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}] over "
                              f"{b['users']:,} users{' (significant)' if b['significant'] else ''}")
+        group = bootstrap["picked_on"]
+        lines += ["", f"`{bootstrap['transfer']}` minus each yardstick, {group} users, 95% interval:", ""]
+        for yardstick, groups in bootstrap.get("versus", {}).items():
+            if group in groups:
+                b = groups[group]
+                lines.append(f"- {yardstick}: {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
+                             f"{' (significant)' if b['significant'] else ''}")
         lines.append("")
     rating = results["metrics"].get("rating", {})
     if rating:
