@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdrec.evaluation.benchmark import aggregate, dataset_label, dataset_table, verdict
+from xdrec.evaluation.benchmark import aggregate, bootstrap_lines, dataset_label, dataset_table, verdict
 
 
 def evaluation(ndcg_cold: float, mrr_sampled: float) -> dict:
@@ -31,10 +31,14 @@ def _cold_ndcg(**models: float) -> dict:
     return {"metrics": {"full": {model: {"cold": {"NDCG@10": value}} for model, value in models.items()}}}
 
 
-def test_verdict_names_the_best_transfer_method_against_both_yardsticks():
+def test_verdict_names_the_best_transfer_method_against_every_yardstick():
     beats = aggregate([_cold_ndcg(finetune=0.5, joint=0.6, target_only=0.3, popularity=0.4, emcdr=0.7)])
     assert verdict(beats, 10) == ("Cold-start users, full-ranking NDCG@10: the best transfer method, joint (0.6000), "
-                                  "beats target_only (0.3000) and popularity (0.4000); the best baseline is emcdr (0.7000).")
+                                  "beats target_only (0.3000) and popularity (0.4000) but NOT emcdr (0.7000); "
+                                  "the best baseline is emcdr (0.7000).")
+    above_all = aggregate([_cold_ndcg(joint=0.8, target_only=0.3, popularity=0.4, als_merged=0.5, emcdr=0.7)])
+    assert "joint (0.8000), beats target_only (0.3000), popularity (0.4000), als_merged (0.5000) and emcdr (0.7000);" \
+        in verdict(above_all, 10)
     between = aggregate([_cold_ndcg(finetune=0.35, target_only=0.3, popularity=0.4)])
     assert "finetune (0.3500), beats target_only (0.3000) but NOT popularity (0.4000)" in verdict(between, 10)
     loses = aggregate([_cold_ndcg(finetune=0.25, target_only=0.3, popularity=0.4)])
@@ -45,3 +49,12 @@ def test_verdict_names_the_best_transfer_method_against_both_yardsticks():
                                          ("/data/configs/mine.yml", "mine")])
 def test_a_config_given_by_path_gets_the_label_of_one_given_by_name(name, label):
     assert dataset_label(name) == label
+
+
+def test_bootstrap_lines_give_each_seeds_interval_against_the_yardsticks():
+    interval = {"difference": 0.02, "low": 0.01, "high": 0.03}
+    bootstrap = {"metric": "NDCG@10", "picked_on": "cold", "transfer": "joint",
+                 "versus": {"als_merged": {"cold": interval}, "emcdr": {"cold": interval}, "other": {"cold": interval}}}
+    lines = bootstrap_lines([bootstrap, {}], [1, 2])
+    assert lines == ["- seed 1, `joint` minus, NDCG@10 cold users (paired bootstrap, 95%): "
+                     "als_merged +0.0200 [+0.0100, +0.0300]; emcdr +0.0200 [+0.0100, +0.0300]", ""]

@@ -78,9 +78,18 @@ def dataset_table(name: str, summary: dict, ks: list[int]) -> list[str]:
     return [*lines, "", verdict(summary, k), ""]
 
 
+# What the best transfer method must beat on cold-start users: the target domain alone, the most popular
+# items, and Spark ALS on both domains merged and EMCDR over it (issue 10's bar).
+YARDSTICKS = ("target_only", "popularity", "als_merged", "emcdr")
+
+
+def _listing(texts: list[str], word: str) -> str:
+    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} {word} {texts[-1]}"
+
+
 def verdict(summary: dict, k: int) -> str:
-    """Whether the best transfer method beats target_only and popularity on cold-start users (full-ranking
-    NDCG@k, mean over seeds), and where it stands against the best baseline."""
+    """Whether the best transfer method beats each of :data:`YARDSTICKS` that ran on cold-start users
+    (full-ranking NDCG@k, mean over seeds), and where it stands against the best baseline."""
     full, metric = summary["full"], f"NDCG@{k}"
 
     def cold(model: str) -> float:
@@ -91,20 +100,36 @@ def verdict(summary: dict, k: int) -> str:
     if not transfer:
         return "No transfer method was trained."
     best = max(transfer, key=cold)
-    yardsticks = [f"{model} ({cold(model):.4f})" for model in ("target_only", "popularity") if model in full]
-    beaten = [text for model, text in zip(("target_only", "popularity"), yardsticks) if cold(best) > cold(model)]
-    not_beaten = [text for text in yardsticks if text not in beaten]
+    yardsticks = {model: f"{model} ({cold(model):.4f})" for model in YARDSTICKS if model in full}
+    beaten = [text for model, text in yardsticks.items() if cold(best) > cold(model)]
+    not_beaten = [text for model, text in yardsticks.items() if not cold(best) > cold(model)]
     if not not_beaten:
-        standing = f"beats {' and '.join(beaten)}"
+        standing = f"beats {_listing(beaten, 'and')}"
     elif not beaten:
-        standing = f"does NOT beat {' or '.join(not_beaten)}"
+        standing = f"does NOT beat {_listing(not_beaten, 'or')}"
     else:
-        standing = f"beats {' and '.join(beaten)} but NOT {' or '.join(not_beaten)}"
+        standing = f"beats {_listing(beaten, 'and')} but NOT {_listing(not_beaten, 'or')}"
     line = f"Cold-start users, full-ranking {metric}: the best transfer method, {best} ({cold(best):.4f}), {standing}"
     if baselines:
         best_baseline = max(baselines, key=cold)
         line += f"; the best baseline is {best_baseline} ({cold(best_baseline):.4f})"
     return line + "."
+
+
+def bootstrap_lines(per_seed: list[dict], seeds: list[int]) -> list[str]:
+    """Markdown lines: per seed, the paired bootstrap 95% interval of the best transfer method minus each
+    of :data:`YARDSTICKS` (full ranking, the users it was picked on)."""
+    lines = []
+    for seed, bootstrap in zip(seeds, per_seed):
+        versus = bootstrap.get("versus", {})
+        group = bootstrap.get("picked_on")
+        cells = [f"{yardstick} {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
+                 for yardstick in YARDSTICKS if group in versus.get(yardstick, {})
+                 for b in [versus[yardstick][group]]]
+        if cells:
+            lines.append(f"- seed {seed}, `{bootstrap['transfer']}` minus, {bootstrap['metric']} {group} users "
+                         f"(paired bootstrap, 95%): " + "; ".join(cells))
+    return [*lines, ""] if lines else []
 
 
 def plot(datasets: dict[str, dict], path: str) -> None:
@@ -156,7 +181,8 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
         datasets[label] = {
             "dataset": base.data.name, "source_domain": base.data.source_domain,
             "target_domain": base.data.target_domain, "seeds": seeds, "ks": per_seed[0]["ks"],
-            "summary": aggregate(per_seed), "seconds": round(time.perf_counter() - started, 1),
+            "summary": aggregate(per_seed), "bootstrap": [results.get("bootstrap") or {} for results in per_seed],
+            "seconds": round(time.perf_counter() - started, 1),
             "training_seconds": round(training_seconds, 1), "reused_models": reused,
             "config": base.to_dict(), "inputs": per_seed[0]["inputs"],
         }
@@ -187,6 +213,7 @@ def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
                      f"input versions {entry['inputs']}:")
         lines.append("")
         lines += dataset_table(name, entry["summary"], entry["ks"])
+        lines += bootstrap_lines(entry.get("bootstrap", []), entry["seeds"])
     summary = "\n".join(lines)
     with open(os.path.join(out, "summary.md"), "w") as handle:
         handle.write(summary)
