@@ -281,3 +281,24 @@ def test_broken_json_lines_are_malformed(spark, tmp_path, make_config):
                   key=lambda row: row.reason is None)
     assert [(row.item_id, row.reason) for row in rows] == [(None, "malformed"), ("7", None)]
     assert rows[0].record == '{"user_id": "u2", "item_id"'
+
+
+def test_a_misspelt_optional_column_is_an_error_naming_both(spark, tmp_path):
+    path = str(tmp_path / "interactions.csv")
+    _write(path, "user_id,item_id,ratng\nu1,b1,5\n")
+    with pytest.raises(XdrecError, match=r"interactions.csv: column 'ratng' looks like a misspelling of the "
+                                         r"optional column 'rating'"):
+        read_sources(spark, list_sources(spark, path, "csv"), "csv", contract.INTERACTIONS, path)
+
+
+def test_an_empty_file_in_a_folder_is_skipped_with_a_warning(spark, tmp_path, capsys):
+    folder = tmp_path / "interactions"
+    _write(str(folder / "part-1.csv"), "user_id,item_id\nu1,b1\n")
+    _write(str(folder / "part-2.csv"), "")
+    sources = list_sources(spark, str(folder), "csv")
+    assert [os.path.basename(source.path) for source in sources] == ["part-1.csv"]
+    assert "skipping the empty file" in capsys.readouterr().out
+    assert read_sources(spark, sources, "csv", contract.INTERACTIONS, str(folder)).count() == 1
+    _write(str(folder / "part-1.csv"), "")
+    with pytest.raises(XdrecError, match="every input file is empty"):
+        list_sources(spark, str(folder), "csv")

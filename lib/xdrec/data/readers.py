@@ -79,7 +79,12 @@ def list_sources(spark: SparkSession, location: str, file_format: str) -> list[S
     sources = _hadoop_files(spark, location)
     if not sources:
         raise XdrecError(f"input file not found: {location}")
-    return sources
+    empty = [source.path for source in sources if source.size == 0]
+    for path in empty:  # nothing to read, and no header to check: a delivery still being written, say
+        print(f"[ingest] warning: skipping the empty file {path}", flush=True)
+    if len(empty) == len(sources):
+        raise XdrecError(f"{location}: every input file is empty ({', '.join(empty)})")
+    return [source for source in sources if source.size > 0]
 
 
 def _read_raw(spark: SparkSession, sources: list[Source], file_format: str, header: bool) -> tuple[DataFrame, bool]:
@@ -108,6 +113,17 @@ def _read_raw(spark: SparkSession, sources: list[Source], file_format: str, head
     return (reader.json(paths) if file_format == "json" else reader.csv(paths)), True
 
 
+def edit_distance(first: str, second: str) -> int:
+    """Levenshtein distance: the fewest single-character insertions, deletions and substitutions."""
+    previous = list(range(len(second) + 1))
+    for row, left in enumerate(first, 1):
+        current = [row]
+        for column, right in enumerate(second, 1):
+            current.append(min(previous[column] + 1, current[column - 1] + 1, previous[column - 1] + (left != right)))
+        previous = current
+    return previous[-1]
+
+
 def _as_string(frame: DataFrame, name: str) -> Column:
     """A column as a string; nested values as JSON."""
     data_type = frame.schema[name].dataType
@@ -132,9 +148,15 @@ def read_sources(spark: SparkSession, sources: list[Source], file_format: str, k
     if missing:
         raise XdrecError(f"{location}: missing column(s) {', '.join(missing)} "
                          f"(required: {', '.join(required)}; found: {', '.join(input_columns)})")
+    others = [name for name in input_columns if name not in renamed.values()]
+    for name in others:  # a misspelt optional column would silently read as all nulls
+        absent = [wanted for wanted in renamed.values() if wanted not in input_columns]
+        close = [wanted for wanted in absent if edit_distance(name.lower(), wanted.lower()) <= 2]
+        if close:
+            raise XdrecError(f"{location}: column {name!r} looks like a misspelling of the optional column "
+                             f"{close[0]!r}; rename it, or map it with the input's columns setting")
     contract_columns = [(F.col(f"`{renamed[name]}`").cast("string") if renamed[name] in input_columns
                          else F.lit(None).cast("string")).alias(name) for name in contract.all_columns(kind)]
-    others = [name for name in input_columns if name not in renamed.values()]
     attributes = (F.map_from_arrays(F.array(*[F.lit(name) for name in others]),
                                     F.array(*[_as_string(frame, name) for name in others])) if others
                   else F.create_map().cast("map<string,string>"))
