@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
@@ -73,6 +74,8 @@ class TrainSpec:
     # the last validated phase, and the epochs validated before it may stop the run (0: never).
     prune_below: list[float] = field(default_factory=list)
     prune_after: int = 0
+    # A tune trial's deadline (time.time()): its last validated phase stops after the epoch that passes it.
+    deadline: float = 0.0
 
     def rank_batch_size(self, size: int) -> int:
         batch_size = self.train.batch_size
@@ -256,8 +259,8 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
         device=device,
         seed=spec.train.seed,
         log=lambda message: print(f"[train] {message}", flush=True),
-        prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after))
-        if spec.prune_after and spec.prune_below else None,
+        prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
+               or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
     )
     return model, history
 

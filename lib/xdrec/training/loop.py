@@ -274,9 +274,11 @@ def train(
                 if prune is not None and phase_number == last_validated and not stop:
                     figures = [item.validation[selecting] for item in history
                                if item.phase == phase.name and item.validation]
-                    stop = prune(figures)
+                    # Any rank's yes stops them all: a rule that reads the clock may differ between ranks.
+                    stop = collective.average(float(prune(figures)), f"{phase.name}.{epoch}.prune") > 0
                     if stop and collective.rank == 0:
-                        log(f"{phase.name}: pruned after epoch {epoch + 1}, below the earlier trials' median")
+                        log(f"{phase.name}: stopped after epoch {epoch + 1} by the trial's rule (below the "
+                            "earlier trials' median, or past the tune budget)")
             last = stop or epoch + 1 == phase.epochs
             if collective.rank == 0:
                 figures = "".join(f", {name} {figure:.4f}" for name, figure in (validation or {}).items()

@@ -11,7 +11,8 @@ of ``tune.minutes``:
 
 Each search tries the config's own settings first, so its choice never validates worse than them. A
 training trial is pruned (stopped, and marked so in Optuna) once it has validated more than
-``tune.prune_after_epochs`` epochs and its best figure is below the finished trials' median at that epoch.
+``tune.prune_after_epochs`` epochs and its best figure is below the finished trials' median at that epoch;
+a trial still running when the budget is spent stops after its epoch and counts with its best so far.
 Every trial is scored like model selection scores models: ``train.validation_metric`` @
 ``train.validation_k`` on ``train.validation_group`` of the validation users. The best settings are
 written to ``<warehouse>/tuning/best.json`` with every trial; :func:`tuned` lays them over the config of
@@ -164,6 +165,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
 
     files = config.train.num_proc * 4
     curves: list[list[float]] = []  # the finished trials' figures per epoch of the last validated phase
+    deadline = time.time() + seconds  # a trial running past it stops after its epoch and keeps its best
 
     def objective(trial) -> float:
         started = time.perf_counter()
@@ -177,6 +179,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
                                       f"{method}-{trial.number}-{time.time_ns()}")
         spec = train_spec(trial_config, method, inputs, data, checkpoint_dir)
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
+        spec.deadline = deadline
         try:
             history = (distributed.launch(spec, train.num_proc, train.start_timeout) if train.launcher == "horovod"
                        else distributed.run_local(spec))
