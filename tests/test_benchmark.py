@@ -25,6 +25,8 @@ def test_dataset_table_labels_protocols_and_shows_mean_and_std():
     assert lines[0] == "### demo"
     assert "full NDCG@10 cold" in lines[2] and "sampled MRR cold" in lines[2]
     assert "0.3000 ± 0.1000" in lines[4] and "0.2000 ± 0.1000" in lines[4]
+    with_coverage = dataset_table("demo", aggregate([evaluation(0.2, 0.1)]), [10], {"m": 0.25})
+    assert with_coverage[2].endswith("| coverage |") and with_coverage[4].endswith("| 0.250 |")
 
 
 def _cold_ndcg(**models: float) -> dict:

@@ -60,13 +60,15 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict:
             for protocol, models in collected.items()}
 
 
-def dataset_table(name: str, summary: dict, ks: list[int]) -> list[str]:
-    """Markdown rows: per model, full-ranking NDCG@10/HR@10 warm and cold, sampled cold MRR/NDCG@10/HR@10."""
+def dataset_table(name: str, summary: dict, ks: list[int], coverage: dict[str, float] | None = None) -> list[str]:
+    """Markdown rows: per model, full-ranking NDCG@10/HR@10 warm and cold, sampled cold MRR/NDCG@10/HR@10,
+    and the catalogue coverage of its top-K lists (mean over seeds) when given."""
     k = 10 if 10 in ks else ks[-1]
     columns = [("full", group, f"{metric}@{k}") for metric in ("NDCG", "HR")
                for group in USER_GROUPS if group != "all"]
     columns += [("sampled", "cold", metric) for metric in ("MRR", f"NDCG@{k}", f"HR@{k}")]
     header = ["model"] + [f"{protocol} {metric} {group}" for protocol, group, metric in columns]
+    header += ["coverage"] if coverage else []
     lines = [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     full = summary["full"]
     for model in sorted(full, key=lambda m: -full[m].get("cold", {}).get(f"NDCG@{k}", {}).get("mean", 0.0)):
@@ -74,6 +76,8 @@ def dataset_table(name: str, summary: dict, ks: list[int]) -> list[str]:
         for protocol, group, metric in columns:
             figure = summary.get(protocol, {}).get(model, {}).get(group, {}).get(metric)
             cells.append("" if figure is None else f"{figure['mean']:.4f} ± {figure['std']:.4f}")
+        if coverage:
+            cells.append(f"{coverage[model]:.3f}" if model in coverage else "")
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, "", verdict(summary, k), ""]
 
@@ -182,6 +186,9 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
             "dataset": base.data.name, "source_domain": base.data.source_domain,
             "target_domain": base.data.target_domain, "seeds": seeds, "ks": per_seed[0]["ks"],
             "summary": aggregate(per_seed), "bootstrap": [results.get("bootstrap") or {} for results in per_seed],
+            "coverage": {model: float(np.mean([results["coverage"][model] for results in per_seed]))
+                         for model in per_seed[0].get("coverage", {})
+                         if all(model in results.get("coverage", {}) for results in per_seed)},
             "seconds": round(time.perf_counter() - started, 1),
             "training_seconds": round(training_seconds, 1), "reused_models": reused,
             "config": base.to_dict(), "inputs": per_seed[0]["inputs"],
@@ -212,7 +219,7 @@ def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
                      f"{', '.join(map(str, entry['seeds']))}, {timing}, "
                      f"input versions {entry['inputs']}:")
         lines.append("")
-        lines += dataset_table(name, entry["summary"], entry["ks"])
+        lines += dataset_table(name, entry["summary"], entry["ks"], entry.get("coverage"))
         lines += bootstrap_lines(entry.get("bootstrap", []), entry["seeds"])
     summary = "\n".join(lines)
     with open(os.path.join(out, "summary.md"), "w") as handle:
