@@ -94,7 +94,7 @@ def guarded(body: Callable[[], None]) -> int:
         body()
         return 0
     except KeyboardInterrupt:
-        print("xdrec: interrupted", file=sys.stderr)
+        sys.stderr.write("xdrec: interrupted\n")
         return 130
     except Exception as error:  # noqa: BLE001 - the one place that turns failures into an exit code
         from pyspark.errors import PySparkException
@@ -102,12 +102,12 @@ def guarded(body: Callable[[], None]) -> int:
         if os.environ.get("XDREC_DEBUG") == "1":
             traceback.print_exc()
         if isinstance(error, XdrecError):  # the user's to fix, and the line says what
-            print(f"xdrec: error: {error}", file=sys.stderr)
+            sys.stderr.write(f"xdrec: error: {error}\n")
             return 2
         trace = write_trace(error)
         where = f" (full trace: {trace})" if trace else ""
         kind = "Spark error" if isinstance(error, PySparkException) or hasattr(error, "java_exception") else "failed"
-        print(f"xdrec: {kind}: {root_cause(error)}{where}", file=sys.stderr)
+        sys.stderr.write(f"xdrec: {kind}: {root_cause(error)}{where}\n")
         return 1
 
 

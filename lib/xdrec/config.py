@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import os
 import re
+import sys
 import types
 import typing
 from datetime import date
@@ -678,4 +679,4 @@ def reference_markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(reference_markdown(), end="")
+    sys.stdout.write(reference_markdown())

@@ -7,6 +7,9 @@ import time
 from pyspark.sql import SparkSession
 
 from xdrec.config import Config
+from xdrec.logs import get_logger
+
+log = get_logger("pipeline")
 
 # Stage name -> "module:function(spark, config) -> dict", in pipeline order. Modules are imported only
 # when their stage runs, so a stage loads just what it uses (torch, horovod, the text encoder, ...).
@@ -33,9 +36,9 @@ def run_stage(spark: SparkSession, config: Config, stage: str) -> dict:
 
         config = tuned(config)
     started = time.perf_counter()
-    print(f"== {stage} ==", flush=True)
+    log.info(f"== {stage} ==")
     result = function(spark, config)
-    print(f"== {stage} done in {time.perf_counter() - started:.1f}s ==", flush=True)
+    log.info(f"== {stage} done in {time.perf_counter() - started:.1f}s ==")
     return result
 
 
@@ -44,6 +47,6 @@ def run_pipeline(spark: SparkSession, config: Config) -> dict:
     started = time.perf_counter()
     results = {stage: run_stage(spark, config, stage) for stage in STAGES}
     served = results["train"]["selected"]
-    print(f"pipeline finished in {time.perf_counter() - started:.0f}s; serving {served['method']} "
-          f"({served['model_version']}), {served['reason']}", flush=True)
+    log.info(f"pipeline finished in {time.perf_counter() - started:.0f}s; serving {served['method']} "
+             f"({served['model_version']}), {served['reason']}")
     return results

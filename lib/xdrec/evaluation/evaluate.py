@@ -35,9 +35,12 @@ from xdrec.data import lineage, tables
 from xdrec.data.contract import USER_GROUPS
 from xdrec.errors import XdrecError
 from xdrec.evaluation import baselines, report
+from xdrec.logs import get_logger
 from xdrec.modeling.metrics import metric_names, sampled_line_metrics, user_metrics
 from xdrec.modeling.ranking import full_ranks, sampled_ranks
 from xdrec.training import artifact as artifacts, factors, selection
+
+log = get_logger("evaluate")
 
 FULL, SAMPLED, RATING = "full", "sampled", "rating"
 
@@ -190,7 +193,7 @@ def fit_baselines(config: Config, indexed: DataFrame, num_users: int, num_items:
         model = factors.fit_factor_model(name, train, config.data.source_domain, config.data.target_domain,
                                          num_users, num_items, config.als)
         paths[name] = baselines.save_scorer(os.path.join(os.path.abspath(config.warehouse), "baselines", name), model)
-        print(f"[evaluate] baseline {name} fitted in {time.perf_counter() - started:.1f}s", flush=True)
+        log.info(f"baseline {name} fitted in {time.perf_counter() - started:.1f}s")
     return paths
 
 
@@ -280,8 +283,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         means = means.unionByName(errors)
     metrics_version = tables.overwrite(means, config.warehouse, tables.METRICS)
     summary = _nested(tables.read(spark, config.warehouse, tables.METRICS).collect())
-    print(f"[evaluate] {len(scorers)} models x 2 protocols ranked in {time.perf_counter() - started:.1f}s",
-          flush=True)
+    log.info(f"{len(scorers)} models x 2 protocols ranked in {time.perf_counter() - started:.1f}s")
 
     headline = f"NDCG@{10 if 10 in ks else ks[-1]}"
     results = {
@@ -306,10 +308,10 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     lineage.record_run(spark, config.warehouse, "evaluate", run_id, run_started, versions, results["written"],
                        summary={"models": sorted(scorers)})
     folder = report.write(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), results, headline)
-    print(report.summary_table(results, headline))
+    log.info("test figures:\n" + report.summary_table(results, headline))
     for model, groups in summary["values"].get(RATING, {}).items():
-        print(f"[evaluate] rating error of {model} on {summary['counts'][RATING][model]['all']:,} rated test pairs: "
-              + ", ".join(f"{group} MAE {groups[group]['MAE']:.4f} RMSE {groups[group]['RMSE']:.4f}"
-                          for group in USER_GROUPS if group in groups))
-    print(f"[evaluate] report in {folder}")
+        log.info(f"rating error of {model} on {summary['counts'][RATING][model]['all']:,} rated test pairs: "
+                 + ", ".join(f"{group} MAE {groups[group]['MAE']:.4f} RMSE {groups[group]['RMSE']:.4f}"
+                             for group in USER_GROUPS if group in groups))
+    log.info(f"report in {folder}")
     return results

@@ -31,8 +31,11 @@ from pyspark.sql import functions as F
 from xdrec.config import Config, ScoreConfig
 from xdrec.data import lineage, tables
 from xdrec.errors import XdrecError
+from xdrec.logs import get_logger
 from xdrec.serving.topk import TopKScorer, resolve_device
 from xdrec.training import artifact as artifacts, selection
+
+log = get_logger("score")
 
 # How a user's recommendations were made: by the model for a user with target-domain training history,
 # by the model for a cold-start user (only other domains' history: the method's bridge carries it
@@ -240,7 +243,7 @@ def _read_last_run(spark: SparkSession, config: Config, method: str, model_versi
     warehouse, target, settings = config.warehouse, config.data.target_domain, config.score
 
     def score_everyone(reason: str) -> None:
-        print(f"[score] {method}: incremental mode, but {reason}: scoring every user", flush=True)
+        log.info(f"{method}: incremental mode, but {reason}: scoring every user")
 
     if not tables.exists(spark, warehouse, tables.SCORE_RUNS):
         return score_everyone("no score run is recorded yet")
@@ -303,9 +306,9 @@ def _score_method(spark: SparkSession, config: Config, method: str, run_date: da
             raise XdrecError(f"no user of {tables.USER_INDEX} has rows in {tables.INDEXED_INTERACTIONS}: "
                              "nothing to score")
         if last_run is not None:
-            print(f"[score] {method}: {counts['scored']:,} of {counts['known']:,} known users changed since the run "
-                  f"of {last.run_date} (indexed_interactions v{last.input_versions[tables.INDEXED_INTERACTIONS]} -> "
-                  f"v{input_versions[tables.INDEXED_INTERACTIONS]}); the others keep their rows", flush=True)
+            log.info(f"{method}: {counts['scored']:,} of {counts['known']:,} known users changed since the run "
+                     f"of {last.run_date} (indexed_interactions v{last.input_versions[tables.INDEXED_INTERACTIONS]} -> "
+                     f"v{input_versions[tables.INDEXED_INTERACTIONS]}); the others keep their rows")
         # Only the parts that have users: an empty part would still cost Spark jobs.
         parts = []
         if counts["scored"]:
@@ -340,11 +343,11 @@ def _score_method(spark: SparkSession, config: Config, method: str, run_date: da
                   trained_on_versions=artifact.meta.get("inputs", {}).get("versions", {}),
                   recommendations_version=table_version, finished_at=datetime.now(timezone.utc))
     tables.append(spark.createDataFrame([record], SCORE_RUNS_SCHEMA), warehouse, tables.SCORE_RUNS)
-    print(f"[score] {method} ({artifact.model_version}) {run_date} {summary['mode']}: {counts['users']:,} users "
-          f"({counts['scored']:,} scored by the model, {counts['cold_start']:,} of them cold-start; "
-          f"{counts['fallback']:,} unknown to the model got popularity; {counts['copied']:,} kept) -> "
-          f"{written:,} rows in {seconds:.1f}s ({summary['users_per_second']:,.0f} users/s), "
-          f"recommendations v{table_version}", flush=True)
+    log.info(f"{method} ({artifact.model_version}) {run_date} {summary['mode']}: {counts['users']:,} users "
+             f"({counts['scored']:,} scored by the model, {counts['cold_start']:,} of them cold-start; "
+             f"{counts['fallback']:,} unknown to the model got popularity; {counts['copied']:,} kept) -> "
+             f"{written:,} rows in {seconds:.1f}s ({summary['users_per_second']:,.0f} users/s), "
+             f"recommendations v{table_version}")
     return summary
 
 
@@ -383,8 +386,8 @@ def run_score(spark: SparkSession, config: Config, methods: list[str] | None = N
                          .select("user_idx", "item_idx")),
         "item_index": tables.read(spark, warehouse, tables.ITEM_INDEX, input_versions[tables.ITEM_INDEX]),
     }
-    print(f"[score] run_date {run_date}, mode {config.score.mode}, inputs "
-          + ", ".join(f"{name} v{version}" for name, version in input_versions.items()), flush=True)
+    log.info(f"run_date {run_date}, mode {config.score.mode}, inputs "
+             + ", ".join(f"{name} v{version}" for name, version in input_versions.items()))
     started, run_id = time.time(), lineage.new_run_id()
     try:
         scored = {method: _score_method(spark, config, method, run_date, inputs, input_versions)

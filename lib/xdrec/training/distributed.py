@@ -22,9 +22,12 @@ from torch import nn
 
 from xdrec.config import TrainConfig
 from xdrec.files import atomic_path
+from xdrec.logs import get_logger
 from xdrec.modeling.methods import Batch, Phase
 from xdrec.training.loop import Collective
 from xdrec.training.validation import ValidationSet
+
+log = get_logger("train")
 
 FINAL_WEIGHTS = "final.pt"
 
@@ -258,7 +261,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
         checkpoint_dir=spec.checkpoint_dir,
         device=device,
         seed=spec.train.seed,
-        log=lambda message: print(f"[train] {message}", flush=True),
+        log=lambda message: log.info(f"rank {collective.rank}: {message}"),
         prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
                or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
     )

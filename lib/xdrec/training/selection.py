@@ -16,9 +16,12 @@ from typing import Any
 from xdrec.config import TrainConfig
 from xdrec.errors import XdrecError
 from xdrec.files import atomic_path
+from xdrec.logs import get_logger
 from xdrec.training import artifact
 from xdrec.training.loop import Collective, selecting_key
 from xdrec.training.validation import ValidationSet, ranking_figures
+
+log = get_logger("train")
 
 SELECTED = "SELECTED"
 
@@ -50,7 +53,7 @@ def select_model(warehouse: str, train: TrainConfig, candidates: dict[str, str],
                         + ", ".join(f"{method} {value:.4f}" for method, value in ranked))
     with atomic_path(selection_path(warehouse)) as temporary, open(temporary, "w") as handle:
         json.dump(record, handle, indent=2)
-    print(f"[train] serving {winner}: {record['reason']}", flush=True)
+    log.info(f"serving {winner}: {record['reason']}")
     return record
 
 

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from xdrec.config import Config
+from xdrec.logs import get_logger
+
+log = get_logger("train")
 
 
 def tracking_uri(config: Config) -> str:
@@ -58,7 +61,7 @@ def run(config: Config, method: str, model_version: str) -> Iterator[str | None]
                            **_flat("als", config.to_dict()["als"]),
                            **_flat("features", config.to_dict()["features"])})
         yield active.info.run_id
-    print(f"[train] {method}: MLflow run {active.info.run_id} in {uri}", flush=True)
+    log.info(f"{method}: MLflow run {active.info.run_id} in {uri}")
 
 
 def log_training(run_id: str | None, config: Config, meta: dict[str, Any], artifact_path: str) -> None:

@@ -27,10 +27,13 @@ import xdrec
 from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
 from xdrec.files import atomic_path
+from xdrec.logs import get_logger
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.modeling.model import TwoTower
 from xdrec.training import artifact, distributed, factors, selection, tracking
 from xdrec.training.validation import ValidationSet
+
+log = get_logger("train")
 
 INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
 # Train keys that change how a run is watched or launched, not the model it makes.
@@ -181,18 +184,18 @@ def read_item_text(spark: SparkSession, config: Config, num_items: int,
     if config.train.item_text == "off":
         return None
     if not tables.exists(spark, config.warehouse, tables.ITEM_EMBEDDINGS):
-        print(f"[train] no {tables.ITEM_EMBEDDINGS} table: items are represented by their ids only", flush=True)
+        log.info(f"no {tables.ITEM_EMBEDDINGS} table: items are represented by their ids only")
         return None
     versions[tables.ITEM_EMBEDDINGS] = tables.version(spark, config.warehouse, tables.ITEM_EMBEDDINGS)
     rows = (tables.read(spark, config.warehouse, tables.ITEM_EMBEDDINGS, versions[tables.ITEM_EMBEDDINGS])
             .where((F.col("item_idx") < num_items) & (F.size("embedding") > 0))
             .select("item_idx", "embedding").toPandas())
     if rows.empty:
-        print(f"[train] {tables.ITEM_EMBEDDINGS} has no embedding of an indexed item: ids only", flush=True)
+        log.info(f"{tables.ITEM_EMBEDDINGS} has no embedding of an indexed item: ids only")
         return None
     matrix, has_text = item_text_matrix(rows, num_items)
-    print(f"[train] item text: {int(has_text.sum()):,} of {num_items:,} items have a "
-          f"{matrix.shape[1]}-dimensional text embedding", flush=True)
+    log.info(f"item text: {int(has_text.sum()):,} of {num_items:,} items have a "
+             f"{matrix.shape[1]}-dimensional text embedding")
     return matrix, has_text
 
 
@@ -211,8 +214,8 @@ def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> Tr
     interactions = read(tables.INDEXED_INTERACTIONS)
     candidates = item_index.loc[item_index["domain"] == data.target_domain, "item_idx"].to_numpy(np.int64)
     validation = validation_set(interactions, data.target_domain, candidates, train.validation_max_users, train.seed)
-    print(f"[train] validation: {len(validation):,} {data.target_domain} users "
-          f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items", flush=True)
+    log.info(f"validation: {len(validation):,} {data.target_domain} users "
+             f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items")
     histories = distributed.ModelData()
     if with_histories:
         train_rows = (interactions.where((F.col("split") == "train")
@@ -253,7 +256,7 @@ def reused_artifact(config: Config, method: str, version: str) -> dict | None:
     path = os.path.join(artifact.models_dir(config.warehouse, method), version)
     if not os.path.isfile(os.path.join(path, "artifact.json")):
         return None
-    print(f"[train] {method}: model {version} already trained on these inputs, reusing it")
+    log.info(f"{method}: model {version} already trained on these inputs, reusing it")
     artifact.mark_latest(path)
     with open(os.path.join(path, "artifact.json")) as handle:
         return {**json.load(handle), "reused": True}
@@ -295,9 +298,9 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
     spec = train_spec(config, method, inputs, data, checkpoint_dir)
     processes = (f"{config.train.num_proc} Horovod processes" if config.train.launcher == "horovod"
                  else "1 local process")
-    print(f"[train] {method}: model {version}, {processes}, phases "
-          + ", ".join(f"{phase.name} ({'+'.join(phase.domains)}, {phase.epochs} epochs)" for phase in phases)
-          + "; examples " + ", ".join(f"{domain} {data[domain].rows:,}" for domain in domains), flush=True)
+    log.info(f"{method}: model {version}, {processes}, phases "
+             + ", ".join(f"{phase.name} ({'+'.join(phase.domains)}, {phase.epochs} epochs)" for phase in phases)
+             + "; examples " + ", ".join(f"{domain} {data[domain].rows:,}" for domain in domains))
     with tracking.run(config, method, version) as run_id:
         started = time.perf_counter()
         if config.train.launcher == "horovod":
@@ -311,7 +314,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
         meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)
-    print(f"[train] {method}: saved {path} ({seconds:.0f}s)", flush=True)
+    log.info(f"{method}: saved {path} ({seconds:.0f}s)")
     return meta
 
 
@@ -338,7 +341,7 @@ def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_ro
         meta = artifact_meta(config, name, version, inputs, [], seconds, run_id)
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)
-    print(f"[train] {name}: fitted and saved {path} ({seconds:.0f}s)", flush=True)
+    log.info(f"{name}: fitted and saved {path} ({seconds:.0f}s)")
     return meta
 
 

@@ -35,12 +35,15 @@ from xdrec.config import Config
 from xdrec.data import tables
 from xdrec.errors import XdrecError
 from xdrec.files import atomic_path
+from xdrec.logs import get_logger
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, below_median, selecting_key
 from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_examples,
                                   train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
+
+log = get_logger("tune")
 
 TUNING_FILE = "best.json"
 # Search spaces, wide enough for catalogues of a few hundred to a few hundred thousand items: a tuple of
@@ -134,7 +137,7 @@ def run_search(study, objective, family: str, trials: int, seconds: float, first
 def _trial_log(family: str, number: int, params: dict[str, Any], value: float, seconds: float) -> None:
     settings = ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
                          for key, value in params.items())
-    print(f"[tune] {family} trial {number + 1}: {settings} -> {value:.4f} ({seconds:.0f}s)", flush=True)
+    log.info(f"{family} trial {number + 1}: {settings} -> {value:.4f} ({seconds:.0f}s)")
 
 
 def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seconds: float) -> Any:
@@ -217,7 +220,7 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
     """Search the ALS and training settings on the validation split and record the best in
     ``<warehouse>/tuning/best.json``; returns that record ({} when ``tune.enabled`` is false)."""
     if not config.tune.enabled:
-        print("[tune] tune.enabled is false: the config's settings are used as they are", flush=True)
+        log.info("tune.enabled is false: the config's settings are used as they are")
         return {}
     versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
     method = tuned_method(config)
@@ -231,8 +234,8 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
         with open(path) as handle:
             previous = json.load(handle)
         if previous.get("search") == search_key:
-            print(f"[tune] search {search_key} already ran on these inputs, reusing its choice: als "
-                  f"{previous['als']}, train {previous['train']}", flush=True)
+            log.info(f"search {search_key} already ran on these inputs, reusing its choice: als "
+                     f"{previous['als']}, train {previous['train']}")
             return previous
     started = time.perf_counter()
     budget = config.tune.minutes * 60
@@ -252,6 +255,6 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
     record["seconds"] = round(time.perf_counter() - started, 1)
     with atomic_path(path) as temporary, open(temporary, "w") as handle:
         json.dump(record, handle, indent=2)
-    print(f"[tune] chosen in {record['seconds']:.0f}s on {record['selected_on']}: als {record['als']}, "
-          f"train {record['train']} -> {path}", flush=True)
+    log.info(f"chosen in {record['seconds']:.0f}s on {record['selected_on']}: als {record['als']}, "
+             f"train {record['train']} -> {path}")
     return record
