@@ -302,3 +302,12 @@ def test_an_empty_file_in_a_folder_is_skipped_with_a_warning(spark, tmp_path, ca
     _write(str(folder / "part-1.csv"), "")
     with pytest.raises(XdrecError, match="every input file is empty"):
         list_sources(spark, str(folder), "csv")
+
+
+def test_a_file_whose_header_differs_from_its_siblings_is_rejected_by_name(spark, tmp_path):
+    folder = tmp_path / "interactions"
+    _write(str(folder / "part-1.csv"), "user_id,item_id,rating\nu1,b1,5\n")
+    _write(str(folder / "part-2.csv"), "item_id,user_id,rating\nb2,u2,4\n")  # two columns swapped
+    with pytest.raises(XdrecError, match=r"part-2.csv: header item_id,user_id,rating differs from "
+                                         r"user_id,item_id,rating of .*part-1.csv"):
+        read_sources(spark, list_sources(spark, str(folder), "csv"), "csv", contract.INTERACTIONS, str(folder))

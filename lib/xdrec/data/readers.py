@@ -9,6 +9,7 @@ rejected row can be traced back to where it came from.
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -105,9 +106,11 @@ def _read_raw(spark: SparkSession, sources: list[Source], file_format: str, head
         reader = spark.read
     else:
         # escape='"' reads quotes doubled inside quoted fields (RFC 4180), as pandas and Excel write them.
-        reader = (spark.read.option("header", header).option("escape", '"')
-                  .option("sep", "\t" if file_format == "tsv" else ","))
+        separator = "\t" if file_format == "tsv" else ","
+        reader = spark.read.option("header", header).option("escape", '"').option("sep", separator)
         names = reader.csv(paths).columns  # from the first line only
+        if header and len(paths) > 1:
+            _check_headers(spark, paths, separator)
         # Check every file's header against these names rather than trusting the column order.
         reader = reader.option("enforceSchema", False)
     schema = T.StructType([T.StructField(name, T.StringType()) for name in names]
@@ -125,6 +128,33 @@ def edit_distance(first: str, second: str) -> int:
             current.append(min(previous[column] + 1, current[column - 1] + 1, previous[column - 1] + (left != right)))
         previous = current
     return previous[-1]
+
+
+def _header(spark: SparkSession, path: str, separator: str) -> list[str]:
+    """The column names on the first line of a (possibly compressed) text file, read through Hadoop."""
+    jvm, configuration = spark.sparkContext._jvm, spark.sparkContext._jsc.hadoopConfiguration()
+    location = jvm.org.apache.hadoop.fs.Path(path)
+    stream = location.getFileSystem(configuration).open(location)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(configuration).getCodec(location)
+    if codec is not None:
+        stream = codec.createInputStream(stream)
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    try:
+        line = reader.readLine() or ""
+    finally:
+        reader.close()
+    return next(csv.reader([line.lstrip("\ufeff")], delimiter=separator), [])
+
+
+def _check_headers(spark: SparkSession, paths: list[str], separator: str) -> None:
+    """Every file of a folder must name the same columns in the same order: Spark would otherwise read a
+    file whose header swaps two columns by position, or fail deep inside a task."""
+    first = _header(spark, paths[0], separator)
+    for path in paths[1:]:
+        names = _header(spark, path, separator)
+        if names != first:
+            raise XdrecError(f"{path}: header {','.join(names)} differs from {','.join(first)} of {paths[0]}; "
+                             "every file of an input must have the same columns in the same order")
 
 
 def _as_string(frame: DataFrame, name: str) -> Column:
