@@ -79,7 +79,7 @@ def test_transfer_beats_popularity_and_target_only_on_cold_start_users(pipeline_
 
 
 @pytest.mark.e2e
-def test_rerun_reuses_the_model_and_replaces_recommendations(spark, pipeline_run):
+def test_rerun_reuses_the_model_replaces_recommendations_and_reuses_an_unchanged_evaluation(spark, pipeline_run):
     config, results = pipeline_run
     before = tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count()
     assert run_stage(spark, config, "tune") == results["tune"]  # the same search is not run twice
@@ -87,6 +87,12 @@ def test_rerun_reuses_the_model_and_replaces_recommendations(spark, pipeline_run
     assert retrained["models"]["finetune"]["model_version"] == results["train"]["models"]["finetune"]["model_version"]
     run_stage(spark, config, "score")
     assert tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count() == before
+    evaluated = run_stage(spark, config, "evaluate")  # new recommendations: their coverage is measured again
+    assert evaluated["key"] != results["evaluate"]["key"]
+    metrics_version = tables.version(spark, config.warehouse, tables.METRICS)
+    again = run_stage(spark, config, "evaluate")
+    assert again["key"] == evaluated["key"] and again["metrics"] == evaluated["metrics"]
+    assert tables.version(spark, config.warehouse, tables.METRICS) == metrics_version  # nothing rewritten
 
 
 @pytest.mark.e2e

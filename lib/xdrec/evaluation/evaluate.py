@@ -255,6 +255,18 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
 
     trained = [*config.train.methods, *config.train.factor_models]
     scorers = {method: artifacts.latest_path(config.warehouse, method) for method in trained}
+    folder = os.path.join(os.path.abspath(config.warehouse), "reports", "latest")
+    # Same split, models, recommendations and settings: the same figures. Say so instead of redoing them.
+    values = config.to_dict()
+    recommendations = (tables.version(spark, config.warehouse, tables.RECOMMENDATIONS)
+                       if tables.exists(spark, config.warehouse, tables.RECOMMENDATIONS) else None)
+    evaluation_key = lineage.fingerprint(values["evaluate"], values["als"], config.score.k, versions, recommendations,
+                                         {method: os.path.basename(path) for method, path in scorers.items()},
+                                         selection.read_selection(config.warehouse)["model_version"])
+    previous = report.read(folder)
+    if previous is not None and previous.get("key") == evaluation_key:
+        log.info(f"inputs {versions}, models and settings unchanged since the report in {folder}: reusing it")
+        return previous
     scorers.update(fit_baselines(config, indexed, num_users, num_items))
     yardsticks = [name for name in scorers if name not in config.train.methods]
 
@@ -300,6 +312,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         "selected": selection.read_selection(config.warehouse),
         "inputs": versions,
         "written": {tables.USER_METRICS: user_metrics_version, tables.METRICS: metrics_version},
+        "key": evaluation_key,
         "histories": {method: artifacts.load(path).meta.get("history", [])
                       for method, path in scorers.items() if method in config.train.methods},
     }
@@ -307,7 +320,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     lines.unpersist()
     lineage.record_run(spark, config.warehouse, "evaluate", run_id, run_started, versions, results["written"],
                        summary={"models": sorted(scorers)})
-    folder = report.write(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), results, headline)
+    folder = report.write(folder, results, headline)
     log.info("test figures:\n" + report.summary_table(results, headline))
     for model, groups in summary["values"].get(RATING, {}).items():
         log.info(f"rating error of {model} on {summary['counts'][RATING][model]['all']:,} rated test pairs: "

@@ -141,6 +141,15 @@ def plot_training(histories: dict[str, list[dict]], path: str) -> None:
     plt.close(figure)
 
 
+def read(folder: str) -> dict[str, Any] | None:
+    """The results of the report in ``folder`` (its metrics.json), or None when there is none to read."""
+    try:
+        with open(os.path.join(folder, "metrics.json")) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
 def write(folder: str, results: dict[str, Any], headline: str) -> str:
     """Write summary.md, metrics.json and the plots to ``folder``, replacing it whole."""
     with atomic_path(folder) as staging:
