@@ -234,8 +234,9 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
                                                  samples, seed)
         return groups
 
+    versus = {yardstick: against(yardstick) for yardstick in yardsticks}
     return {"metric": metric, "picked_on": picked_on, "transfer": best_transfer, "baseline": best_baseline,
-            **against(best_baseline), "versus": {yardstick: against(yardstick) for yardstick in yardsticks}}
+            **versus[best_baseline], "versus": versus}
 
 
 def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
@@ -246,13 +247,6 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     ks = sorted(settings.ks)
     versions = {name: tables.version(spark, config.warehouse, name)
                 for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
-    indexed = tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS, versions[tables.INDEXED_INTERACTIONS])
-    item_index = tables.read(spark, config.warehouse, tables.ITEM_INDEX, versions[tables.ITEM_INDEX]).toPandas()
-    num_users = int(tables.read(spark, config.warehouse, tables.USER_INDEX, versions[tables.USER_INDEX])
-                    .agg(F.max("user_idx")).first()[0]) + 1
-    num_items = int(item_index["item_idx"].max()) + 1
-    candidates = np.sort(item_index.loc[item_index["domain"] == target, "item_idx"].to_numpy(dtype=np.int64))
-
     trained = [*config.train.methods, *config.train.factor_models]
     scorers = {method: artifacts.latest_path(config.warehouse, method) for method in trained}
     folder = os.path.join(os.path.abspath(config.warehouse), "reports", "latest")
@@ -267,6 +261,13 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     if previous is not None and previous.get("key") == evaluation_key:
         log.info(f"inputs {versions}, models and settings unchanged since the report in {folder}: reusing it")
         return previous
+
+    indexed = tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS, versions[tables.INDEXED_INTERACTIONS])
+    item_index = tables.read(spark, config.warehouse, tables.ITEM_INDEX, versions[tables.ITEM_INDEX]).toPandas()
+    num_users = int(tables.read(spark, config.warehouse, tables.USER_INDEX, versions[tables.USER_INDEX])
+                    .agg(F.max("user_idx")).first()[0]) + 1
+    num_items = int(item_index["item_idx"].max()) + 1
+    candidates = np.sort(item_index.loc[item_index["domain"] == target, "item_idx"].to_numpy(dtype=np.int64))
     scorers.update(fit_baselines(config, indexed, num_users, num_items))
     yardsticks = [name for name in scorers if name not in config.train.methods]
 
@@ -304,9 +305,9 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         "protocols": {FULL: "all unseen target items", SAMPLED: f"{settings.sampled_negatives} sampled negatives"},
         "metrics": summary["values"],
         "counts": summary["counts"],
-        "coverage": (coverage(tables.read(spark, config.warehouse, tables.RECOMMENDATIONS), len(candidates),
-                              config.score.k)
-                     if tables.exists(spark, config.warehouse, tables.RECOMMENDATIONS) else {}),
+        "coverage": (coverage(tables.read(spark, config.warehouse, tables.RECOMMENDATIONS, recommendations),
+                              len(candidates), config.score.k)
+                     if recommendations is not None else {}),
         "bootstrap": compare_best(per_user, config.train.methods, yardsticks, headline,
                                   settings.bootstrap_samples, settings.seed, summary["values"][FULL]),
         "selected": selection.read_selection(config.warehouse),
