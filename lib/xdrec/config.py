@@ -254,6 +254,9 @@ class TrainConfig(_Section):
     factor_models: ListOf[Baseline] = ["popularity", "als_merged", "emcdr"]
     """Factor models (section ``als``) fitted beside the methods and offered to model selection, which
     serves whichever validates best (docs/methods.md, "Model selection")."""
+    blend: bool = True
+    """Also offer selection the blend of the best trained method and the best factor model: their scores,
+    each divided by its spread, weighted by the weight that validates best."""
     launcher: Literal["horovod", "local"] = "horovod"
     """"horovod": num_proc processes inside Spark; "local": one process, the driver itself (development)."""
     num_proc: PositiveInt = 2

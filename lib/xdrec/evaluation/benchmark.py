@@ -25,6 +25,7 @@ import numpy as np
 from xdrec.config import Config, METHODS, load_config
 from xdrec.data.contract import USER_GROUPS
 from xdrec.logs import get_logger
+from xdrec.training.selection import BLEND
 
 log = get_logger("benchmark")
 
@@ -103,7 +104,7 @@ def verdict(summary: dict, k: int) -> str:
         return full.get(model, {}).get("cold", {}).get(metric, {}).get("mean", float("nan"))
 
     transfer = [model for model in METHODS if model != "target_only" and model in full]
-    baselines = [model for model in full if model not in METHODS]
+    baselines = [model for model in full if model not in METHODS and model != BLEND]
     if not transfer:
         return "No transfer method was trained."
     best = max(transfer, key=cold)
@@ -120,18 +121,22 @@ def verdict(summary: dict, k: int) -> str:
     if baselines:
         best_baseline = max(baselines, key=cold)
         line += f"; the best baseline is {best_baseline} ({cold(best_baseline):.4f})"
+    if BLEND in full:
+        line += f"; the blend of the best trained and factor models scores {cold(BLEND):.4f}"
     return line + "."
 
 
 def bootstrap_lines(per_seed: list[dict], seeds: list[int]) -> list[str]:
-    """Markdown lines: per seed, the paired bootstrap 95% interval of the best transfer method minus each
-    of :data:`YARDSTICKS` (full ranking, the users it was picked on)."""
+    """Markdown lines: per seed, the paired bootstrap 95% interval of the best transfer method (or the
+    blend) minus each of :data:`YARDSTICKS` and, for the blend, each trained method (full ranking, the
+    users it was picked on)."""
     lines = []
     for seed, bootstrap in zip(seeds, per_seed):
         versus = bootstrap.get("versus", {})
         group = bootstrap.get("picked_on")
+        others = YARDSTICKS + (METHODS if bootstrap.get("transfer") == BLEND else ())
         cells = [f"{yardstick} {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
-                 for yardstick in YARDSTICKS if group in versus.get(yardstick, {})
+                 for yardstick in others if group in versus.get(yardstick, {})
                  for b in [versus[yardstick][group]]]
         if cells:
             lines.append(f"- seed {seed}, `{bootstrap['transfer']}` minus, {bootstrap['metric']} {group} users "
@@ -189,6 +194,7 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
             "dataset": base.data.name, "source_domain": base.data.source_domain,
             "target_domain": base.data.target_domain, "seeds": seeds, "ks": per_seed[0]["ks"],
             "summary": aggregate(per_seed), "bootstrap": [results.get("bootstrap") or {} for results in per_seed],
+            "bootstrap_blend": [results.get("bootstrap_blend") or {} for results in per_seed],
             "coverage": {model: float(np.mean([results["coverage"][model] for results in per_seed]))
                          for model in per_seed[0].get("coverage", {})
                          if all(model in results.get("coverage", {}) for results in per_seed)},
@@ -224,6 +230,7 @@ def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
         lines.append("")
         lines += dataset_table(name, entry["summary"], entry["ks"], entry.get("coverage"))
         lines += bootstrap_lines(entry.get("bootstrap", []), entry["seeds"])
+        lines += bootstrap_lines(entry.get("bootstrap_blend", []), entry["seeds"])
     summary = "\n".join(lines)
     with open(os.path.join(out, "summary.md"), "w") as handle:
         handle.write(summary)

@@ -247,7 +247,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     ks = sorted(settings.ks)
     versions = {name: tables.version(spark, config.warehouse, name)
                 for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
-    trained = [*config.train.methods, *config.train.factor_models]
+    trained = selection.served_candidates(config.train)
     scorers = {method: artifacts.latest_path(config.warehouse, method) for method in trained}
     folder = os.path.join(os.path.abspath(config.warehouse), "reports", "latest")
     # Same split, models, recommendations and settings: the same figures. Say so instead of redoing them.
@@ -269,7 +269,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     num_items = int(item_index["item_idx"].max()) + 1
     candidates = np.sort(item_index.loc[item_index["domain"] == target, "item_idx"].to_numpy(dtype=np.int64))
     scorers.update(fit_baselines(config, indexed, num_users, num_items))
-    yardsticks = [name for name in scorers if name not in config.train.methods]
+    yardsticks = [name for name in scorers if name not in config.train.methods and name != selection.BLEND]
 
     users = target_test_users(indexed, target).cache()
     lines = (indexed.where((F.col("domain") == target) & (F.col("split") == "test"))
@@ -310,6 +310,10 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
                      if recommendations is not None else {}),
         "bootstrap": compare_best(per_user, config.train.methods, yardsticks, headline,
                                   settings.bootstrap_samples, settings.seed, summary["values"][FULL]),
+        # The blend against every other model, the trained methods included.
+        "bootstrap_blend": (compare_best(per_user, [selection.BLEND], [*yardsticks, *config.train.methods], headline,
+                                         settings.bootstrap_samples, settings.seed, summary["values"][FULL])
+                            if selection.BLEND in scorers else {}),
         "selected": selection.read_selection(config.warehouse),
         "inputs": versions,
         "written": {tables.USER_METRICS: user_metrics_version, tables.METRICS: metrics_version},

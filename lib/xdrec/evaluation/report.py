@@ -70,8 +70,9 @@ def markdown(results: dict[str, Any], headline: str) -> str:
     selected = results.get("selected")
     if selected:
         lines += [f"Served model: `{selected['method']}` ({selected['model_version']}), {selected['reason']}", ""]
-    bootstrap = results.get("bootstrap") or {}
-    if bootstrap:
+    for bootstrap in (results.get("bootstrap") or {}, results.get("bootstrap_blend") or {}):
+        if not bootstrap:
+            continue
         lines += [f"Paired bootstrap over users, {bootstrap['metric']} (full ranking), "
                   f"`{bootstrap['transfer']}` minus `{bootstrap['baseline']}`, 95% interval:", ""]
         for group in USER_GROUPS:

@@ -277,3 +277,26 @@ class FactorModel(nn.Module):
 
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.user_vectors(users) @ self.item_vectors(items).T + self.item_bias(items).squeeze(-1)
+
+
+@torch.no_grad()
+def blended(models: tuple[nn.Module, ...], weights: tuple[float, ...], num_users: int, num_items: int,
+            chunk: int = 65536) -> FactorModel:
+    """One :class:`FactorModel` whose score is ``sum(weight * model score)`` over ``models`` (any with
+    ``user_vectors``, ``item_vectors`` and ``item_bias``): each model's user vectors times its weight and its
+    item vectors, side by side, and the weighted sum of the item biases. So a blend of a trained model and
+    ALS is ranked, validated and served like either, through the same artifact and UDF::
+
+        first = FactorModel(np.eye(2), np.eye(2))
+        second = FactorModel(np.ones((2, 1)), np.array([[0.0], [1.0]]))
+        blended((first, second), (0.5, 1.0), 2, 2).score_matrix(torch.tensor([0]), torch.tensor([0, 1]))
+        # tensor([[0.5, 1.0]])
+    """
+    def rows(vectors, count: int) -> np.ndarray:
+        return np.concatenate([vectors(torch.arange(start, min(start + chunk, count))).numpy()
+                               for start in range(0, count, chunk)])
+
+    user_factors = np.hstack([weight * rows(model.user_vectors, num_users) for model, weight in zip(models, weights)])
+    item_factors = np.hstack([rows(model.item_vectors, num_items) for model in models])
+    item_bias = sum(weight * model.item_bias.weight[:num_items, 0].numpy() for model, weight in zip(models, weights))
+    return FactorModel(user_factors, item_factors, item_bias)

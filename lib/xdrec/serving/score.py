@@ -352,10 +352,10 @@ def _score_method(spark: SparkSession, config: Config, method: str, run_date: da
 
 
 def models_to_score(config: Config) -> list[str]:
-    """``score.models``: the model the train stage selected, or every trained method and factor model."""
+    """``score.models``: the model the train stage selected, or every model it offered to selection."""
     if config.score.models == "selected":
         return [selection.read_selection(config.warehouse)["method"]]
-    return [*config.train.methods, *config.train.factor_models]
+    return selection.served_candidates(config.train)
 
 
 def run_score(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict[str, Any]:

@@ -1,9 +1,13 @@
 """Model selection: of every model the train stage made, the one to serve, chosen on validation data.
 
-Every candidate (the trained methods and the factor models, ``train.factor_models``) is ranked on the
-same validation users that early stopping uses, and the best by ``train.validation_metric`` @
-``train.validation_k`` on ``train.validation_group`` wins; so xdrec never serves a model that validates
-worse than one of its own baselines. The choice, with every candidate's figure, is written atomically to
+Every candidate (the trained methods, the factor models of ``train.factor_models`` and their blend) is
+ranked on the same validation users that early stopping uses, and the best by
+``train.validation_metric`` @ ``train.validation_k`` on ``train.validation_group`` wins; so xdrec never
+serves a model that validates worse than one of its own baselines.
+
+The blend (``train.blend``) adds the best trained method's scores to the best factor model's, each divided
+by its spread, with the weight that validates best: two models that learned from different losses make
+different mistakes, and their blend ranks better than either (docs/methods.md, "Model selection"). The choice, with every candidate's figure, is written atomically to
 ``<warehouse>/models/SELECTED`` (JSON), which the score stage serves by default.
 """
 from __future__ import annotations
@@ -13,10 +17,15 @@ import os
 import time
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
 from xdrec.config import TrainConfig
 from xdrec.errors import XdrecError
 from xdrec.files import atomic_path
 from xdrec.logs import get_logger
+from xdrec.modeling.model import FactorModel, blended
 from xdrec.training import artifact
 from xdrec.training.loop import Collective, selecting_key
 from xdrec.training.validation import ValidationSet, ranking_figures
@@ -24,33 +33,79 @@ from xdrec.training.validation import ValidationSet, ranking_figures
 log = get_logger("train")
 
 SELECTED = "SELECTED"
+BLEND = "blend"
+# The trained model's weights tried in a blend (the factor model has the rest).
+BLEND_WEIGHTS = tuple(step / 10 for step in range(11))
 
 
 def selection_path(warehouse: str) -> str:
     return os.path.join(os.path.abspath(warehouse), "models", SELECTED)
 
 
-def select_model(warehouse: str, train: TrainConfig, candidates: dict[str, str],
-                 validation: ValidationSet) -> dict[str, Any]:
-    """Rank every candidate ``{method: artifact folder}`` on ``validation``, record the best as the served
-    model and return the record. On a tie the candidate listed first wins (the trained methods come
-    before the factor models)."""
-    if not candidates:
-        raise XdrecError("no model to select from: train.methods and train.factor_models are both empty")
+def served_candidates(train: TrainConfig, methods: list[str] | None = None) -> list[str]:
+    """The models the train stage offers to selection: the trained methods (``train.methods`` unless
+    ``methods`` is given), the factor models and, with ``train.blend`` and both kinds present, the blend of
+    the best of each."""
+    methods = train.methods if methods is None else methods
+    blend = [BLEND] if train.blend and methods and train.factor_models else []
+    return [*methods, *train.factor_models, *blend]
+
+
+def validation_figures(candidates: dict[str, str], validation: ValidationSet, train: TrainConfig) -> dict[str, dict]:
+    """Every candidate ``{name: artifact folder}`` ranked on ``validation``: ``{name: {figure: value}}``."""
     if not len(validation):
         raise XdrecError("no target-domain validation users: the split holds none, so no model can be selected")
-    loaded = {method: artifact.load(path) for method, path in candidates.items()}
-    figures = {method: ranking_figures(saved.model, validation, train.validation_k, Collective())
-               for method, saved in loaded.items()}
+    return {name: ranking_figures(artifact.load(path).model, validation, train.validation_k, Collective())
+            for name, path in candidates.items()}
+
+
+def score_spread(model: nn.Module, validation: ValidationSet, seed: int, users: int = 256, items: int = 10_000) -> float:
+    """How far a model's scores spread: their standard deviation within a user's row, over a seeded sample
+    of validation users and target items. Dividing by it puts two models' scores on one scale."""
+    draw = np.random.default_rng(seed)
+    sample_users = validation.users[draw.permutation(len(validation))[:users]]
+    sample_items = validation.candidates[draw.permutation(len(validation.candidates))[:items]]
+    with torch.no_grad():
+        scores = model.score_matrix(torch.as_tensor(sample_users), torch.as_tensor(sample_items)).numpy()
+    return float((scores - scores.mean(axis=1, keepdims=True)).std()) or 1.0
+
+
+def fit_blend(trained: nn.Module, factor: nn.Module, validation: ValidationSet, train: TrainConfig,
+              num_users: int, num_items: int) -> tuple[FactorModel, dict[str, Any]]:
+    """The blend ``w * trained + (1 - w) * factor`` of the two models' scores, each divided by its spread,
+    with the weight ``w`` of :data:`BLEND_WEIGHTS` that validates best. The weights
+    0 and 1 are the models alone, so the blend never validates below either. Returns the blend and what
+    was chosen: ``{"weight", "spreads", "validation": {weight: figure}}``."""
+    spreads = (score_spread(trained, validation, train.seed), score_spread(factor, validation, train.seed))
+    scaled = [blended((model,), (1 / spread,), num_users, num_items) for model, spread in zip((trained, factor), spreads)]
+    figures, key = {}, None
+    for weight in BLEND_WEIGHTS:
+        candidate = blended(tuple(scaled), (weight, 1 - weight), num_users, num_items)
+        ranked = ranking_figures(candidate, validation, train.validation_k, Collective())
+        key = key or selecting_key(train, ranked)
+        figures[weight] = ranked[key]
+    # On a tie, the weight nearest to a model alone: no more of a second model than validation asks for.
+    weight = max(BLEND_WEIGHTS, key=lambda value: (figures[value], abs(value - 0.5)))
+    model = blended(tuple(scaled), (weight, 1 - weight), num_users, num_items)
+    return model, {"weight": weight, "spreads": list(spreads), "selected_on": key, "validation": figures}
+
+
+def select_model(warehouse: str, train: TrainConfig, candidates: dict[str, str],
+                 figures: dict[str, dict]) -> dict[str, Any]:
+    """Of every candidate ``{name: artifact folder}``, with its ``figures`` (:func:`validation_figures`),
+    record the best as the served model and return the record. On a tie the candidate listed first wins
+    (the trained methods come before the factor models, and the blend last)."""
+    if not candidates:
+        raise XdrecError("no model to select from: train.methods and train.factor_models are both empty")
     key = selecting_key(train, next(iter(figures.values())))
-    winner = max(candidates, key=lambda method: figures[method][key])
-    record = {"method": winner, "model_version": loaded[winner].model_version,
+    winner = max(candidates, key=lambda name: figures[name][key])
+    record = {"method": winner, "model_version": os.path.basename(candidates[winner]),
               "path": candidates[winner], "selected_on": key,
-              "validation": {method: figures[method][key] for method in candidates},
+              "validation": {name: figures[name][key] for name in candidates},
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     ranked = sorted(record["validation"].items(), key=lambda item: -item[1])
     record["reason"] = (f"the best on validation {key}: "
-                        + ", ".join(f"{method} {value:.4f}" for method, value in ranked))
+                        + ", ".join(f"{name} {value:.4f}" for name, value in ranked))
     with atomic_path(selection_path(warehouse)) as temporary, open(temporary, "w") as handle:
         json.dump(record, handle, indent=2)
     log.info(f"serving {winner}: {record['reason']}")

@@ -30,14 +30,14 @@ from xdrec.files import atomic_path
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.modeling.model import TwoTower
-from xdrec.training import artifact, distributed, factors, selection, tracking
+from xdrec.training import artifact, distributed, factors, loop, selection, tracking
 from xdrec.training.validation import ValidationSet
 
 log = get_logger("train")
 
 INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
 # Train keys that change how a run is watched or launched, not the model it makes.
-_NOT_IN_VERSION = ("methods", "factor_models", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
+_NOT_IN_VERSION = ("methods", "factor_models", "blend", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
                    "start_timeout", "launcher")
 
 
@@ -345,10 +345,42 @@ def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_ro
     return meta
 
 
+def fit_blend_model(config: Config, inputs: TrainingInputs, paths: dict[str, str], figures: dict[str, dict],
+                    methods: list[str]) -> dict:
+    """Blend the best of the trained ``methods`` with the best factor model on validation
+    (:func:`selection.fit_blend`) and save the blend as an artifact; skip if that exact blend exists."""
+    key = loop.selecting_key(config.train, next(iter(figures.values())))
+    best = lambda names: max(names, key=lambda name: figures[name][key])  # noqa: E731
+    trained = best(methods)
+    factor = best([name for name in paths if name not in methods])
+    components = {trained: os.path.basename(paths[trained]), factor: os.path.basename(paths[factor])}
+    train = config.train
+    version = hashlib.sha256(json.dumps(
+        {"components": components, "inputs": inputs.versions, "code": code_version(),
+         "validation": [key, train.validation_max_users, train.seed]}, sort_keys=True).encode()).hexdigest()[:12]
+    reused = reused_artifact(config, selection.BLEND, version)
+    if reused is not None:
+        return reused
+    path = os.path.join(artifact.models_dir(config.warehouse, selection.BLEND), version)
+    with tracking.run(config, selection.BLEND, version) as run_id:
+        started = time.perf_counter()
+        model, chosen = selection.fit_blend(artifact.load(paths[trained]).model, artifact.load(paths[factor]).model,
+                                            inputs.validation, train, inputs.num_users, inputs.num_items)
+        seconds = time.perf_counter() - started
+        meta = {**artifact_meta(config, selection.BLEND, version, inputs, [], seconds, run_id),
+                "blend": {"components": components, **chosen}}
+        artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
+        tracking.log_training(run_id, config, meta, path)
+    log.info(f"blend: {chosen['weight']:.1f} x {trained} + {1 - chosen['weight']:.1f} x {factor} "
+             f"({chosen['selected_on']} {chosen['validation'][chosen['weight']]:.4f}), saved {path} ({seconds:.0f}s)")
+    return meta
+
+
 def run_train(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict:
     """Train every configured method (or ``methods``) and fit the factor models on the current feature
-    tables, select the model to serve on validation, and record the run (the pinned input versions, and
-    each model's version) in ``runs``. Returns ``{"models": {name: artifact meta}, "selected": record}``."""
+    tables, blend the best of each (``train.blend``), select the model to serve on validation, and record
+    the run (the pinned input versions, and each model's version) in ``runs``. Returns
+    ``{"models": {name: artifact meta}, "selected": record}``."""
     started, run_id = time.time(), lineage.new_run_id()
     methods = methods or config.train.methods
     inputs = read_inputs(spark, config, with_histories=any(model_options(m)["bridge"] != "none" for m in methods))
@@ -358,11 +390,16 @@ def run_train(spark: SparkSession, config: Config, methods: list[str] | None = N
         models.update({name: fit_factor_model(config, name, inputs, train_rows) for name in config.train.factor_models})
     finally:
         train_rows.unpersist()
-    selected = selection.select_model(
-        config.warehouse, config.train,
-        {name: os.path.join(artifact.models_dir(config.warehouse, name), meta["model_version"])
-         for name, meta in models.items()},
-        inputs.validation)
+    paths = {name: os.path.join(artifact.models_dir(config.warehouse, name), meta["model_version"])
+             for name, meta in models.items()}
+    figures = selection.validation_figures(paths, inputs.validation, config.train)
+    if selection.BLEND in selection.served_candidates(config.train, methods):
+        models[selection.BLEND] = fit_blend_model(config, inputs, paths, figures, methods)
+        paths[selection.BLEND] = os.path.join(artifact.models_dir(config.warehouse, selection.BLEND),
+                                              models[selection.BLEND]["model_version"])
+        figures.update(selection.validation_figures({selection.BLEND: paths[selection.BLEND]}, inputs.validation,
+                                                    config.train))
+    selected = selection.select_model(config.warehouse, config.train, paths, figures)
     lineage.record_run(spark, config.warehouse, "train", run_id, started, inputs.versions, {},
                        summary={**{name: meta["model_version"] for name, meta in models.items()},
                                 "selected": selected["method"]})
