@@ -71,6 +71,27 @@ def test_one_and_two_processes_reach_the_same_validation_metric(trained, tmp_pat
     assert meta["num_proc"] == 2
 
 
+def test_pyarrow_reads_the_shards_petastorm_reads(trained):
+    """The torch_distributor launcher's reader (no Petastorm) gives each rank the rows Petastorm gives it."""
+    _, _, spec = trained
+    for domain in spec.data.values():
+        for rank in range(2):
+            arrow, petastorm = (read(domain.url, rank, 2) for read in (distributed.read_parquet_shard,
+                                                                       distributed.read_shard))
+            assert all(torch.equal(a, b) for a, b in zip(arrow, petastorm)), (domain.url, rank)
+
+
+def test_torch_distributor_trains_what_horovod_trains(trained, tmp_path):
+    """The second backend: 2 processes started by Spark's TorchDistributor, torch.distributed (gloo)."""
+    _, meta, spec = trained
+    train = spec.train.model_copy(update={"launcher": "torch_distributor"})
+    history = distributed.run_spec(replace(spec, checkpoint_dir=str(tmp_path), train=train))
+    torch_figure, horovod_figure = kept_ndcg(history), kept_ndcg(meta["history"])
+    assert torch_figure > 0.5 and abs(torch_figure - horovod_figure) <= PARITY_TOLERANCE, (torch_figure, horovod_figure)
+    assert [(e["phase"], e["examples"]) for e in history] == [(e["phase"], e["examples"]) for e in meta["history"]]
+    assert (tmp_path / distributed.FINAL_WEIGHTS).is_file() and loop.load_checkpoint(str(tmp_path)) is not None
+
+
 def test_run_records_its_inputs_and_is_tracked_in_mlflow(spark, trained):
     config, meta, _ = trained
     versions = meta["inputs"]["versions"]

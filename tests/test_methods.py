@@ -309,3 +309,8 @@ def test_every_method_has_phases_and_a_validated_last_phase():
 def test_bad_train_settings_name_their_key(override, named):
     with pytest.raises(XdrecError, match=named.replace(".", r"\.")):
         load_config("synthetic", [override])
+
+
+def test_the_torch_distributor_launcher_reads_shards_into_memory():
+    with pytest.raises(XdrecError, match=r"train\.reader: the stream reader is Petastorm's"):
+        load_config("synthetic", ["train.launcher=torch_distributor", "train.reader=stream"])

@@ -257,10 +257,13 @@ class TrainConfig(_Section):
     blend: bool = True
     """Also offer selection the blend of the best trained method and the best factor model: their scores,
     each divided by its spread, weighted by the weight that validates best."""
-    launcher: Literal["horovod", "local"] = "horovod"
-    """"horovod": num_proc processes inside Spark; "local": one process, the driver itself (development)."""
+    launcher: Literal["horovod", "torch_distributor", "local"] = "horovod"
+    """The training backend. "horovod": num_proc Horovod processes inside Spark, reading through Petastorm;
+    "torch_distributor": num_proc processes started by Spark's TorchDistributor, averaging through
+    torch.distributed and reading their shards with pyarrow (Databricks Runtime ML 16 and later, which have
+    no Horovod); "local": one process, the driver itself (development)."""
     num_proc: PositiveInt = 2
-    """Training processes (Horovod ranks); 1 with the local launcher."""
+    """Training processes (ranks); 1 with the local launcher."""
     embedding_dim: PositiveInt = 128
     """Size of the user and item embeddings (and of the vectors the towers output)."""
     hidden_dim: PositiveInt = 64
@@ -340,9 +343,12 @@ class TrainConfig(_Section):
     """Seconds the Horovod launcher waits for all processes to start."""
 
     @model_validator(mode="after")
-    def _one_local_process(self) -> TrainConfig:
+    def _launcher_fits(self) -> TrainConfig:
         if self.launcher == "local" and self.num_proc != 1:
             raise _invalid("num_proc", f"the local launcher runs one process, got {self.num_proc}")
+        if self.launcher == "torch_distributor" and self.reader == "stream":
+            raise _invalid("reader", "the stream reader is Petastorm's, which the torch_distributor launcher "
+                                     "does not use: it reads each shard into memory (reader: memory)")
         return self
 
 
@@ -366,8 +372,9 @@ class ScoreConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto": the executor's GPU when it has one, else the CPU."""
     models: Literal["selected", "trained"] = "selected"
-    """"selected": the model the train stage selected to serve; "trained": every method and factor model
-    (to compare their recommendations, e.g. their catalogue coverage)."""
+    """"selected": the model the train stage selected to serve; "trained": every model it offered to
+    selection, the methods, the factor models and their blend (to compare their recommendations, e.g. their
+    catalogue coverage)."""
 
     @field_validator("run_date")
     @classmethod

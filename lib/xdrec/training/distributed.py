@@ -1,11 +1,19 @@
-"""Distributed training: Horovod processes launched inside Spark, each reading its shard with Petastorm.
+"""Distributed training: processes launched inside Spark, each reading its own shard of the training examples.
 
-``launch`` starts ``horovod.spark.run`` on the active SparkSession; every process runs ``train_worker``,
-which builds the model, reads its own shard of the staged Parquet training examples through Petastorm
-batch readers (one per domain of a phase), and runs the shared loop in :mod:`xdrec.training.loop` with
-gradients and metrics averaged by Horovod (gloo on CPU, a GPU per process when there is one). Rank 0
-logs, checkpoints and writes the final weights. ``run_local`` runs the same code in this process alone,
-for development.
+Two launchers (``train.launcher``), one worker body (:func:`run_training`) and one loop
+(:mod:`xdrec.training.loop`):
+
+- ``horovod``: :func:`launch` starts ``horovod.spark.run`` on the active SparkSession; every process runs
+  :func:`train_worker`, reads its shard of the staged Parquet examples through Petastorm readers (one per
+  domain of a phase) and averages gradients and metrics through Horovod (gloo on CPU, a GPU per process
+  when there is one);
+- ``torch_distributor``: :func:`launch_torch_distributor` starts Spark's ``TorchDistributor`` (what
+  Databricks Runtime ML offers from 16.0 on, where Horovod is gone); every process runs
+  :func:`torch_distributor_worker`, reads its shard with pyarrow (:func:`read_parquet_shard`) and averages
+  through ``torch.distributed`` (gloo on CPU, NCCL on GPU).
+
+Rank 0 logs, checkpoints and writes the final weights. ``run_local`` runs the same code in this process
+alone, for development; :func:`run_spec` runs a spec with the configured launcher.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +38,7 @@ from xdrec.training.validation import ValidationSet
 log = get_logger("train")
 
 FINAL_WEIGHTS = "final.pt"
+SHARD_COLUMNS = ("user_idx", "item_idx", "label")  # what a process reads of the staged training examples
 
 
 @dataclass
@@ -99,6 +108,11 @@ class TrainSpec:
                 for phase in self.phases]
 
 
+def touched_rows(gradient: torch.Tensor) -> torch.Tensor:
+    """The rows of an embedding table's gradient that this step touched (non-zero)."""
+    return gradient.abs().sum(dim=1).nonzero().squeeze(1)
+
+
 class HorovodCollective(Collective):
     def __init__(self, hvd):
         self.hvd = hvd
@@ -118,7 +132,7 @@ class HorovodCollective(Collective):
         """Average embedding tables' gradients by exchanging only the rows this step touched (indices and
         values through allgather): the same sums as a dense allreduce, at a cost that grows with the batch,
         not with the number of users and items."""
-        touched = [gradient.abs().sum(dim=1).nonzero().squeeze(1) for gradient in gradients]
+        touched = [touched_rows(gradient) for gradient in gradients]
         rows = self.hvd.grouped_allgather(touched, name="table_rows")
         values = self.hvd.grouped_allgather([gradient[index] for gradient, index in zip(gradients, touched)],
                                             name="table_values")
@@ -134,6 +148,55 @@ class HorovodCollective(Collective):
 
     def barrier(self) -> None:
         self.hvd.barrier()
+
+
+class TorchCollective(Collective):
+    """The loop's collective over ``torch.distributed``, as TorchDistributor starts it: dense gradients in one
+    flat allreduce, embedding tables by their touched rows (as :class:`HorovodCollective` does)."""
+
+    def __init__(self, device: torch.device):
+        import torch.distributed as dist
+
+        self.dist, self.device = dist, device
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    def average_gradients(self, parameters: list[nn.Parameter], tables: list[nn.Parameter] = ()) -> None:
+        gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+        if gradients:
+            flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+            self.dist.all_reduce(flat)
+            for gradient, part in zip(gradients, flat.div_(self.size).split([g.numel() for g in gradients])):
+                gradient.copy_(part.view_as(gradient))
+        for parameter in tables:
+            if parameter.grad is not None:
+                gradient = parameter.grad
+                touched = touched_rows(gradient)
+                rows, values = self.gather(touched), self.gather(gradient[touched])
+                gradient.zero_().index_add_(0, rows, values).div_(self.size)
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` (of any length along its first dimension), concatenated in rank order."""
+        length = torch.tensor([len(tensor)], device=tensor.device)
+        lengths = [torch.zeros_like(length) for _ in range(self.size)]
+        self.dist.all_gather(lengths, length)
+        longest = int(max(part.item() for part in lengths))
+        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[:len(tensor)] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        self.dist.all_gather(parts, padded)
+        return torch.cat([part[:int(count.item())] for part, count in zip(parts, lengths)])
+
+    def broadcast_model(self, model: nn.Module) -> None:
+        for parameter in model.parameters():  # parameters only, as HorovodCollective
+            self.dist.broadcast(parameter.data, src=0)
+
+    def average(self, value: float, name: str) -> float:
+        total = torch.tensor([float(value)], device=self.device)
+        self.dist.all_reduce(total)
+        return total.item() / self.size
+
+    def barrier(self) -> None:
+        self.dist.barrier()
 
 
 def petastorm_batches(url: str, rank: int, size: int, batch_size: int, seed: int) -> Iterator[Batch]:
@@ -176,13 +239,40 @@ def read_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tens
         reader.stop()
         reader.join()
 
-    if sum(len(part.label) for part in parts) == 0:
+    return shard_tensors({name: [np.asarray(getattr(part, name)) for part in parts] for name in SHARD_COLUMNS},
+                         url, rank, size)
+
+
+def shard_tensors(columns: dict[str, list[np.ndarray]], url: str, rank: int, size: int) -> tuple[torch.Tensor, ...]:
+    """(users, items, labels) from each column's parts; an empty shard is an error naming it."""
+    if sum(len(part) for part in columns["label"]) == 0:
         raise ValueError(f"{url}: shard {rank} of {size} holds no examples (fewer Parquet row groups than processes)")
+    return tuple(torch.from_numpy(np.concatenate(columns[name]).astype(dtype))
+                 for name, dtype in zip(SHARD_COLUMNS, (np.int64, np.int64, np.float32)))
 
-    def column(name: str, dtype) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([np.asarray(getattr(part, name)) for part in parts]).astype(dtype))
 
-    return column("user_idx", np.int64), column("item_idx", np.int64), column("label", np.float32)
+def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's shard of a Parquet folder (any URI pyarrow reads) with pyarrow alone, no Petastorm: every
+    ``size``-th row group of its files in name order, from the ``rank``-th on, as Petastorm shards them."""
+    import pyarrow.fs as arrow_fs
+    import pyarrow.parquet as pq
+
+    filesystem, root = arrow_fs.FileSystem.from_uri(url)
+    files = sorted(info.path for info in filesystem.get_file_info(arrow_fs.FileSelector(root))
+                   if info.is_file and info.path.endswith(".parquet")
+                   and not os.path.basename(info.path).startswith((".", "_")))
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in SHARD_COLUMNS}
+    group_number = 0
+    for path in files:
+        with filesystem.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.num_row_groups):
+                if group_number % size == rank:
+                    table = parquet.read_row_group(group, columns=list(SHARD_COLUMNS))
+                    for name in SHARD_COLUMNS:
+                        columns[name].append(table.column(name).to_numpy())
+                group_number += 1
+    return shard_tensors(columns, url, rank, size)
 
 
 def memory_batches(shard: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> Iterator[Batch]:
@@ -218,8 +308,10 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
-def run_training(spec: TrainSpec, collective: Collective, device: torch.device) -> tuple[nn.Module, list]:
-    """Build the model and train it through the spec's phases on this rank; return (model, history)."""
+def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
+                 read: Callable[[str, int, int], tuple[torch.Tensor, ...]] = read_shard) -> tuple[nn.Module, list]:
+    """Build the model and train it through the spec's phases on this rank; return (model, history).
+    ``read(url, rank, size)`` reads this rank's shard of a domain into memory (``train.reader`` memory)."""
     from xdrec.modeling.model import TwoTower
     from xdrec.training import loop
     from xdrec.training.validation import ranking_figures
@@ -237,7 +329,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device) 
         if spec.train.reader == "stream":
             return petastorm_batches(url, collective.rank, collective.size, rank_batch, seed)
         if domain not in shards:
-            shards[domain] = read_shard(url, collective.rank, collective.size)
+            shards[domain] = read(url, collective.rank, collective.size)
         return memory_batches(shards[domain], rank_batch, seed)
 
     def batches(phase: Phase, epoch: int) -> Iterator[tuple[Batch, ...]]:
@@ -298,6 +390,49 @@ def launch(spec: TrainSpec, num_proc: int, start_timeout: int) -> list[dict]:
     results = horovod.spark.run(train_worker, args=(spec,), num_proc=num_proc, use_gloo=True,
                                 start_timeout=start_timeout, env=env, verbose=0)
     return results[0]
+
+
+def torch_distributor_worker(spec: TrainSpec, threads: int) -> list[dict]:
+    """The body of one TorchDistributor process (``torch.distributed`` set up from the environment that
+    TorchDistributor gives it). Returns the epoch history (rank 0 also saves the weights)."""
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
+        collective = TorchCollective(device)
+        torch.set_num_threads(threads)
+        model, history = run_training(spec, collective, device, read=read_parquet_shard)
+        if collective.rank == 0:
+            save_final_weights(model, spec.checkpoint_dir)
+    finally:
+        dist.destroy_process_group()
+    return [asdict(result) for result in history]
+
+
+def launch_torch_distributor(spec: TrainSpec, num_proc: int) -> list[dict]:
+    """Run ``torch_distributor_worker`` in ``num_proc`` processes, Spark barrier tasks started by
+    TorchDistributor on the active SparkSession; a GPU each when Spark schedules GPUs to tasks. Each
+    process takes ``spark.task.cpus`` threads, the cores Spark gives a task."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+    from pyspark.sql import SparkSession
+
+    conf = SparkSession.getActiveSession().conf
+    os.makedirs(spec.checkpoint_dir, exist_ok=True)
+    distributor = TorchDistributor(num_processes=num_proc, local_mode=False,
+                                   use_gpu=bool(conf.get("spark.task.resource.gpu.amount", "")))
+    return distributor.run(torch_distributor_worker, spec, int(conf.get("spark.task.cpus", "1")))
+
+
+def run_spec(spec: TrainSpec) -> list[dict]:
+    """Train ``spec`` with its launcher (``train.launcher``); returns rank 0's epoch history."""
+    train = spec.train
+    if train.launcher == "horovod":
+        return launch(spec, train.num_proc, train.start_timeout)
+    if train.launcher == "torch_distributor":
+        return launch_torch_distributor(spec, train.num_proc)
+    return run_local(spec)
 
 
 def run_local(spec: TrainSpec) -> list[dict]:

@@ -275,7 +275,7 @@ def artifact_meta(config: Config, method: str, version: str, inputs: TrainingInp
         "config": config.to_dict(),
         "history": history,
         "train_seconds": round(seconds, 1),
-        "num_proc": config.train.num_proc if config.train.launcher == "horovod" and history else 1,
+        "num_proc": config.train.num_proc if config.train.launcher != "local" and history else 1,
         "mlflow_run_id": run_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -296,17 +296,15 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
             for domain in domains}
     checkpoint_dir = os.path.join(os.path.abspath(config.warehouse), "checkpoints", method, version)
     spec = train_spec(config, method, inputs, data, checkpoint_dir)
-    processes = (f"{config.train.num_proc} Horovod processes" if config.train.launcher == "horovod"
-                 else "1 local process")
+    processes = {"horovod": f"{config.train.num_proc} Horovod processes",
+                 "torch_distributor": f"{config.train.num_proc} TorchDistributor processes",
+                 "local": "1 local process"}[config.train.launcher]
     log.info(f"{method}: model {version}, {processes}, phases "
              + ", ".join(f"{phase.name} ({'+'.join(phase.domains)}, {phase.epochs} epochs)" for phase in phases)
              + "; examples " + ", ".join(f"{domain} {data[domain].rows:,}" for domain in domains))
     with tracking.run(config, method, version) as run_id:
         started = time.perf_counter()
-        if config.train.launcher == "horovod":
-            history = distributed.launch(spec, config.train.num_proc, config.train.start_timeout)
-        else:
-            history = distributed.run_local(spec)
+        history = distributed.run_spec(spec)
         seconds = time.perf_counter() - started
 
         model = TwoTower(**spec.model)

@@ -184,8 +184,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         spec.deadline = deadline
         try:
-            history = (distributed.launch(spec, train.num_proc, train.start_timeout) if train.launcher == "horovod"
-                       else distributed.run_local(spec))
+            history = distributed.run_spec(spec)
         finally:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a trial's weights are not kept
         validated = [epoch for epoch in history if epoch["validation"]]
