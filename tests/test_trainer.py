@@ -2,6 +2,7 @@
 stopping, checkpoint and resume (also inside a distillation's student phase)."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -185,36 +186,53 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, phases, d
         torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "code", "other_model"])
-def test_unreadable_checkpoint_is_set_aside_and_training_starts_over(tmp_path, damage):
-    phases = [Phase("target", [TARGET], epochs=2, learning_rate=0.05, validate=True)]
-    options = {"validate": validate, "config": TrainConfig(patience=5)}
-    fresh, fresh_history = run(phases, **options)
-    folder = tmp_path / "damaged"
-    run(phases, checkpoint_dir=str(folder), **options)
-    checkpoint = folder / "checkpoint.pt"
-    marker = tmp_path / "ran"
+def _damage(path, damage, marker):
     if damage == "truncated":
-        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "bit_flipped":  # still a readable checkpoint, with one weight changed: only the checksum sees it
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
     elif damage == "code":  # a pickle that runs a command when unpickled without weights_only
 
         class Payload:
             def __reduce__(self):
                 return (os.system, (f"touch {marker}",))
 
-        torch.save({"model": Payload()}, checkpoint)
+        torch.save({"model": Payload()}, path)
     else:
-        torch.save({"model": {"user_embedding.weight": torch.zeros(3, 3)}}, checkpoint)
+        torch.save({"model": {"user_embedding.weight": torch.zeros(3, 3)}}, path)
+    if damage in ("code", "other_model"):  # a file planted with a checksum that matches it
+        path.with_name(path.name + ".sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit_flipped", "code", "other_model"])
+@pytest.mark.parametrize("both", [False, True])
+def test_a_bad_checkpoint_is_set_aside_for_the_previous_one_or_a_fresh_start(tmp_path, damage, both):
+    phases = [Phase("target", [TARGET], epochs=2, learning_rate=0.05, validate=True)]
+    options = {"validate": validate, "config": TrainConfig(patience=5)}
+    fresh, fresh_history = run(phases, **options)
+    folder = tmp_path / "damaged"
+    run(phases, checkpoint_dir=str(folder), **options)
+    marker = tmp_path / "ran"
+    for name in ["checkpoint.pt", "previous.pt"] if both else ["checkpoint.pt"]:
+        _damage(folder / name, damage, marker)
     messages = []
 
     model, history = run(phases, checkpoint_dir=str(folder), log=messages.append, **options)
 
     assert not marker.exists()
+    # Resumed after epoch 1 from the previous checkpoint, or started over: the same weights either way.
     assert [r.validation for r in history] == [r.validation for r in fresh_history]
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
-    assert any("is unreadable" in message and "training from the start" in message for message in messages)
-    assert len(list(folder.glob("checkpoint.pt.unreadable-*"))) == 1
+    assert any(message.startswith(f"checkpoint {folder / 'checkpoint.pt'} is unreadable") for message in messages)
+    if both:
+        assert "no good checkpoint left: training from the start" in messages
+        assert len(list(folder.glob("*.pt.unreadable-*"))) == 2
+    else:
+        assert f"resuming from the previous checkpoint {folder / 'previous.pt'}" in messages
+        assert len(list(folder.glob("*.pt.unreadable-*"))) == 1
 
 
 def test_a_pruned_run_stops_its_last_validated_phase_and_keeps_its_best_epoch():

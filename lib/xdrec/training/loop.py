@@ -8,6 +8,8 @@ an objective from :mod:`xdrec.modeling.methods`; this loop is the only one.
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -83,54 +85,86 @@ def below_median(figures: Sequence[float], medians: Sequence[float], after: int)
     return after > 0 and after <= latest < len(medians) and max(figures) < medians[latest]
 
 
-def _checkpoint_file(checkpoint_dir: str) -> str:
-    return os.path.join(checkpoint_dir, "checkpoint.pt")
+CHECKPOINT, PREVIOUS = "checkpoint.pt", "previous.pt"  # the latest checkpoint, and the one before it
 
 
-def load_checkpoint(checkpoint_dir: str | None) -> dict | None:
-    """The checkpoint in ``checkpoint_dir``, or None when there is none."""
-    if not checkpoint_dir or not os.path.isfile(_checkpoint_file(checkpoint_dir)):
+def _checksum_path(path: str) -> str:
+    return f"{path}.sha256"
+
+
+def load_checkpoint(checkpoint_dir: str | None, name: str = CHECKPOINT) -> dict | None:
+    """The checkpoint ``name`` in ``checkpoint_dir``, or None when there is none. Raises when its bytes do not
+    match the checksum recorded when it was saved (a file cut or changed since)."""
+    path = os.path.join(checkpoint_dir or "", name)
+    if not checkpoint_dir or not os.path.isfile(path):
         return None
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        with open(_checksum_path(path)) as handle:
+            recorded = handle.read().strip()
+    except FileNotFoundError:
+        raise ValueError("no checksum was recorded for it") from None
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise ValueError("its bytes do not match the checksum recorded when it was saved")
     # Tensors and plain values only: a checkpoint on shared storage must never hand us code to run.
-    return torch.load(_checkpoint_file(checkpoint_dir), map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def restore_checkpoint(checkpoint_dir: str | None, model: nn.Module, set_aside: bool,
                        log: Callable[[str], None]) -> dict | None:
-    """The checkpoint in ``checkpoint_dir`` with its weights loaded into ``model``, or None when there is none.
+    """The newest good checkpoint in ``checkpoint_dir`` with its weights loaded into ``model``, or None.
 
-    A checkpoint that cannot be read or does not fit the model (a run killed by a full disk, a file from
-    elsewhere, one holding more than tensors and plain values) must not block every later run: it is
-    logged with its cause, moved aside (by the rank that ``set_aside``) and training starts over.
+    A checkpoint that cannot be read, fails its checksum or does not fit the model (a run killed by a full
+    disk, a file from elsewhere, one holding more than tensors and plain values) must not block every later
+    run: it is logged with its path and cause and moved aside (by the rank that ``set_aside``), and the
+    previous checkpoint is tried; when none is good, training starts over.
     """
-    try:
-        checkpoint = load_checkpoint(checkpoint_dir)
-        if checkpoint is None:
-            return None
-        expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
-        if {name: tensor.shape for name, tensor in checkpoint["model"].items()} != expected:
-            raise ValueError("its weights do not fit this model")
-        model.load_state_dict(checkpoint["model"])
-        return checkpoint
-    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means: start over
-        cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        path = _checkpoint_file(checkpoint_dir)
-        message = f"checkpoint {path} is unreadable ({type(error).__name__}: {cause})"
-        if set_aside:
-            aside = f"{path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
-            try:
-                os.replace(path, aside)
-                message += f"; moved to {aside}"
-            except FileNotFoundError:
-                pass
-        log(f"{message}; training from the start")
-        return None
+    unreadable = False
+    for name in (CHECKPOINT, PREVIOUS):
+        path = os.path.join(checkpoint_dir or "", name)
+        try:
+            checkpoint = load_checkpoint(checkpoint_dir, name)
+            if checkpoint is None:
+                continue
+            expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
+            if {key: tensor.shape for key, tensor in checkpoint["model"].items()} != expected:
+                raise ValueError("its weights do not fit this model")
+            model.load_state_dict(checkpoint["model"])
+            if unreadable:
+                log(f"resuming from the previous checkpoint {path}")
+            return checkpoint
+        except Exception as error:  # noqa: BLE001 - any bad checkpoint means: try the one before
+            unreadable = True
+            cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            message = f"checkpoint {path} is unreadable ({type(error).__name__}: {cause})"
+            if set_aside:
+                aside = f"{path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
+                try:
+                    os.replace(path, aside)
+                    message += f"; moved to {aside}"
+                except FileNotFoundError:
+                    pass
+            log(message)
+    if unreadable:
+        log("no good checkpoint left: training from the start")
+    return None
 
 
 def save_checkpoint(checkpoint_dir: str, state: dict) -> None:
-    """Write atomically: a run killed mid-write leaves the previous checkpoint intact."""
-    with atomic_path(_checkpoint_file(checkpoint_dir)) as temporary:
-        torch.save(state, temporary)
+    """Write the checkpoint with its checksum and keep the one before it as the previous checkpoint. Every
+    file is replaced whole, so a run killed at any point leaves at least one good checkpoint."""
+    path, previous = os.path.join(checkpoint_dir, CHECKPOINT), os.path.join(checkpoint_dir, PREVIOUS)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    if os.path.isfile(path):
+        for source, destination in ((path, previous), (_checksum_path(path), _checksum_path(previous))):
+            if os.path.isfile(source):
+                os.replace(source, destination)
+    for target, content in ((_checksum_path(path), hashlib.sha256(data).hexdigest().encode()), (path, data)):
+        with atomic_path(target) as temporary, open(temporary, "wb") as handle:
+            handle.write(content)
 
 
 def parameter_groups(model: nn.Module, learning_rate: float, part_learning_rates: dict[str, float]) -> list[dict]:
