@@ -311,3 +311,15 @@ def test_a_file_whose_header_differs_from_its_siblings_is_rejected_by_name(spark
     with pytest.raises(XdrecError, match=r"part-2.csv: header item_id,user_id,rating differs from "
                                          r"user_id,item_id,rating of .*part-1.csv"):
         read_sources(spark, list_sources(spark, str(folder), "csv"), "csv", contract.INTERACTIONS, str(folder))
+
+
+def test_ids_that_are_not_utf8_are_quarantined_not_merged(spark, tmp_path, make_config):
+    """Two different ids with a bad byte would both read as "u\ufffd1": one user made of two."""
+    path = tmp_path / "interactions.csv"
+    path.write_bytes(b"user_id,item_id\nu\xff1,b1\nu\xfe1,b2\nu2,b\xc3\n" + "u3,caf\u00e9\n".encode())
+    config = make_config(tmp_path)
+    raw = read_sources(spark, list_sources(spark, str(path), "csv"), "csv", contract.INTERACTIONS, str(path))
+    rows = parse_interactions(raw, "books", config.domain_input("books"), config.data).collect()
+    assert sorted((row.user_id, row.item_id, row.reason) for row in rows if row.reason) == [
+        ("u2", "b\ufffd", "bad_encoding"), ("u\ufffd1", "b1", "bad_encoding"), ("u\ufffd1", "b2", "bad_encoding")]
+    assert [(row.user_id, row.item_id) for row in rows if not row.reason] == [("u3", "caf\u00e9")]

@@ -11,6 +11,8 @@ Quarantine reasons, the first that applies (docs/data.md, "Validation"):
 
 - ``malformed``: the line could not be parsed (wrong number of fields, broken quoting or JSON);
 - ``missing_id``: a key is null or blank (user_id, item_id; a link's domains and user ids);
+- ``bad_encoding``: a key holds bytes that are not UTF-8 (read as U+FFFD, so two different bad ids would
+  otherwise become one);
 - ``unknown_domain``: a link names a domain that is not configured;
 - ``bad_timestamp``: a timestamp given but neither epoch seconds nor a date-time, or outside
   [data.min_timestamp, data.max_timestamp];
@@ -55,6 +57,11 @@ def _blank_to_null(column: str) -> Column:
     return F.when(trimmed != "", trimmed)
 
 
+def badly_encoded(*keys: Column) -> Column:
+    """Whether any of ``keys`` held bytes that are not UTF-8: the reader turns each into U+FFFD."""
+    return reduce(lambda a, b: a | b, [F.coalesce(key.contains("\ufffd"), F.lit(False)) for key in keys])
+
+
 def epoch_seconds(text: Column) -> Column:
     """Seconds since the epoch from a number ("978300760", "978300760.0") or a date-time string (UTC);
     null when it is neither."""
@@ -81,6 +88,7 @@ def parse_interactions(raw: DataFrame, domain: str, spec: DomainInput, data: Dat
     user_id, item_id = _blank_to_null("user_id"), _blank_to_null("item_id")
     reason = (F.when(F.col("malformed"), "malformed")
               .when(user_id.isNull() | item_id.isNull(), "missing_id")
+              .when(badly_encoded(user_id, item_id), "bad_encoding")
               .when(bad_timestamp, "bad_timestamp")
               .when(bad_rating, "bad_rating")
               .when(bad_weight, "bad_weight")
@@ -134,12 +142,13 @@ def item_text(title: Column, description: Column, category: Column) -> Column:
 
 def parse_items(raw: DataFrame, domain: str) -> DataFrame:
     """Raw catalogue rows of one domain: domain, item_id, title, description, category (null text ""),
-    attributes, text, content_hash, source_file, record, reason (malformed, missing_id or null)."""
+    attributes, text, content_hash, source_file, record, reason (malformed, missing_id, bad_encoding or null)."""
     item_id = _blank_to_null("item_id")
     text_or_empty = [F.coalesce(F.col(name), F.lit("")).alias(name) for name in ("title", "description", "category")]
     typed = raw.select(F.lit(domain).alias("domain"), item_id.alias("item_id"), *text_or_empty, "attributes",
                        "source_file", "record",
-                       F.when(F.col("malformed"), "malformed").when(item_id.isNull(), "missing_id").alias("reason"))
+                       F.when(F.col("malformed"), "malformed").when(item_id.isNull(), "missing_id")
+                       .when(badly_encoded(item_id), "bad_encoding").alias("reason"))
     content = F.to_json(F.struct("title", "description", "category",
                                  F.array_sort(F.map_entries("attributes")).alias("attributes")))
     return (typed.withColumn("text", item_text(F.col("title"), F.col("description"), F.col("category")))
@@ -160,10 +169,11 @@ def label_item_conflicts(items: DataFrame) -> DataFrame:
 
 def parse_links(raw: DataFrame, domains: list[str]) -> DataFrame:
     """Raw user link rows: domain_a, user_id_a, domain_b, user_id_b, link_id, source_file, record, reason
-    (malformed, missing_id, unknown_domain or null)."""
+    (malformed, missing_id, bad_encoding, unknown_domain or null)."""
     keys = {name: _blank_to_null(name) for name in contract.COLUMNS[contract.USER_LINKS][0]}
     reason = (F.when(F.col("malformed"), "malformed")
               .when(reduce(lambda a, b: a | b, [key.isNull() for key in keys.values()]), "missing_id")
+              .when(badly_encoded(*keys.values()), "bad_encoding")
               .when(~keys["domain_a"].isin(domains) | ~keys["domain_b"].isin(domains), "unknown_domain"))
     typed = raw.select(*[column.alias(name) for name, column in keys.items()], "source_file", "record",
                        reason.alias("reason"))
