@@ -79,20 +79,24 @@ def test_transfer_beats_popularity_and_target_only_on_cold_start_users(pipeline_
 
 
 @pytest.mark.e2e
-def test_rerun_reuses_the_model_replaces_recommendations_and_reuses_an_unchanged_evaluation(spark, pipeline_run):
+def test_rerun_reuses_the_model_the_recommendations_and_an_unchanged_evaluation(spark, pipeline_run):
     config, results = pipeline_run
-    before = tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count()
+    recommendations_version = tables.version(spark, config.warehouse, tables.RECOMMENDATIONS)
     assert run_stage(spark, config, "tune") == results["tune"]  # the same search is not run twice
     retrained = run_stage(spark, config, "train")
     assert retrained["models"]["finetune"]["model_version"] == results["train"]["models"]["finetune"]["model_version"]
-    run_stage(spark, config, "score")
-    assert tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count() == before
-    evaluated = run_stage(spark, config, "evaluate")  # new recommendations: their coverage is measured again
-    assert evaluated["key"] != results["evaluate"]["key"]
+    scored = run_stage(spark, config, "score")
+    assert [summary["mode"] for summary in scored.values()] == ["unchanged"]
+    assert tables.version(spark, config.warehouse, tables.RECOMMENDATIONS) == recommendations_version
     metrics_version = tables.version(spark, config.warehouse, tables.METRICS)
     again = run_stage(spark, config, "evaluate")
-    assert again["key"] == evaluated["key"] and again["metrics"] == evaluated["metrics"]
+    assert again["key"] == results["evaluate"]["key"] and again["metrics"] == results["evaluate"]["metrics"]
     assert tables.version(spark, config.warehouse, tables.METRICS) == metrics_version  # nothing rewritten
+    # Another run_date is new work: scored, and evaluated again (the coverage of the new rows).
+    rescored = run_stage(spark, config.model_copy(update={"score": config.score.model_copy(
+        update={"run_date": "2031-01-02"})}), "score")
+    assert [summary["mode"] for summary in rescored.values()] == ["full"]
+    assert run_stage(spark, config, "evaluate")["key"] != results["evaluate"]["key"]
 
 
 @pytest.mark.e2e

@@ -3,11 +3,14 @@ partitions, idempotent reruns, failed runs, incremental runs and the unknown-use
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pyspark.sql import functions as F
 
 from xdrec.config import ScoreConfig, load_config
 from xdrec.data import tables
@@ -359,3 +362,30 @@ def test_a_failed_run_leaves_the_previous_partition_in_place(scenario):
     assert before.keys() == after.keys() == {D1, D2}
     for day in before:
         pd.testing.assert_frame_equal(after[day], before[day])
+
+
+def test_a_write_that_loses_a_commit_race_is_redone_not_failed(spark, tmp_path, capsys):
+    """Two runs replace one partition at once: the slower one's commit conflicts, and is redone."""
+    warehouse = str(tmp_path)
+    predicate = "day = 1"
+    tables.overwrite(spark.createDataFrame([(1, "old")], "day int, value string"), warehouse, "pairs", ["day"])
+
+    @F.udf("string")
+    def slowly(value):  # the slow run reads the table, then spends a while before it commits
+        time.sleep(4)
+        return value
+
+    slow = spark.createDataFrame([(1, "slow")], "day int, value string").withColumn("value", slowly("value"))
+    outcome = {}
+    writer = threading.Thread(target=lambda: outcome.update(
+        version=tables.replace_where(slow, warehouse, "pairs", predicate, wait_seconds=0.5)))
+    writer.start()
+    time.sleep(1)
+    fast_version = tables.replace_where(spark.createDataFrame([(1, "fast")], "day int, value string"), warehouse,
+                                        "pairs", predicate)
+    writer.join()
+    assert outcome["version"] > fast_version  # the slow run committed after the fast one, and did not fail
+    assert [tuple(row) for row in tables.read(spark, warehouse, "pairs").collect()] == [(1, "slow")]
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{tables.table_path(warehouse, 'pairs')}`").collect()
+    assert len(history) == 3  # created, the fast run's replace, the slow run's redone replace: nothing else
+    assert "pairs: another writer committed first (Concurrent" in capsys.readouterr().out

@@ -34,11 +34,15 @@ Tables (columns; partitioning):
 from __future__ import annotations
 
 import os
+import time
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from xdrec.errors import XdrecError
+from xdrec.logs import get_logger
+
+log = get_logger("delta")
 
 INTERACTIONS = "interactions"
 ITEMS = "items"
@@ -102,15 +106,38 @@ def overwrite(df: DataFrame, warehouse: str, name: str, partition_by: list[str] 
     return version(df.sparkSession, warehouse, name)
 
 
+# Delta's answers to a commit that lost a race with another writer's commit: the write may simply be redone.
+WRITE_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+                   "ConcurrentWriteException", "ConcurrentTransactionException", "MetadataChangedException",
+                   "ProtocolChangedException", "FileAlreadyExistsException")
+
+
 def replace_where(df: DataFrame, warehouse: str, name: str, predicate: str,
-                  partition_by: list[str] | None = None) -> int:
-    """Atomically replace only the rows matching ``predicate`` (e.g. one model's recommendations)."""
-    spark = df.sparkSession
-    if not exists(spark, warehouse, name):
-        return overwrite(df, warehouse, name, partition_by)
-    (df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
-     .save(table_path(warehouse, name)))
-    return version(spark, warehouse, name)
+                  partition_by: list[str] | None = None, attempts: int = 5, wait_seconds: float = 2.0) -> int:
+    """Atomically replace only the rows matching ``predicate`` (e.g. one model's recommendations).
+
+    A commit that conflicts with another writer's (two scoring runs of the same date) is redone against the
+    table as that writer left it, up to ``attempts`` times, waiting longer each time: the later run wins,
+    and neither fails::
+
+        replace_where(rows, "warehouse", "recommendations", "run_date = DATE'2030-01-02' AND model = 'joint'")
+    """
+    spark, attempt = df.sparkSession, 1
+    while True:
+        try:
+            if not exists(spark, warehouse, name):
+                return overwrite(df, warehouse, name, partition_by)
+            (df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+             .save(table_path(warehouse, name)))
+            return version(spark, warehouse, name)
+        except Exception as error:  # noqa: BLE001 - only a lost commit race is retried
+            conflict = next((kind for kind in WRITE_CONFLICTS if kind in f"{type(error).__name__}: {error}"), None)
+            if conflict is None or attempt == attempts:
+                raise
+            log.info(f"{name}: another writer committed first ({conflict}); writing again "
+                     f"(attempt {attempt + 1} of {attempts})")
+            time.sleep(wait_seconds * attempt)
+            attempt += 1
 
 
 def append(df: DataFrame, warehouse: str, name: str) -> int:

@@ -266,6 +266,27 @@ def _read_last_run(spark: SparkSession, config: Config, method: str, model_versi
     return changed_users(before, interactions), last_rows, last
 
 
+def _unchanged_run(spark: SparkSession, config: Config, method: str, run_date: date, model_version: str,
+                   input_versions: dict[str, int]) -> Any:
+    """The recorded run of ``method`` on ``run_date`` that this one would repeat (the same model version,
+    input versions, k and exclude_seen; a full run for a full one, any for an incremental one) when its
+    partition still holds the rows it wrote, else None."""
+    warehouse, target, settings = config.warehouse, config.data.target_domain, config.score
+    if not tables.exists(spark, warehouse, tables.SCORE_RUNS):
+        return None
+    last = (tables.read(spark, warehouse, tables.SCORE_RUNS)
+            .where((F.col("model") == method) & (F.col("domain") == target) & (F.col("run_date") == F.lit(run_date)))
+            .orderBy(F.desc("finished_at")).first())
+    if last is None or (last.model_version, last.k, last.exclude_seen, dict(last.input_versions)) != (
+            model_version, settings.k, settings.exclude_seen, input_versions):
+        return None
+    if settings.mode == "full" and last.mode != "full":
+        return None
+    partition = (F.col("run_date") == F.lit(run_date)) & (F.col("model") == method)
+    rows = tables.read(spark, warehouse, tables.RECOMMENDATIONS).where(partition).count()
+    return last if rows == last.rows else None
+
+
 def _user_counts(users: DataFrame) -> dict[str, int]:
     """How many of ``users`` (known, changed, route) each part of a run handles."""
     groups = [row.asDict() for row in users.groupBy("known", "changed", "route").count().collect()]
@@ -287,6 +308,15 @@ def _score_method(spark: SparkSession, config: Config, method: str, run_date: da
     artifact = artifacts.load(path)
     if len(artifact.domain_items(target)) == 0:
         raise XdrecError(f"model artifact {path} has no items of domain {target!r}")
+    done = _unchanged_run(spark, config, method, run_date, artifact.model_version, input_versions)
+    if done is not None:
+        version = tables.version(spark, warehouse, tables.RECOMMENDATIONS)
+        log.info(f"{method} ({artifact.model_version}) {run_date}: model, inputs {input_versions} and settings "
+                 f"unchanged since the run that finished at {done.finished_at:%Y-%m-%d %H:%M:%S}: its "
+                 f"{done.rows:,} rows are kept, nothing is scored")
+        return {"model_version": artifact.model_version, "run_date": run_date.isoformat(), "mode": "unchanged",
+                **{key: done[key] for key in ("users", "scored", "cold_start", "fallback", "copied", "rows")},
+                "seconds": round(time.perf_counter() - started, 2), "users_per_second": 0.0, "table_version": version}
     # Known to the model: the same user_id at the same user_idx in the artifact's own user index.
     model_users = (spark.read.parquet(os.path.join(path, "user_index.parquet"))
                    .select("user_id", F.col("user_idx").cast("int"), F.lit(True).alias("known")))
@@ -363,7 +393,9 @@ def run_score(spark: SparkSession, config: Config, methods: list[str] | None = N
     ``methods``, or every trained one: ``score.models``).
 
     Writes the ``score.run_date`` partition (default today, UTC) of each method in ``recommendations``,
-    replacing that partition only, in one Delta commit, and appends the run to ``score_runs``. Returns
+    replacing that partition only, in one Delta commit, and appends the run to ``score_runs``; a method
+    whose partition was written by a run with the same model version, input versions and settings is
+    left as it is (mode "unchanged"). Returns
     ``{method: {model_version, run_date, mode, users, scored, cold_start, fallback, copied, rows, seconds,
     users_per_second, table_version}}``.
     """
