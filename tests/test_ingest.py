@@ -323,3 +323,26 @@ def test_ids_that_are_not_utf8_are_quarantined_not_merged(spark, tmp_path, make_
     assert sorted((row.user_id, row.item_id, row.reason) for row in rows if row.reason) == [
         ("u2", "b\ufffd", "bad_encoding"), ("u\ufffd1", "b1", "bad_encoding"), ("u\ufffd1", "b2", "bad_encoding")]
     assert [(row.user_id, row.item_id) for row in rows if not row.reason] == [("u3", "caf\u00e9")]
+
+
+@pytest.mark.parametrize("repeats", ["merge", "quarantine"])
+def test_repeated_events_without_timestamps_are_merged_into_one_weighted_row(spark, tmp_path, make_config, repeats):
+    """A user buying an item three times (no timestamps) is signal: one row of weight 3, not two duplicates."""
+    config = _inputs_config(make_config, tmp_path, f"data.repeats={repeats}")
+    _write_inputs(config, book_interactions="user_id,item_id,weight\nu1,b1,\nu1,b1,\nu1,b1,2\nu2,b1,\nu1,b2,\n")
+    first = run_ingest(spark, config)
+    rows = tables.read(spark, config.warehouse, tables.INTERACTIONS).where("domain = 'books'").toPandas()
+    pairs = sorted(zip(rows["user_id"], rows["item_id"], rows["weight"]))
+    if repeats == "merge":
+        assert pairs == [("u1", "b1", 4.0), ("u1", "b2", 1.0), ("u2", "b1", 1.0)]
+        assert first["merged"]["interactions"]["books"] == 2 and first["read"]["interactions"]["books"] == 5
+        assert "duplicate" not in first["quarantined"]["interactions"]["books"]
+    else:
+        assert pairs == [("u1", "b1", 1.0), ("u1", "b1", 2.0), ("u1", "b2", 1.0), ("u2", "b1", 1.0)]
+        assert first["quarantined"]["interactions"]["books"] == {"duplicate": 1}
+    # The same file touched (so read again): its rows merge to the same rows, already present.
+    path = os.path.join(config.domain_input("books").interactions, "part-1.csv")
+    os.utime(path, (os.path.getatime(path), os.path.getmtime(path) + 60))
+    again = run_ingest(spark, config)
+    assert again["sources"] == 1 and again["added"]["interactions"]["books"] == 0
+    assert again["present"]["interactions"]["books"] == len(pairs)

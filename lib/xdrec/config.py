@@ -186,6 +186,10 @@ class DataConfig(_Section):
     """Timestamps (epoch seconds) below this are quarantined as bad_timestamp; at most ``max_timestamp``."""
     max_timestamp: Int = 4_102_444_800
     """Timestamps (epoch seconds) above this (by default 2100-01-01) are quarantined as bad_timestamp."""
+    repeats: Literal["merge", "quarantine"] = "merge"
+    """Interaction rows without a timestamp that repeat (user, item, rating, split) within one file: "merge"
+    makes them one interaction whose weight is the sum of theirs (repeated events, the default for implicit
+    feedback); "quarantine" keeps the first and quarantines the others as duplicates."""
     max_bad_share: Share = 0.05
     """Ingest fails when a larger share than this of the rows read from one input is quarantined."""
     retention_days: PositiveInt = 30

@@ -20,7 +20,9 @@ Quarantine reasons, the first that applies (docs/data.md, "Validation"):
 - ``bad_weight``: a weight given but not a finite number of at least 0;
 - ``bad_split``: a split given but not one of train, valid, test;
 - ``unknown_item``: the item is not in the catalogue of a domain that has one;
-- ``duplicate``: the same values as a row kept from another file or earlier in the same file;
+- ``duplicate``: the same values as a row kept from another file or earlier in the same file (but with
+  ``data.repeats: merge``, the default, repeats without a timestamp within one file are merged into one
+  row that sums their weights: :func:`merge_repeats`);
 - ``conflicting_item``: a catalogue row for an item that another row read in the same run describes
   differently (the one first by source file, then title, is kept; a later run's rows update an item).
 """
@@ -113,6 +115,31 @@ def label_unknown_items(interactions: DataFrame, catalogue: DataFrame, catalogue
             .drop("_known"))
 
 
+def merge_repeats(interactions: DataFrame) -> DataFrame:
+    """Good interaction rows without a timestamp that repeat (domain, user_id, item_id, rating, split) within
+    one source file, merged into one row whose weight is the sum of theirs.
+
+    Without a timestamp a repeat is a repeated event (a user buying an item twice), real signal rather than
+    a copy: merged, it keeps its weight instead of being quarantined as a duplicate. ``merged`` counts the
+    rows folded into a row (0 for every other row); the merged row keeps the first record and gets the
+    interaction_id of its values, so reading the file again merges to the same row::
+
+        merge_repeats(parsed)  # u1,b1 / u1,b1 / u1,b1 in one file -> one row u1,b1 with weight 3.0, merged 2
+    """
+    mergeable = F.col("reason").isNull() & F.col("timestamp").isNull()
+    group = ["domain", "user_id", "item_id", "rating", "split", "source_file"]
+    columns = [name for name in interactions.columns if name not in ("weight", "record", "interaction_id")]
+    merged = (interactions.where(mergeable)
+              .groupBy(*group)
+              .agg(F.sum("weight").alias("weight"), F.min("record").alias("record"),
+                   (F.count("*") - 1).alias("merged"),
+                   *[F.first(name).alias(name) for name in columns if name not in group]))
+    values = F.to_json(F.struct("domain", "user_id", "item_id", "rating", "timestamp", "weight", "split"))
+    merged = merged.withColumn("interaction_id", F.md5(values))
+    kept = interactions.where(~mergeable).withColumn("merged", F.lit(0).cast("long"))
+    return kept.unionByName(merged)
+
+
 def label_duplicates(rows: DataFrame, existing: DataFrame | None, keys: list[str]) -> DataFrame:
     """``reason`` 'duplicate' for good rows whose ``keys`` repeat a row kept before them, and ``present``
     True for good rows already in the table from the same source file (kept, nothing to write).
@@ -193,14 +220,18 @@ def quarantine_rows(labeled: DataFrame, kind: str, domain: Column, run_id: str) 
 
 
 def count_outcomes(labeled: DataFrame, domain: Column) -> dict[str, dict[str, int]]:
-    """{domain: {"read", "added", "present" and each reason: rows}} of one labeled kind."""
+    """{domain: {"read", "added", "present", "merged" (rows folded into others) and each reason: rows}} of
+    one labeled kind."""
     outcome = (F.when(F.col("reason").isNotNull(), F.col("reason"))
                .when(F.col("present"), "present").otherwise("added"))
+    folded = F.col("merged") if "merged" in labeled.columns else F.lit(0)
     counts: dict[str, dict[str, int]] = {}
-    for row in labeled.groupBy(domain.alias("domain"), outcome.alias("outcome")).count().collect():
-        per_domain = counts.setdefault(row["domain"], {"read": 0, "added": 0, "present": 0})
+    for row in (labeled.groupBy(domain.alias("domain"), outcome.alias("outcome"))
+                .agg(F.count("*").alias("count"), F.sum(folded).alias("merged")).collect()):
+        per_domain = counts.setdefault(row["domain"], {"read": 0, "added": 0, "present": 0, "merged": 0})
         per_domain[row["outcome"]] = row["count"]
-        per_domain["read"] += row["count"]
+        per_domain["merged"] += row["merged"]
+        per_domain["read"] += row["count"] + row["merged"]
     return counts
 
 
@@ -281,6 +312,8 @@ def _label_all(spark: SparkSession, config: Config, new_sources: dict, full: boo
         catalogued = [domain for domain in config.data.domains if config.data.domains[domain].items]
         catalogue = _union(catalogues) or spark.createDataFrame([], "domain string, item_id string")
         interactions = label_unknown_items(interactions, catalogue, catalogued)
+        if config.data.repeats == "merge":
+            interactions = merge_repeats(interactions)
         labeled[contract.INTERACTIONS] = label_duplicates(
             interactions, _existing(tables.INTERACTIONS), ["domain", "interaction_id"])
     return labeled
@@ -313,7 +346,8 @@ def _check_bad_shares(counts: dict[str, dict], max_bad_share: float, warehouse: 
 def _write_good_rows(kind: str, labeled: DataFrame, config: Config, full: bool) -> int:
     """MERGE the good rows that are not in the table yet (``full``: replace the table); return its version."""
     name, keys, partition_by = TARGETS[kind]
-    rows = labeled.where(F.col("reason").isNull() & ~F.col("present")).drop("reason", "present", "record")
+    rows = labeled.where(F.col("reason").isNull() & ~F.col("present")).drop("reason", "present", "record",
+                                                                            "merged")
     properties = tables.retention_properties(config.data.retention_days)
     if full:
         return tables.overwrite(rows, config.warehouse, name, partition_by, properties)
@@ -330,7 +364,7 @@ def _manifest_rows(spark: SparkSession, new_sources: dict, run_id: str) -> DataF
 
 
 def _quarantined(outcome: dict[str, int]) -> dict[str, int]:
-    return {reason: n for reason, n in outcome.items() if reason not in ("read", "added", "present")}
+    return {reason: n for reason, n in outcome.items() if reason not in ("read", "added", "present", "merged")}
 
 
 def _print_outcomes(counts: dict[str, dict], new_sources: dict) -> None:
@@ -340,13 +374,14 @@ def _print_outcomes(counts: dict[str, dict], new_sources: dict) -> None:
             bad = _quarantined(outcome)
             listed = ", ".join(f"{reason} {n:,}" for reason, n in sorted(bad.items()))
             where = kind if domain is None else f"{kind} of {domain}"
+            merged = f"{outcome['merged']:,} repeats merged into them, " if outcome["merged"] else ""
             log.info(f"{where}: {outcome['read']:,} rows from {files} new source(s): {outcome['added']:,} added, "
-                     f"{outcome['present']:,} already present, {sum(bad.values()):,} quarantined"
+                     f"{merged}{outcome['present']:,} already present, {sum(bad.values()):,} quarantined"
                      + (f" ({listed})" if listed else ""))
 
 
 def run_ingest(spark: SparkSession, config: Config) -> dict:
-    """The ingest stage (see the module doc). Returns {"read", "added", "present": {kind: {domain: rows}},
+    """The ingest stage (see the module doc). Returns {"read", "added", "present", "merged": {kind: {domain: rows}},
     "quarantined": {kind: {domain: {reason: rows}}}, "sources": new sources read, "versions": {table: v}}."""
     started, run_id, warehouse = time.time(), lineage.new_run_id(), config.warehouse
     # Without a record of what was read (a new warehouse, or tables from before ingest kept one), the
@@ -397,7 +432,7 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
     current = {name: tables.version(spark, warehouse, name) for name in outputs if tables.exists(spark, warehouse, name)}
     summary = {
         **{key: {kind: {domain: outcome[key] for domain, outcome in per_domain.items()}
-                 for kind, per_domain in counts.items()} for key in ("read", "added", "present")},
+                 for kind, per_domain in counts.items()} for key in ("read", "added", "present", "merged")},
         "quarantined": {kind: {domain: _quarantined(outcome) for domain, outcome in per_domain.items()}
                         for kind, per_domain in counts.items()},
         "sources": source_count,
