@@ -340,9 +340,27 @@ def test_repeated_events_without_timestamps_are_merged_into_one_weighted_row(spa
     else:
         assert pairs == [("u1", "b1", 1.0), ("u1", "b1", 2.0), ("u1", "b2", 1.0), ("u2", "b1", 1.0)]
         assert first["quarantined"]["interactions"]["books"] == {"duplicate": 1}
-    # The same file touched (so read again): its rows merge to the same rows, already present.
+    # The file grows by a line, so it is read again: its old rows merge to the same rows, already present.
     path = os.path.join(config.domain_input("books").interactions, "part-1.csv")
-    os.utime(path, (os.path.getatime(path), os.path.getmtime(path) + 60))
+    with open(path, "a") as handle:
+        handle.write("u3,b1,\n")
     again = run_ingest(spark, config)
-    assert again["sources"] == 1 and again["added"]["interactions"]["books"] == 0
+    assert again["sources"] == 1 and again["added"]["interactions"]["books"] == 1
     assert again["present"]["interactions"]["books"] == len(pairs)
+
+
+def test_a_file_delivered_again_under_another_name_is_skipped_as_already_present(spark, tmp_path, make_config):
+    config = _inputs_config(make_config, tmp_path)
+    _write_inputs(config)
+    run_ingest(spark, config)
+    before = {name: tables.version(spark, config.warehouse, name) for name in (tables.INTERACTIONS, tables.QUARANTINE)}
+    folder = config.domain_input("books").interactions
+    _write(os.path.join(folder, "part-1-resent.csv"), BOOK_INTERACTIONS)  # the same bytes, a new name
+
+    again = run_ingest(spark, config)
+
+    assert again["sources"] == 0
+    assert [(os.path.basename(copy), os.path.basename(original))
+            for copy, original in again["repeated"]["interactions/books"]] == [("part-1-resent.csv", "part-1.csv")]
+    assert {name: tables.version(spark, config.warehouse, name) for name in before} == before  # nothing added
+    assert run_ingest(spark, config)["repeated"] == {}  # remembered: not hashed again

@@ -4,7 +4,8 @@ Good rows are MERGEd into ``interactions``, ``items`` and ``user_links``; each r
 ``quarantine`` with its reason, its source file and the raw record, and the counts per reason are printed.
 Ingest is incremental: ``ingested_files`` remembers every file (size, modification time) and table
 version it has read, so only new or changed sources are read again, and rows are merged by content, so a
-rerun on the same input changes no table. When more than ``data.max_bad_share`` of the rows read from one
+rerun on the same input changes no table. ``ingested_contents`` remembers the SHA-256 of every file's
+bytes, so the same file delivered again under another name is skipped as already present. When more than ``data.max_bad_share`` of the rows read from one
 input is quarantined, the run writes the quarantine (to look at) and nothing else, and fails.
 
 Quarantine reasons, the first that applies (docs/data.md, "Validation"):
@@ -50,6 +51,7 @@ TARGETS = {
 }
 QUARANTINE_COLUMNS = ("kind", "domain", "reason", "source_file", "record", "quarantine_id", "run_id")
 MANIFEST_SCHEMA = "kind string, domain string, source string, size bigint, modified bigint, run_id string"
+CONTENTS_SCHEMA = "kind string, domain string, content_hash string, source string, run_id string"
 ITEM_TEXT_SEPARATOR = " | "
 
 
@@ -263,6 +265,42 @@ def _new_sources(spark: SparkSession, config: Config, full: bool) -> dict[tuple[
     return found
 
 
+def content_hashes(spark: SparkSession, paths: list[str]) -> dict[str, str]:
+    """{path: SHA-256 of the file's bytes}, computed by Spark on the executors (local and remote files alike)."""
+    if not paths:
+        return {}
+    rows = (spark.read.format("binaryFile").load(paths)
+            .select("path", F.sha2("content", 256).alias("content_hash")).collect())
+    return {row.path: row.content_hash for row in rows}
+
+
+def _skip_repeated_contents(spark: SparkSession, config: Config, new_sources: dict, full: bool) -> tuple[dict, dict, dict]:
+    """Take out of ``new_sources`` every file whose bytes were ingested before (or are another new file's):
+    the same file delivered again under another name, or touched, adds nothing. Returns (the sources to
+    read, {(kind, domain): [(skipped source, the file it repeats)]}, {path: content hash} of those to read)."""
+    hashes = content_hashes(spark, [source.path for (_, file_format, sources) in new_sources.values()
+                                    if file_format not in ("delta", "table") for source in sources])
+    known = {}
+    if not full and tables.exists(spark, config.warehouse, tables.INGESTED_CONTENTS):
+        known = {(row.kind, row.domain, row.content_hash): row.source
+                 for row in tables.read(spark, config.warehouse, tables.INGESTED_CONTENTS).collect()}
+    to_read, repeated = {}, {}
+    for (kind, domain), (location, file_format, sources) in new_sources.items():
+        fresh = []
+        for source in sources:
+            key = (kind, domain, hashes.get(source.path))
+            if key[2] is not None and key in known:
+                repeated.setdefault((kind, domain), []).append((source, known[key]))
+                log.warning(f"{source.path}: the same bytes as {known[key]}, ingested before: skipped as already present")
+                continue
+            if key[2] is not None:
+                known[key] = source.path
+            fresh.append(source)
+        to_read[(kind, domain)] = (location, file_format, fresh)
+    return to_read, repeated, {path: hashes[path] for (_, _, sources) in to_read.values()
+                               for path in (source.path for source in sources) if path in hashes}
+
+
 def _read_kind(spark: SparkSession, config: Config, kind: str, new_sources: dict) -> DataFrame | None:
     """The new rows of one kind over all its inputs, parsed and labeled with their row-level reasons."""
     frames = []
@@ -357,9 +395,11 @@ def _write_good_rows(kind: str, labeled: DataFrame, config: Config, full: bool) 
     return tables.merge_new(rows, config.warehouse, name, keys, partition_by, properties)
 
 
-def _manifest_rows(spark: SparkSession, new_sources: dict, run_id: str) -> DataFrame:
-    rows = [(kind, domain, source.path, source.size, source.modified, run_id)
-            for (kind, domain), (_, _, sources) in new_sources.items() for source in sources]
+def _manifest_rows(spark: SparkSession, new_sources: dict, repeated: dict, run_id: str) -> DataFrame:
+    """The ``ingested_files`` rows of the sources read and of those skipped as repeated contents."""
+    read = [(kind, domain, source) for (kind, domain), (_, _, sources) in new_sources.items() for source in sources]
+    skipped = [(kind, domain, source) for (kind, domain), pairs in repeated.items() for source, _ in pairs]
+    rows = [(kind, domain, source.path, source.size, source.modified, run_id) for kind, domain, source in read + skipped]
     return spark.createDataFrame(rows, MANIFEST_SCHEMA)
 
 
@@ -382,12 +422,13 @@ def _print_outcomes(counts: dict[str, dict], new_sources: dict) -> None:
 
 def run_ingest(spark: SparkSession, config: Config) -> dict:
     """The ingest stage (see the module doc). Returns {"read", "added", "present", "merged": {kind: {domain: rows}},
-    "quarantined": {kind: {domain: {reason: rows}}}, "sources": new sources read, "versions": {table: v}}."""
+    "quarantined": {kind: {domain: {reason: rows}}}, "sources": new sources read, "repeated": {input: [(file
+    skipped, the file whose bytes it repeats)]}, "versions": {table: v}}."""
     started, run_id, warehouse = time.time(), lineage.new_run_id(), config.warehouse
     # Without a record of what was read (a new warehouse, or tables from before ingest kept one), the
     # tables are rebuilt from every source.
     full = not tables.exists(spark, warehouse, tables.INGESTED_FILES)
-    new_sources = _new_sources(spark, config, full)
+    new_sources, repeated, hashes = _skip_repeated_contents(spark, config, _new_sources(spark, config, full), full)
     source_count = sum(len(sources) for _, _, sources in new_sources.values())
     labeled = {kind: frame.cache() for kind, frame in _label_all(spark, config, new_sources, full).items()}
     try:
@@ -410,11 +451,18 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
         for kind in (contract.USER_LINKS, contract.ITEMS, contract.INTERACTIONS):
             if kind in labeled:
                 versions[TARGETS[kind][0]] = _write_good_rows(kind, labeled[kind], config, full)
-        if source_count:
+        if source_count or repeated:
             versions[tables.INGESTED_FILES] = tables.upsert(
-                _manifest_rows(spark, new_sources, run_id), warehouse, tables.INGESTED_FILES,
+                _manifest_rows(spark, new_sources, repeated, run_id), warehouse, tables.INGESTED_FILES,
                 ["kind", "domain", "source"], "t.size <> s.size OR NOT (t.modified <=> s.modified)",
                 properties=properties)
+        if hashes:
+            contents = [(kind, domain, hashes[source.path], source.path, run_id)
+                        for (kind, domain), (_, _, sources) in new_sources.items() for source in sources
+                        if source.path in hashes]
+            versions[tables.INGESTED_CONTENTS] = tables.merge_new(
+                spark.createDataFrame(contents, CONTENTS_SCHEMA), warehouse, tables.INGESTED_CONTENTS,
+                ["kind", "domain", "content_hash"], properties=properties)
     finally:
         for frame in labeled.values():
             frame.unpersist()
@@ -436,6 +484,8 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
         "quarantined": {kind: {domain: _quarantined(outcome) for domain, outcome in per_domain.items()}
                         for kind, per_domain in counts.items()},
         "sources": source_count,
+        "repeated": {f"{kind}/{domain}" if domain else kind: [(source.path, original) for source, original in pairs]
+                     for (kind, domain), pairs in repeated.items()},
         "versions": current,
     }
     lineage.record_run(spark, warehouse, "ingest", run_id, started, {}, current,

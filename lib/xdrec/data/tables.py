@@ -13,6 +13,8 @@ Tables (columns; partitioning):
 - ``user_links``: domain_a, user_id_a, domain_b, user_id_b, link_id, source_file
 - ``quarantine``: kind, domain, reason, source_file, record, quarantine_id, run_id; by domain
 - ``ingested_files``: kind, domain, source, size, modified, rows, run_id (what ingest has read)
+- ``ingested_contents``: kind, domain, content_hash (SHA-256 of a file's bytes), source, run_id (so the
+  same bytes under another name are not read again)
 - ``user_index``: user_id (the person, see docs/data.md), user_idx
 - ``item_index``: domain, item_id, item_idx
 - ``cold_start_users``: user_idx, split ("valid" or "test")
@@ -54,6 +56,7 @@ TRAINING_EXAMPLES = "training_examples"
 USER_LINKS = "user_links"
 QUARANTINE = "quarantine"
 INGESTED_FILES = "ingested_files"
+INGESTED_CONTENTS = "ingested_contents"
 USER_FEATURES = "user_features"
 ITEM_FEATURES = "item_features"
 CROSS_DOMAIN_USERS = "cross_domain_users"
