@@ -7,8 +7,10 @@ serves a model that validates worse than one of its own baselines.
 
 The blend (``train.blend``) adds the best trained method's scores to the best factor model's, each divided
 by its spread, with the weight that validates best: two models that learned from different losses make
-different mistakes, and their blend ranks better than either (docs/methods.md, "Model selection"). The choice, with every candidate's figure, is written atomically to
-``<warehouse>/models/SELECTED`` (JSON), which the score stage serves by default.
+different mistakes, and their blend ranks better than either (docs/methods.md, "Model selection").
+
+The choice, with every candidate's figure, is written atomically to ``<warehouse>/models/SELECTED``
+(JSON), which the score stage serves by default.
 """
 from __future__ import annotations
 
@@ -73,9 +75,9 @@ def score_spread(model: nn.Module, validation: ValidationSet, seed: int, users: 
 def fit_blend(trained: nn.Module, factor: nn.Module, validation: ValidationSet, train: TrainConfig,
               num_users: int, num_items: int) -> tuple[FactorModel, dict[str, Any]]:
     """The blend ``w * trained + (1 - w) * factor`` of the two models' scores, each divided by its spread,
-    with the weight ``w`` of :data:`BLEND_WEIGHTS` that validates best. The weights
-    0 and 1 are the models alone, so the blend never validates below either. Returns the blend and what
-    was chosen: ``{"weight", "spreads", "validation": {weight: figure}}``."""
+    with the weight ``w`` of :data:`BLEND_WEIGHTS` that validates best. The weights 0 and 1 are the models
+    alone, so the blend never validates below either. Returns the blend and what was chosen:
+    ``{"weight", "spreads", "selected_on", "validation": {weight: figure}}``."""
     spreads = (score_spread(trained, validation, train.seed), score_spread(factor, validation, train.seed))
     scaled = [blended((model,), (1 / spread,), num_users, num_items) for model, spread in zip((trained, factor), spreads)]
     figures, key = {}, None
