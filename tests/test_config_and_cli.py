@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,20 @@ def test_an_installed_wheel_loads_the_named_configs(tmp_path):
     assert shown.returncode == 0, shown.stderr
     location, names = shown.stdout.splitlines()
     assert location.startswith(str(tmp_path / "site")) and names == "movielens-1m cdrib-video-game"
+
+
+def test_a_long_spark_step_reports_its_progress(spark, capsys):
+    from pyspark.sql import functions as F
+
+    from xdrec.spark import progress
+
+    @F.udf("long")
+    def slowly(value):
+        time.sleep(0.5)
+        return value
+
+    with progress(spark, "score", "scoring a test", every_seconds=0.5):
+        assert spark.range(0, 8, numPartitions=4).select(slowly("id")).count() == 8
+    lines = [line for line in capsys.readouterr().out.splitlines() if "[score] scoring a test: " in line]
+    assert any(" of 4 tasks done, " in line for line in lines), lines  # the stage of the 4 slow tasks
+    assert all(re.search(r"scoring a test: \d+ of \d+ tasks done, \d+s$", line) for line in lines), lines

@@ -9,11 +9,16 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from pyspark.sql import SparkSession
 
 from xdrec.config import SparkConfig
 from xdrec.errors import XdrecError
+from xdrec.logs import get_logger
 
 DELTA_VERSION = "4.0.1"
 _LOG4J = os.path.join(os.path.dirname(__file__), "log4j2.properties")
@@ -66,3 +71,30 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.log_level)
     return spark
+
+
+@contextmanager
+def progress(spark: SparkSession, stage: str, what: str, every_seconds: float = 30.0) -> Iterator[None]:
+    """Within the block, log every ``every_seconds`` how far the Spark jobs it runs have come (tasks done of
+    the active stages' tasks), so a long step (embedding texts, scoring, ranking) shows it is moving::
+
+        with progress(spark, "score", "scoring joint"):
+            tables.replace_where(rows, ...)   # "12:00:30 [score] scoring joint: 3 of 8 tasks done, 30s"
+    """
+    log, tracker, stop = get_logger(stage), spark.sparkContext.statusTracker(), threading.Event()
+    started = time.perf_counter()
+
+    def report() -> None:
+        while not stop.wait(every_seconds):
+            stages = [info for info in map(tracker.getStageInfo, tracker.getActiveStageIds()) if info]
+            if stages:
+                done, total = sum(info.numCompletedTasks for info in stages), sum(info.numTasks for info in stages)
+                log.info(f"{what}: {done:,} of {total:,} tasks done, {time.perf_counter() - started:.0f}s")
+
+    reporter = threading.Thread(target=report, daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reporter.join()

@@ -25,6 +25,7 @@ from xdrec.data import contract, lineage, tables, text
 from xdrec.data.splits import assign_splits, choose_cold_start_users, given_cold_start_users
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
+from xdrec.spark import progress
 
 log = get_logger("features")
 
@@ -316,7 +317,8 @@ def _embed_item_text(writer: _Writer, config: Config, items: DataFrame, item_ind
     partitions = writer.spark.sparkContext.defaultParallelism
     embedded = text.embed_texts(missing, encoder, config.features.text_batch_size, partitions).cache()
     try:
-        new_texts = embedded.count()  # runs the encoder once; the MERGE below reuses the result
+        with progress(writer.spark, "features", f"embedding the new texts with {encoder}"):
+            new_texts = embedded.count()  # runs the encoder once; the MERGE below reuses the result
         if new_texts:
             cache = writer.merge_new(embedded, tables.TEXT_EMBEDDING_CACHE, ["encoder", "text_hash"])
     finally:

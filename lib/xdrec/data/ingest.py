@@ -40,6 +40,7 @@ from xdrec.data import contract, lineage, tables
 from xdrec.data.readers import Source, list_sources, read_sources
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
+from xdrec.spark import progress
 
 log = get_logger("ingest")
 
@@ -432,7 +433,8 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
     source_count = sum(len(sources) for _, _, sources in new_sources.values())
     labeled = {kind: frame.cache() for kind, frame in _label_all(spark, config, new_sources, full).items()}
     try:
-        counts = {kind: count_outcomes(frame, _domain_of(kind, for_counts=True)) for kind, frame in labeled.items()}
+        with progress(spark, "ingest", f"reading and checking {source_count} new source(s)"):
+            counts = {kind: count_outcomes(frame, _domain_of(kind, for_counts=True)) for kind, frame in labeled.items()}
         _print_outcomes(counts, new_sources)
         versions = {}
         properties = tables.retention_properties(config.data.retention_days)

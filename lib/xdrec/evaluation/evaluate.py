@@ -38,6 +38,7 @@ from xdrec.evaluation import baselines, report
 from xdrec.logs import get_logger
 from xdrec.modeling.metrics import metric_names, sampled_line_metrics, user_metrics
 from xdrec.modeling.ranking import full_ranks, sampled_ranks
+from xdrec.spark import progress
 from xdrec.training import artifact as artifacts, factors, selection
 
 log = get_logger("evaluate")
@@ -288,7 +289,8 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
             sampled_names(ks), model, SAMPLED))
     started = time.perf_counter()
     union = lambda frames: reduce(DataFrame.unionByName, frames)  # noqa: E731
-    user_metrics_version = tables.overwrite(union(full_frames), config.warehouse, tables.USER_METRICS, ["model"])
+    with progress(spark, "evaluate", f"ranking the test users with {len(scorers)} models"):
+        user_metrics_version = tables.overwrite(union(full_frames), config.warehouse, tables.USER_METRICS, ["model"])
     per_user = tables.read(spark, config.warehouse, tables.USER_METRICS)
     means = group_means(per_user).unionByName(group_means(union(sampled_frames)))
     errors = rating_errors(indexed, config)

@@ -33,6 +33,7 @@ from xdrec.data import lineage, tables
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
 from xdrec.serving.topk import TopKScorer, resolve_device
+from xdrec.spark import progress
 from xdrec.training import artifact as artifacts, selection
 
 log = get_logger("score")
@@ -353,7 +354,7 @@ def _score_method(spark: SparkSession, config: Config, method: str, run_date: da
             recommendation_rows(part, run_date, method, artifact.model_version, target) for part in parts])
         # One commit replaces this (run_date, model) partition: a run failing before it leaves the old one.
         predicate = f"run_date = DATE'{run_date.isoformat()}' AND model = '{method}'"
-        with arrow_batch_size(spark, settings.arrow_batch_size):
+        with arrow_batch_size(spark, settings.arrow_batch_size), progress(spark, "score", f"scoring {method}"):
             table_version = tables.replace_where(snapshot, warehouse, tables.RECOMMENDATIONS, predicate,
                                                  partition_by=PARTITION_COLUMNS)
     finally:
