@@ -5,8 +5,9 @@ Good rows are MERGEd into ``interactions``, ``items`` and ``user_links``; each r
 Ingest is incremental: ``ingested_files`` remembers every file (size, modification time) and table
 version it has read, so only new or changed sources are read again, and rows are merged by content, so a
 rerun on the same input changes no table. ``ingested_contents`` remembers the SHA-256 of every file's
-bytes, so the same file delivered again under another name is skipped as already present. When more than ``data.max_bad_share`` of the rows read from one
-input is quarantined, the run writes the quarantine (to look at) and nothing else, and fails.
+bytes, so the same file delivered again under another name is skipped as already present. When more than
+``data.max_bad_share`` of the rows read from one input is quarantined, the run writes the quarantine (to
+look at) and nothing else, and fails.
 
 Quarantine reasons, the first that applies (docs/data.md, "Validation"):
 
