@@ -80,15 +80,16 @@ def fit_blend(trained: nn.Module, factor: nn.Module, validation: ValidationSet, 
     ``{"weight", "spreads", "selected_on", "validation": {weight: figure}}``."""
     spreads = (score_spread(trained, validation, train.seed), score_spread(factor, validation, train.seed))
     scaled = [blended((model,), (1 / spread,), num_users, num_items) for model, spread in zip((trained, factor), spreads)]
-    figures, key = {}, None
+    figures, key, best = {}, None, None
     for weight in BLEND_WEIGHTS:
         candidate = blended(tuple(scaled), (weight, 1 - weight), num_users, num_items)
         ranked = ranking_figures(candidate, validation, train.validation_k, Collective())
         key = key or selecting_key(train, ranked)
         figures[weight] = ranked[key]
-    # On a tie, the weight nearest to a model alone: no more of a second model than validation asks for.
-    weight = max(BLEND_WEIGHTS, key=lambda value: (figures[value], abs(value - 0.5)))
-    model = blended(tuple(scaled), (weight, 1 - weight), num_users, num_items)
+        # On a tie, the weight nearest to a model alone: no more of a second model than validation asks for.
+        if best is None or (figures[weight], abs(weight - 0.5)) > (figures[best[0]], abs(best[0] - 0.5)):
+            best = (weight, candidate)
+    weight, model = best
     return model, {"weight": weight, "spreads": list(spreads), "selected_on": key, "validation": figures}
 
 
