@@ -4,5 +4,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv=$(bash "$here/scripts/setup.sh" | tail -1)
+# The object-store tests' S3 server and Spark's s3a jars.
+XDREC_WEED=$(bash "$here/scripts/setup_store.sh" | tail -1)
+export XDREC_WEED
 cd "$here"
 exec "$venv/bin/python" -m pytest "$@"

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 
 import pytest
 import torch
 
+from stores import SeaweedStore
 from xdrec.config import SparkConfig, load_config
 from xdrec.spark import get_spark
 
@@ -44,3 +46,36 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory):
+    """The session's S3 server (:class:`SeaweedStore`, built by scripts/setup_store.sh). Its endpoint and
+    keys go into the environment, where s3fs (and so xdrec.files) reads them."""
+    weed = os.environ.get("XDREC_WEED") or ""
+    if not os.access(weed, os.X_OK):
+        pytest.fail(f"no SeaweedFS binary at XDREC_WEED={weed!r}: run scripts/setup_store.sh (scripts/test.sh does)")
+    store = SeaweedStore(weed, tmp_path_factory.mktemp("seaweedfs"))
+    settings = {"AWS_ENDPOINT_URL": store.endpoint, "AWS_ACCESS_KEY_ID": "xdrec", "AWS_SECRET_ACCESS_KEY": "xdrec-secret",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+    previous = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    store.start()
+    yield store
+    if store.process.poll() is None:
+        store.kill()  # its data is the session's temporary folder: nothing to shut down cleanly
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_store):
+    """A new, empty bucket on the session's S3 server."""
+    import fsspec
+
+    name = f"xdrec-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+    return name

@@ -15,7 +15,7 @@ LAYERS = {
     "errors": 0, "files": 0, "logs": 0, "data.contract": 0, "modeling.parts": 0,  # contracts
     "config": 1, "spark": 2,
     "data": 3, "modeling": 4, "training": 5, "serving": 6, "evaluation": 7,  # the stages, in data order
-    "pipeline": 8, "evaluation.benchmark": 9, "cli": 10,  # what runs the stages
+    "pipeline": 8, "evaluation.benchmark": 9, "cli": 10, "notebook": 10,  # what runs the stages
 }
 # What each part must not reach, directly or through other xdrec modules.
 FORBIDDEN = {

@@ -15,6 +15,7 @@ import time
 import traceback
 from typing import Callable
 
+from xdrec import files
 from xdrec.config import DEFAULT_CONF, METHODS, load_config
 from xdrec.errors import XdrecError
 
@@ -77,12 +78,10 @@ def write_trace(error: BaseException) -> str | None:
     """Write ``error``'s full traceback to a new file under ``$XDREC_LOG_DIR``, else the job's
     ``<warehouse>/logs`` (``logs`` before its config is read); its path, or None when that cannot be written."""
     folder = os.environ.get("XDREC_LOG_DIR") or _trace_folder["path"]
-    path = os.path.join(folder, f"xdrec-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log")
+    path = files.join(folder, f"xdrec-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log")
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(f"xdrec {' '.join(sys.argv)}\n")
-            traceback.print_exception(type(error), error, error.__traceback__, file=handle)
+        files.write_text(path, f"xdrec {' '.join(sys.argv)}\n"
+                         + "".join(traceback.format_exception(type(error), error, error.__traceback__)))
         return path
     except OSError:
         return None
@@ -117,7 +116,7 @@ def run_job(stage: str | None = None, argv: list[str] | None = None) -> int:
     def body() -> None:
         args = parse_args(sys.argv[1:] if argv is None else argv, stage)
         config = load_config(args.conf, args.overrides)
-        _trace_folder["path"] = os.path.join(config.warehouse, "logs")
+        _trace_folder["path"] = files.join(config.warehouse, "logs")
 
         from xdrec.pipeline import run_pipeline, run_stage
         from xdrec.spark import get_spark

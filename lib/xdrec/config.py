@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import os
 import re
 import sys
 import types
@@ -24,6 +23,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       field_validator, model_validator)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from xdrec import files
 from xdrec.data.contract import FORMATS, INTERACTIONS, ITEMS, USER_GROUPS, all_columns
 from xdrec.errors import XdrecError
 from xdrec.modeling.parts import PARTS
@@ -459,6 +459,9 @@ class SparkConfig(_Section):
     """spark.driver.memory."""
     log_level: str = "ERROR"
     """Log level of the SparkContext."""
+    conf: dict[str, str] = Field(default_factory=dict)
+    """More Spark settings for the session xdrec starts, e.g. an object store's
+    ``spark.hadoop.fs.s3a.endpoint`` (README, "Running on a cluster"). Under spark-submit, pass them with ``--conf``."""
 
 
 class Config(_Section):
@@ -466,13 +469,14 @@ class Config(_Section):
 
     warehouse: str = "warehouse"
     """Root folder of the Delta tables (delta/), the raw inputs (raw/, see ``{raw}``), the model artifacts
-    (models/) and MLflow's default store (mlruns/). Not a filesystem root."""
+    (models/) and MLflow's default store (mlruns/). Not a filesystem root. A local path or a URI:
+    ``file://``, ``s3a://``, ``abfss://``, ``gs://``, ``dbfs:/``, ``/Volumes/...`` (README, "Running on a cluster")."""
 
     @field_validator("warehouse")
     @classmethod
     def _not_a_root(cls, value: str) -> str:
         # Every stage writes delta/, models/, raw/ ... directly under it.
-        if not value.strip() or os.path.dirname(os.path.abspath(value)) == os.path.abspath(value):
+        if not value.strip() or files.parent(value) == files.location(value):
             raise PydanticCustomError("warehouse_root", "Input should be a folder, not a filesystem root")
         return value
     data: DataConfig
@@ -500,7 +504,7 @@ class Config(_Section):
 
     @property
     def raw_dir(self) -> str:
-        return os.path.join(self.warehouse, "raw", self.data.name)
+        return files.join(self.warehouse, "raw", self.data.name)
 
     def expand(self, path: str | None) -> str | None:
         """``path`` with ``{raw}`` replaced by :attr:`raw_dir`."""
@@ -589,21 +593,25 @@ def _apply_override(values: dict[str, Any], override: str) -> None:
         raise XdrecError(f"override {override!r}: not a valid YAML value: {str(error).splitlines()[0]}") from None
 
 
-def resolve_conf_path(name_or_path: str) -> Path:
-    """``demo`` means ``conf/demo.yaml``; anything with a slash or a .yaml suffix is a path."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml") and "/" not in name_or_path:
-        path = CONF_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise XdrecError(f"config file not found: {path}")
-    return path
+def resolve_conf_path(name_or_path: str) -> str:
+    """``demo`` means the packaged ``conf/demo.yaml``; anything with a slash or a .yaml suffix is a path or
+    a URI (``s3a://bucket/conf/my.yaml``, read through :mod:`xdrec.files`)."""
+    if not name_or_path.endswith((".yaml", ".yml")) and "/" not in name_or_path:
+        return str(CONF_DIR / f"{name_or_path}.yaml")
+    return files.location(name_or_path)
 
 
 def load_config(name_or_path: str = DEFAULT_CONF, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load, override and validate a configuration. Raises XdrecError naming the bad key."""
     path = resolve_conf_path(name_or_path)
     try:
-        values = yaml.load(path.read_text(), Loader=_Loader) or {}
+        text = files.read_text(path)
+    except FileNotFoundError:
+        raise XdrecError(f"config file not found: {path}") from None
+    except OSError as error:
+        raise XdrecError(f"config file {path} unreadable: {error}") from None
+    try:
+        values = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as error:
         raise XdrecError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(values, dict):

@@ -37,6 +37,12 @@ def delta_jars() -> list[str]:
     return jars
 
 
+def s3a_jars() -> list[str]:
+    """Hadoop's s3a:// file system and its AWS SDK, when ``scripts/setup_store.sh`` has fetched them."""
+    return sorted(glob.glob(os.path.join(cache_dir(), "jars", "hadoop-aws-*.jar"))
+                  + glob.glob(os.path.join(cache_dir(), "jars", "bundle-*.jar")))
+
+
 def get_spark(config: SparkConfig | None = None) -> SparkSession:
     """The active SparkSession if there is one, else a local one with Delta configured."""
     active = SparkSession.getActiveSession()
@@ -50,6 +56,8 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     java_options = f"-Dlog4j2.configurationFile=file:{_LOG4J}"
+    # On the class path rather than in spark.jars: Spark would copy the SDK's 560 MB to every executor.
+    class_path = os.pathsep.join(s3a_jars())
     builder = (
         SparkSession.builder.master(config.master)
         .appName(config.app_name)
@@ -67,7 +75,11 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.databricks.delta.optimizeWrite.enabled", "true")
+        .config("spark.driver.extraClassPath", class_path)
+        .config("spark.executor.extraClassPath", class_path)
     )
+    for key, value in config.conf.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.log_level)
     return spark

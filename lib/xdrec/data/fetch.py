@@ -8,11 +8,10 @@ All write xdrec's input format, one folder per domain under a raw directory:
 - ``<raw_dir>/<domain>/items.csv`` with header ``item_id,title,category`` (CDRIB has no catalogue).
 
 No Spark work here: the files are small enough for pandas, and the pipeline proper starts at ingest.
-Every file is written to a temporary name and renamed, so a file that exists is complete.
+Every file is written whole (:func:`xdrec.files.write_text`), so a file that exists is complete.
 """
 from __future__ import annotations
 
-import glob
 import os
 import zipfile
 
@@ -21,8 +20,8 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from xdrec.config import Config
+from xdrec import files
 from xdrec.errors import XdrecError
-from xdrec.files import atomic_path
 from xdrec.logs import get_logger
 from xdrec.spark import cache_dir
 
@@ -46,13 +45,11 @@ def movielens_wheel_path() -> str:
 
 
 def _domain_paths(raw_dir: str, domain: str) -> tuple[str, str]:
-    folder = os.path.join(raw_dir, domain)
-    return os.path.join(folder, INTERACTIONS_FILE), os.path.join(folder, ITEMS_FILE)
+    return files.join(raw_dir, domain, INTERACTIONS_FILE), files.join(raw_dir, domain, ITEMS_FILE)
 
 
 def _write_csv_atomically(frame: pd.DataFrame, path: str) -> None:
-    with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
+    files.write_text(path, frame.to_csv(index=False))
 
 
 def _write_domains(raw_dir: str, tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict:
@@ -119,7 +116,7 @@ def fetch_movielens(raw_dir: str) -> dict:
     were already there (then nothing is read or written).
     """
     paths = [path for domain in (OTHER_DOMAIN, COMEDY_DOMAIN) for path in _domain_paths(raw_dir, domain)]
-    if all(os.path.isfile(path) for path in paths):
+    if all(files.is_file(path) for path in paths):
         log.info(f"movielens-1m: already in {raw_dir}")
         return {}
     wheel_path = movielens_wheel_path()
@@ -264,22 +261,18 @@ def generate_synthetic(raw_dir: str, source_domain: str, target_domain: str, num
     return summary
 
 
-def is_local_path(path: str) -> bool:
-    """False for URIs that only Spark's file systems reach (dbfs:/, s3a://, hdfs://, ...)."""
-    return "://" not in path and not path.startswith("dbfs:")
-
-
 def _missing_inputs(config: Config) -> list[str]:
-    """Configured local inputs (files, folders or globs) of the source and target domains that match nothing.
-
-    Remote URIs are never created here; ingest checks that they exist.
+    """Configured inputs (files, folders or globs) of the source and target domains that match nothing:
+    local ones, and those in the raw directory wherever the warehouse is. Other remote inputs are the
+    user's, never created here; ingest checks that they exist.
     """
     paths = []
     for domain in (config.data.source_domain, config.data.target_domain):
         spec = config.domain_input(domain)
         paths += [spec.interactions] + ([spec.items] if spec.items else [])
     # A path may be a folder or a glob (docs/data.md): present when it matches anything.
-    return [path for path in paths if is_local_path(path) and not glob.glob(path)]
+    return [path for path in paths
+            if (files.is_local(path) or path.startswith(config.raw_dir)) and not files.matches(path)]
 
 
 def run_fetch(spark: SparkSession, config: Config) -> dict:

@@ -35,12 +35,12 @@ Tables (columns; partitioning):
 """
 from __future__ import annotations
 
-import os
 import time
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
+from xdrec import files
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
 
@@ -70,7 +70,7 @@ METRICS = "metrics"
 
 
 def table_path(warehouse: str, name: str) -> str:
-    return os.path.join(os.path.abspath(warehouse), "delta", name)
+    return files.join(warehouse, "delta", name)
 
 
 def exists(spark: SparkSession, warehouse: str, name: str) -> bool:

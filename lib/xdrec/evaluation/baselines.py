@@ -11,7 +11,7 @@ its artifact instead.
 """
 from __future__ import annotations
 
-import os
+import io
 from functools import reduce
 
 import numpy as np
@@ -19,7 +19,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from xdrec.files import atomic_path
+from xdrec import files
 from xdrec.modeling.model import FactorModel
 
 FACTORS_FILE = "factors.npz"
@@ -27,14 +27,15 @@ FACTORS_FILE = "factors.npz"
 
 def save_scorer(path: str, model: FactorModel) -> str:
     """Write a baseline's factors atomically as ``<path>/factors.npz``."""
-    with atomic_path(os.path.join(path, FACTORS_FILE)) as temporary, open(temporary, "wb") as handle:
-        np.savez(handle, user_factors=model.user_embedding.weight.numpy(),
-                 item_factors=model.item_embedding.weight.numpy(), item_bias=model.item_bias.weight[:, 0].numpy())
+    buffer = io.BytesIO()
+    np.savez(buffer, user_factors=model.user_embedding.weight.numpy(),
+             item_factors=model.item_embedding.weight.numpy(), item_bias=model.item_bias.weight[:, 0].numpy())
+    files.write_bytes(files.join(path, FACTORS_FILE), buffer.getvalue())
     return path
 
 
 def load_scorer(path: str) -> FactorModel:
-    with np.load(os.path.join(path, FACTORS_FILE)) as factors:
+    with np.load(io.BytesIO(files.read_bytes(files.join(path, FACTORS_FILE)))) as factors:
         return FactorModel(factors["user_factors"], factors["item_factors"], factors["item_bias"])
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from xdrec import files
 from xdrec.config import Config, METHODS, load_config
 from xdrec.data.contract import USER_GROUPS
 from xdrec.logs import get_logger
@@ -189,7 +190,8 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
             reused += sum(bool(meta.get("reused")) for meta in models)
             seed_folder = os.path.join(out, label, f"seed{seed}")
             shutil.rmtree(seed_folder, ignore_errors=True)
-            shutil.copytree(os.path.join(os.path.abspath(config.warehouse), "reports", "latest"), seed_folder)
+            with files.local_copy(files.join(config.warehouse, "reports", "latest")) as report:
+                shutil.copytree(report, seed_folder)
         datasets[label] = {
             "dataset": base.data.name, "source_domain": base.data.source_domain,
             "target_domain": base.data.target_domain, "seeds": seeds, "ks": per_seed[0]["ks"],

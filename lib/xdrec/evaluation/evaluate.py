@@ -19,7 +19,6 @@ load a model artifact or a baseline's factors once per task.
 """
 from __future__ import annotations
 
-import os
 import time
 from functools import reduce
 from typing import Any, Iterator
@@ -30,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from xdrec import files
 from xdrec.config import Config
 from xdrec.data import lineage, tables
 from xdrec.data.contract import USER_GROUPS
@@ -48,7 +48,7 @@ FULL, SAMPLED, RATING = "full", "sampled", "rating"
 
 def load_scorer(path: str):
     """A model artifact's model or a baseline's FactorModel, from its folder."""
-    if os.path.isfile(os.path.join(path, baselines.FACTORS_FILE)):
+    if files.is_file(files.join(path, baselines.FACTORS_FILE)):
         return baselines.load_scorer(path)
     return artifacts.load(path).model
 
@@ -193,7 +193,7 @@ def fit_baselines(config: Config, indexed: DataFrame, num_users: int, num_items:
         started = time.perf_counter()
         model = factors.fit_factor_model(name, train, config.data.source_domain, config.data.target_domain,
                                          num_users, num_items, config.als)
-        paths[name] = baselines.save_scorer(os.path.join(os.path.abspath(config.warehouse), "baselines", name), model)
+        paths[name] = baselines.save_scorer(files.join(config.warehouse, "baselines", name), model)
         log.info(f"baseline {name} fitted in {time.perf_counter() - started:.1f}s")
     return paths
 
@@ -250,13 +250,13 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
                 for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
     trained = selection.served_candidates(config.train)
     scorers = {method: artifacts.latest_path(config.warehouse, method) for method in trained}
-    folder = os.path.join(os.path.abspath(config.warehouse), "reports", "latest")
+    folder = files.join(config.warehouse, "reports", "latest")
     # Same split, models, recommendations and settings: the same figures. Say so instead of redoing them.
     values = config.to_dict()
     recommendations = (tables.version(spark, config.warehouse, tables.RECOMMENDATIONS)
                        if tables.exists(spark, config.warehouse, tables.RECOMMENDATIONS) else None)
     evaluation_key = lineage.fingerprint(values["evaluate"], values["als"], config.score.k, versions, recommendations,
-                                         {method: os.path.basename(path) for method, path in scorers.items()},
+                                         {method: files.basename(path) for method, path in scorers.items()},
                                          selection.read_selection(config.warehouse)["model_version"])
     previous = report.read(folder)
     if previous is not None and previous.get("key") == evaluation_key:

@@ -10,8 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and executors
 import matplotlib.pyplot as plt  # noqa: E402
 
+from xdrec import files  # noqa: E402
 from xdrec.data.contract import USER_GROUPS  # noqa: E402
-from xdrec.files import atomic_path  # noqa: E402
 
 
 def _cell(value: float | None) -> str:
@@ -145,16 +145,14 @@ def plot_training(histories: dict[str, list[dict]], path: str) -> None:
 def read(folder: str) -> dict[str, Any] | None:
     """The results of the report in ``folder`` (its metrics.json), or None when there is none to read."""
     try:
-        with open(os.path.join(folder, "metrics.json")) as handle:
-            return json.load(handle)
+        return files.read_json(files.join(folder, "metrics.json"))
     except (OSError, ValueError):
         return None
 
 
 def write(folder: str, results: dict[str, Any], headline: str) -> str:
     """Write summary.md, metrics.json and the plots to ``folder``, replacing it whole."""
-    with atomic_path(folder) as staging:
-        os.makedirs(staging)
+    with files.staged_folder(folder) as staging:
         with open(os.path.join(staging, "metrics.json"), "w") as handle:
             json.dump(results, handle, indent=2, sort_keys=True, default=str)
         with open(os.path.join(staging, "summary.md"), "w") as handle:

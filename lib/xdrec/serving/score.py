@@ -14,7 +14,6 @@ Innermost first:
 """
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
@@ -28,6 +27,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from xdrec import files
 from xdrec.config import Config, ScoreConfig
 from xdrec.data import lineage, tables
 from xdrec.errors import XdrecError
@@ -154,8 +154,8 @@ def score_pairs(pairs: DataFrame, artifact_path: str, domain: str, pairs_per_cal
     user or item the model does not know. For re-ranking candidate lists made elsewhere.
     """
     spark = pairs.sparkSession
-    model_users = spark.read.parquet(os.path.join(artifact_path, "user_index.parquet"))
-    model_items = (spark.read.parquet(os.path.join(artifact_path, "item_index.parquet"))
+    model_users = spark.read.parquet(files.join(artifact_path, "user_index.parquet"))
+    model_items = (spark.read.parquet(files.join(artifact_path, "item_index.parquet"))
                    .where(F.col("domain") == domain))
     scored = (
         pairs.join(model_users.select(F.col("user_id").alias("_user_id"), F.col("user_idx").alias("_user_idx")),
@@ -319,7 +319,7 @@ def _score_method(spark: SparkSession, config: Config, method: str, run_date: da
                 **{key: done[key] for key in ("users", "scored", "cold_start", "fallback", "copied", "rows")},
                 "seconds": round(time.perf_counter() - started, 2), "users_per_second": 0.0, "table_version": version}
     # Known to the model: the same user_id at the same user_idx in the artifact's own user index.
-    model_users = (spark.read.parquet(os.path.join(path, "user_index.parquet"))
+    model_users = (spark.read.parquet(files.join(path, "user_index.parquet"))
                    .select("user_id", F.col("user_idx").cast("int"), F.lit(True).alias("known")))
     users = inputs["users"].join(model_users, ["user_id", "user_idx"], "left").fillna(False, ["known"])
     last_run = (_read_last_run(spark, config, method, artifact.model_version, inputs["interactions"])

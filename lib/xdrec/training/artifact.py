@@ -7,11 +7,12 @@ An artifact is a folder ``<warehouse>/models/<method>/<model_version>/`` holding
   configuration, the Delta versions of the tables training read, and training history;
 - ``user_index.parquet`` (user_id, user_idx) and ``item_index.parquet`` (domain, item_id, item_idx).
 
-It is written to a temporary sibling folder and renamed into place, so a reader never sees half of one.
-``<warehouse>/models/<method>/LATEST`` names the newest complete version.
+It is written once, whole (:func:`xdrec.files.staged_folder`), at a local path or a URI; then
+``<warehouse>/models/<method>/LATEST`` is pointed at it, so a reader never sees half of one.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from contextlib import contextmanager
@@ -22,8 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xdrec import files
 from xdrec.errors import XdrecError
-from xdrec.files import atomic_path
 from xdrec.modeling.model import FactorModel, TwoTower
 
 FORMAT_VERSION = 1
@@ -34,7 +35,7 @@ Model = TwoTower | FactorModel
 
 
 def models_dir(warehouse: str, method: str) -> str:
-    return os.path.join(os.path.abspath(warehouse), "models", method)
+    return files.join(warehouse, "models", method)
 
 
 @dataclass
@@ -62,8 +63,7 @@ class Artifact:
 def save(path: str, model: Model, meta: dict[str, Any], user_index: pd.DataFrame,
          item_index: pd.DataFrame) -> str:
     """Write an artifact atomically at ``path`` and point ``LATEST`` at it."""
-    with atomic_path(path) as staging:
-        os.makedirs(staging)
+    with files.staged_folder(path) as staging:
         torch.save(model.state_dict(), os.path.join(staging, "model.pt"))
         meta = {**meta, "format": FORMAT_VERSION, "model_class": type(model).__name__,
                 "model": model.hyperparameters()}
@@ -77,40 +77,38 @@ def save(path: str, model: Model, meta: dict[str, Any], user_index: pd.DataFrame
 
 def mark_latest(path: str) -> None:
     """Point its method's ``LATEST`` at the artifact folder ``path``."""
-    with atomic_path(os.path.join(os.path.dirname(os.path.abspath(path)), "LATEST")) as latest:
-        with open(latest, "w") as handle:
-            handle.write(os.path.basename(path) + "\n")
+    files.write_text(files.join(files.parent(path), "LATEST"), files.basename(path) + "\n")
 
 
 def latest_path(warehouse: str, method: str) -> str:
     """The folder of the newest complete artifact of ``method``."""
-    pointer = os.path.join(models_dir(warehouse, method), "LATEST")
-    if not os.path.isfile(pointer):
+    pointer = files.join(models_dir(warehouse, method), "LATEST")
+    if not files.is_file(pointer):
         raise XdrecError(f"no trained '{method}' model under {models_dir(warehouse, method)}: run the train stage first")
-    with open(pointer) as handle:
-        return os.path.join(models_dir(warehouse, method), handle.read().strip())
+    return files.join(models_dir(warehouse, method), files.read_text(pointer).strip())
 
 
 def load(path: str) -> Artifact:
     """Load an artifact folder onto the CPU, model in eval mode. A missing, cut or foreign file fails with
     one line naming it and its cause."""
-    meta_path = os.path.join(path, "artifact.json")
-    if not os.path.isfile(meta_path):
+    meta_path = files.join(path, "artifact.json")
+    if not files.is_file(meta_path):
         raise XdrecError(f"not a model artifact (no artifact.json): {path}")
-    with _reading(meta_path), open(meta_path) as handle:
-        meta = json.load(handle)
+    with _reading(meta_path):
+        meta = files.read_json(meta_path)
     if meta.get("format") != FORMAT_VERSION:
         raise XdrecError(f"{meta_path}: artifact format {meta.get('format')} is not {FORMAT_VERSION}")
-    weights_path = os.path.join(path, "model.pt")
+    weights_path = files.join(path, "model.pt")
     with _reading(weights_path):
         model = MODEL_BUILDERS[meta.get("model_class", "TwoTower")](**meta["model"])
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        weights = torch.load(io.BytesIO(files.read_bytes(weights_path)), map_location="cpu", weights_only=True)
+        model.load_state_dict(weights)
     model.eval()
     indexes = {}
     for name in ("user_index", "item_index"):
-        index_path = os.path.join(path, f"{name}.parquet")
-        with _reading(index_path):
-            indexes[name] = pd.read_parquet(index_path)
+        index_path = files.join(path, f"{name}.parquet")
+        with _reading(index_path), files.open_file(index_path) as handle:
+            indexes[name] = pd.read_parquet(handle)
     return Artifact(path=path, meta=meta, model=model, **indexes)
 
 

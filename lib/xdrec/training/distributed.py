@@ -17,6 +17,7 @@ alone, for development; :func:`run_spec` runs a spec with the configured launche
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from xdrec import files
 from xdrec.config import TrainConfig
-from xdrec.files import atomic_path
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import Batch, Phase
 from xdrec.training.loop import Collective
@@ -199,17 +200,41 @@ class TorchCollective(Collective):
         self.dist.barrier()
 
 
+def petastorm_reader(url: str, **options):
+    """Petastorm's batch reader of the Parquet folder ``url``. Petastorm 0.13 opens datasets with pyarrow's
+    legacy ParquetDataset, which takes only legacy filesystems: a store's fsspec filesystem goes in
+    pyarrow's legacy wrapper (a local folder needs none)."""
+    from petastorm import make_batch_reader
+
+    if files.is_local(url):
+        return make_batch_reader(url, **options)
+    from pyarrow.filesystem import DaskFileSystem
+
+    class LegacyStore(DaskFileSystem):
+        """pyarrow's legacy wrapper of an fsspec filesystem, with the calls ParquetDataset makes."""
+
+        def isdir(self, path: str) -> bool:
+            return self.fs.isdir(path)
+
+        def isfile(self, path: str) -> bool:
+            return self.fs.isfile(path)
+
+        def walk(self, top_path: str):
+            return self.fs.walk(top_path)
+
+    return make_batch_reader(url, filesystem=LegacyStore(files.filesystem(url)[0]), **options)
+
+
 def petastorm_batches(url: str, rank: int, size: int, batch_size: int, seed: int) -> Iterator[Batch]:
     """This rank's shard of a Parquet folder as an endless stream of shuffled batches.
 
     Endless (``num_epochs=None``) because shards are only roughly even: the loop decides how many steps
     an epoch has, the same on every rank. One reader thread keeps the order reproducible for a seed.
     """
-    from petastorm import make_batch_reader
     from petastorm.pytorch import BatchedDataLoader
 
     torch.manual_seed(seed)
-    reader = make_batch_reader(url, cur_shard=rank, shard_count=size, num_epochs=None, seed=seed,
+    reader = petastorm_reader(url, cur_shard=rank, shard_count=size, num_epochs=None, seed=seed,
                                shuffle_row_groups=True, workers_count=1, reader_pool_type="thread")
     try:
         loader = BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=batch_size * 8)
@@ -229,9 +254,7 @@ def read_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tens
     Its one-thread pool is not safe here: with ``num_epochs=1`` it ended the read after half the row groups
     in 7 of 15 reads of an 8-file folder.
     """
-    from petastorm import make_batch_reader
-
-    reader = make_batch_reader(url, cur_shard=rank, shard_count=size, num_epochs=1, shuffle_row_groups=False,
+    reader = petastorm_reader(url, cur_shard=rank, shard_count=size, num_epochs=1, shuffle_row_groups=False,
                                reader_pool_type="dummy")
     try:
         parts = list(reader)
@@ -252,19 +275,16 @@ def shard_tensors(columns: dict[str, list[np.ndarray]], url: str, rank: int, siz
 
 
 def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This rank's shard of a Parquet folder (any URI pyarrow reads) with pyarrow alone, no Petastorm: every
-    ``size``-th row group of its files in name order, from the ``rank``-th on, as Petastorm shards them."""
-    import pyarrow.fs as arrow_fs
+    """This rank's shard of a Parquet folder (a local path or any URI of :mod:`xdrec.files`) with pyarrow
+    alone, no Petastorm: every ``size``-th row group of its files in name order, from the ``rank``-th on, as
+    Petastorm shards them."""
     import pyarrow.parquet as pq
 
-    filesystem, root = arrow_fs.FileSystem.from_uri(url)
-    files = sorted(info.path for info in filesystem.get_file_info(arrow_fs.FileSelector(root))
-                   if info.is_file and info.path.endswith(".parquet")
-                   and not os.path.basename(info.path).startswith((".", "_")))
+    parts = [name for name in files.listdir(url) if name.endswith(".parquet") and not name.startswith((".", "_"))]
     columns: dict[str, list[np.ndarray]] = {name: [] for name in SHARD_COLUMNS}
     group_number = 0
-    for path in files:
-        with filesystem.open_input_file(path) as handle:
+    for part in parts:
+        with files.open_file(files.join(url, part)) as handle:
             parquet = pq.ParquetFile(handle)
             for group in range(parquet.num_row_groups):
                 if group_number % size == rank:
@@ -361,9 +381,9 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
 
 
 def save_final_weights(model: nn.Module, checkpoint_dir: str) -> None:
-    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    with atomic_path(os.path.join(checkpoint_dir, FINAL_WEIGHTS)) as temporary:
-        torch.save(weights, temporary)
+    buffer = io.BytesIO()
+    torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, buffer)
+    files.write_bytes(files.join(checkpoint_dir, FINAL_WEIGHTS), buffer.getvalue())
 
 
 def train_worker(spec: TrainSpec) -> list[dict]:
@@ -385,7 +405,6 @@ def launch(spec: TrainSpec, num_proc: int, start_timeout: int) -> list[dict]:
     """Run ``train_worker`` in ``num_proc`` Horovod processes on the active SparkSession."""
     import horovod.spark
 
-    os.makedirs(spec.checkpoint_dir, exist_ok=True)
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     results = horovod.spark.run(train_worker, args=(spec,), num_proc=num_proc, use_gloo=True,
                                 start_timeout=start_timeout, env=env, verbose=0)
@@ -419,7 +438,6 @@ def launch_torch_distributor(spec: TrainSpec, num_proc: int) -> list[dict]:
     from pyspark.sql import SparkSession
 
     conf = SparkSession.getActiveSession().conf
-    os.makedirs(spec.checkpoint_dir, exist_ok=True)
     distributor = TorchDistributor(num_processes=num_proc, local_mode=False,
                                    use_gpu=bool(conf.get("spark.task.resource.gpu.amount", "")))
     return distributor.run(torch_distributor_worker, spec, int(conf.get("spark.task.cpus", "1")))
@@ -437,7 +455,6 @@ def run_spec(spec: TrainSpec) -> list[dict]:
 
 def run_local(spec: TrainSpec) -> list[dict]:
     """The same training in this process alone, without Horovod (for development and debugging)."""
-    os.makedirs(spec.checkpoint_dir, exist_ok=True)
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     model, history = run_training(spec, Collective(), device)
     save_final_weights(model, spec.checkpoint_dir)

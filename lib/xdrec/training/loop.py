@@ -10,16 +10,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from xdrec import files
 from xdrec.config import TrainConfig
-from xdrec.files import atomic_path
 from xdrec.modeling.methods import Batch, OBJECTIVES, Phase, StepContext
 from xdrec.modeling.model import TwoTower
 
@@ -95,14 +94,11 @@ def _checksum_path(path: str) -> str:
 def load_checkpoint(checkpoint_dir: str | None, name: str = CHECKPOINT) -> dict | None:
     """The checkpoint ``name`` in ``checkpoint_dir``, or None when there is none. Raises when its bytes do not
     match the checksum recorded when it was saved (a file cut or changed since)."""
-    path = os.path.join(checkpoint_dir or "", name)
-    if not checkpoint_dir or not os.path.isfile(path):
+    if not checkpoint_dir or not files.is_file(path := files.join(checkpoint_dir, name)):
         return None
-    with open(path, "rb") as handle:
-        data = handle.read()
+    data = files.read_bytes(path)
     try:
-        with open(_checksum_path(path)) as handle:
-            recorded = handle.read().strip()
+        recorded = files.read_text(_checksum_path(path)).strip()
     except FileNotFoundError:
         raise ValueError("no checksum was recorded for it") from None
     if hashlib.sha256(data).hexdigest() != recorded:
@@ -122,7 +118,7 @@ def restore_checkpoint(checkpoint_dir: str | None, model: nn.Module, set_aside: 
     """
     unreadable = False
     for name in (CHECKPOINT, PREVIOUS):
-        path = os.path.join(checkpoint_dir or "", name)
+        path = files.join(checkpoint_dir, name) if checkpoint_dir else name
         try:
             checkpoint = load_checkpoint(checkpoint_dir, name)
             if checkpoint is None:
@@ -141,7 +137,7 @@ def restore_checkpoint(checkpoint_dir: str | None, model: nn.Module, set_aside: 
             if set_aside:
                 aside = f"{path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
                 try:
-                    os.replace(path, aside)
+                    files.move(path, aside)
                     message += f"; moved to {aside}"
                 except FileNotFoundError:
                     pass
@@ -154,17 +150,16 @@ def restore_checkpoint(checkpoint_dir: str | None, model: nn.Module, set_aside: 
 def save_checkpoint(checkpoint_dir: str, state: dict) -> None:
     """Write the checkpoint with its checksum and keep the one before it as the previous checkpoint. Every
     file is replaced whole, so a run killed at any point leaves at least one good checkpoint."""
-    path, previous = os.path.join(checkpoint_dir, CHECKPOINT), os.path.join(checkpoint_dir, PREVIOUS)
+    path, previous = files.join(checkpoint_dir, CHECKPOINT), files.join(checkpoint_dir, PREVIOUS)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    if os.path.isfile(path):
+    if files.is_file(path):
         for source, destination in ((path, previous), (_checksum_path(path), _checksum_path(previous))):
-            if os.path.isfile(source):
-                os.replace(source, destination)
+            if files.is_file(source):
+                files.move(source, destination)
     for target, content in ((_checksum_path(path), hashlib.sha256(data).hexdigest().encode()), (path, data)):
-        with atomic_path(target) as temporary, open(temporary, "wb") as handle:
-            handle.write(content)
+        files.write_bytes(target, content)
 
 
 def parameter_groups(model: nn.Module, learning_rate: float, part_learning_rates: dict[str, float]) -> list[dict]:

@@ -14,8 +14,6 @@ The choice, with every candidate's figure, is written atomically to ``<warehouse
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any
 
@@ -24,8 +22,8 @@ import torch
 from torch import nn
 
 from xdrec.config import TrainConfig
+from xdrec import files
 from xdrec.errors import XdrecError
-from xdrec.files import atomic_path
 from xdrec.logs import get_logger
 from xdrec.modeling.model import FactorModel, blended
 from xdrec.training import artifact
@@ -41,7 +39,7 @@ BLEND_WEIGHTS = tuple(step / 10 for step in range(11))
 
 
 def selection_path(warehouse: str) -> str:
-    return os.path.join(os.path.abspath(warehouse), "models", SELECTED)
+    return files.join(warehouse, "models", SELECTED)
 
 
 def served_candidates(train: TrainConfig, methods: list[str] | None = None) -> list[str]:
@@ -102,15 +100,14 @@ def select_model(warehouse: str, train: TrainConfig, candidates: dict[str, str],
         raise XdrecError("no model to select from: train.methods and train.factor_models are both empty")
     key = selecting_key(train, next(iter(figures.values())))
     winner = max(candidates, key=lambda name: figures[name][key])
-    record = {"method": winner, "model_version": os.path.basename(candidates[winner]),
+    record = {"method": winner, "model_version": files.basename(candidates[winner]),
               "path": candidates[winner], "selected_on": key,
               "validation": {name: figures[name][key] for name in candidates},
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     ranked = sorted(record["validation"].items(), key=lambda item: -item[1])
     record["reason"] = (f"the best on validation {key}: "
                         + ", ".join(f"{name} {value:.4f}" for name, value in ranked))
-    with atomic_path(selection_path(warehouse)) as temporary, open(temporary, "w") as handle:
-        json.dump(record, handle, indent=2)
+    files.write_json(selection_path(warehouse), record)
     log.info(f"serving {winner}: {record['reason']}")
     return record
 
@@ -118,7 +115,6 @@ def select_model(warehouse: str, train: TrainConfig, candidates: dict[str, str],
 def read_selection(warehouse: str) -> dict[str, Any]:
     """The served model's record; raises when the train stage has not selected one."""
     path = selection_path(warehouse)
-    if not os.path.isfile(path):
+    if not files.is_file(path):
         raise XdrecError(f"no model selected to serve ({path} is missing): run the train stage first")
-    with open(path) as handle:
-        return json.load(handle)
+    return files.read_json(path)

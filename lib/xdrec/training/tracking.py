@@ -15,6 +15,7 @@ import re
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from xdrec import files
 from xdrec.config import Config
 from xdrec.logs import get_logger
 
@@ -22,7 +23,14 @@ log = get_logger("train")
 
 
 def tracking_uri(config: Config) -> str:
-    return config.train.mlflow_tracking_uri or "file://" + os.path.join(os.path.abspath(config.warehouse), "mlruns")
+    """``train.mlflow_tracking_uri``; else a file store in a local warehouse's ``mlruns/``. An object store
+    cannot hold MLflow's file store, so beside a remote warehouse it is MLflow's own setting
+    (``MLFLOW_TRACKING_URI``; in a Databricks notebook, the workspace), else ``./mlruns``."""
+    if config.train.mlflow_tracking_uri:
+        return config.train.mlflow_tracking_uri
+    if files.is_local(config.warehouse):
+        return "file://" + files.join(config.warehouse, "mlruns")
+    return os.environ.get("MLFLOW_TRACKING_URI") or "file://" + os.path.abspath("mlruns")
 
 
 def metric_name(name: str) -> str:

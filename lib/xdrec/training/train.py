@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import time
@@ -24,9 +25,9 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 import xdrec
+from xdrec import files
 from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
-from xdrec.files import atomic_path
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.modeling.model import TwoTower
@@ -77,23 +78,19 @@ def shuffled_for_training(examples: DataFrame, seed: int) -> DataFrame:
             .withColumn("_order", order).sort("_order").drop("_order"))
 
 
-def stage_examples(spark: SparkSession, config: Config, domain: str, version: int, files: int) -> distributed.DomainData:
-    """Write one domain's training examples at ``version`` as Parquet once; reuse it afterwards."""
-    folder = os.path.join(os.path.abspath(config.warehouse), "staging", tables.TRAINING_EXAMPLES,
-                          f"v{version}", domain)
-    marker = os.path.join(folder, "_ROWS")
-    if not os.path.isfile(marker):
+def stage_examples(spark: SparkSession, config: Config, domain: str, version: int, parts: int) -> distributed.DomainData:
+    """Write one domain's training examples at ``version`` as Parquet once; reuse it afterwards. The ``_ROWS``
+    marker, written last, says the folder is complete: without it the folder is written again."""
+    folder = files.join(config.warehouse, "staging", tables.TRAINING_EXAMPLES, f"v{version}", domain)
+    marker = files.join(folder, "_ROWS")
+    if not files.is_file(marker):
         examples = tables.read(spark, config.warehouse, tables.TRAINING_EXAMPLES, version)
         staged = shuffled_for_training(examples.where(F.col("domain") == domain), config.features.seed)
-        with atomic_path(folder) as temporary:
-            # Small row groups let Petastorm spread them evenly over the shards and shuffle them.
-            (staged.repartition(files).write.option("parquet.block.size", 256 * 1024).parquet(temporary))
-            rows = spark.read.parquet(temporary).count()
-            with open(os.path.join(temporary, "_ROWS"), "w") as handle:
-                handle.write(str(rows))
-    with open(marker) as handle:
-        rows = int(handle.read())
-    return distributed.DomainData(url="file://" + folder, rows=rows)
+        # Small row groups let Petastorm spread them evenly over the shards and shuffle them.
+        (staged.repartition(parts).write.mode("overwrite").option("parquet.block.size", 256 * 1024).parquet(folder))
+        files.write_text(marker, str(spark.read.parquet(folder).count()))
+    rows = int(files.read_text(marker))
+    return distributed.DomainData(url=folder if not files.is_local(folder) else "file://" + folder, rows=rows)
 
 
 def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,13 +250,12 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
 
 def reused_artifact(config: Config, method: str, version: str) -> dict | None:
     """The meta of ``method``'s artifact of this ``version`` when one exists (then LATEST points at it), else None."""
-    path = os.path.join(artifact.models_dir(config.warehouse, method), version)
-    if not os.path.isfile(os.path.join(path, "artifact.json")):
+    path = files.join(artifact.models_dir(config.warehouse, method), version)
+    if not files.is_file(files.join(path, "artifact.json")):
         return None
     log.info(f"{method}: model {version} already trained on these inputs, reusing it")
     artifact.mark_latest(path)
-    with open(os.path.join(path, "artifact.json")) as handle:
-        return {**json.load(handle), "reused": True}
+    return {**files.read_json(files.join(path, "artifact.json")), "reused": True}
 
 
 def artifact_meta(config: Config, method: str, version: str, inputs: TrainingInputs, history: list,
@@ -271,7 +267,7 @@ def artifact_meta(config: Config, method: str, version: str, inputs: TrainingInp
         "code_version": code_version(),
         "source_domain": config.data.source_domain,
         "target_domain": config.data.target_domain,
-        "inputs": {"warehouse": os.path.abspath(config.warehouse), "versions": inputs.versions},
+        "inputs": {"warehouse": files.location(config.warehouse), "versions": inputs.versions},
         "config": config.to_dict(),
         "history": history,
         "train_seconds": round(seconds, 1),
@@ -284,17 +280,17 @@ def artifact_meta(config: Config, method: str, version: str, inputs: TrainingInp
 def train_method(spark: SparkSession, config: Config, method: str, inputs: TrainingInputs) -> dict:
     """Train one method and save its artifact; skip if that exact version already exists."""
     version = model_version(method, config, inputs.versions)
-    path = os.path.join(artifact.models_dir(config.warehouse, method), version)
+    path = files.join(artifact.models_dir(config.warehouse, method), version)
     reused = reused_artifact(config, method, version)
     if reused is not None:
         return reused
 
     phases = phases_for(method, config)
-    files = config.train.num_proc * 4
+    parts = config.train.num_proc * 4
     domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
-    data = {domain: stage_examples(spark, config, domain, inputs.versions[tables.TRAINING_EXAMPLES], files)
+    data = {domain: stage_examples(spark, config, domain, inputs.versions[tables.TRAINING_EXAMPLES], parts)
             for domain in domains}
-    checkpoint_dir = os.path.join(os.path.abspath(config.warehouse), "checkpoints", method, version)
+    checkpoint_dir = files.join(config.warehouse, "checkpoints", method, version)
     spec = train_spec(config, method, inputs, data, checkpoint_dir)
     processes = {"horovod": f"{config.train.num_proc} Horovod processes",
                  "torch_distributor": f"{config.train.num_proc} TorchDistributor processes",
@@ -308,7 +304,8 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
         seconds = time.perf_counter() - started
 
         model = TwoTower(**spec.model)
-        model.load_state_dict(torch.load(os.path.join(checkpoint_dir, distributed.FINAL_WEIGHTS), weights_only=True))
+        weights = files.read_bytes(files.join(checkpoint_dir, distributed.FINAL_WEIGHTS))
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
         meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)
@@ -330,7 +327,7 @@ def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_ro
     reused = reused_artifact(config, name, version)
     if reused is not None:
         return reused
-    path = os.path.join(artifact.models_dir(config.warehouse, name), version)
+    path = files.join(artifact.models_dir(config.warehouse, name), version)
     with tracking.run(config, name, version) as run_id:
         started = time.perf_counter()
         model = factors.fit_factor_model(name, train_rows, config.data.source_domain, config.data.target_domain,
@@ -351,7 +348,7 @@ def fit_blend_model(config: Config, inputs: TrainingInputs, paths: dict[str, str
     best = lambda names: max(names, key=lambda name: figures[name][key])  # noqa: E731
     trained = best(methods)
     factor = best([name for name in paths if name not in methods])
-    components = {trained: os.path.basename(paths[trained]), factor: os.path.basename(paths[factor])}
+    components = {trained: files.basename(paths[trained]), factor: files.basename(paths[factor])}
     train = config.train
     version = hashlib.sha256(json.dumps(
         {"components": components, "inputs": inputs.versions, "code": code_version(),
@@ -359,7 +356,7 @@ def fit_blend_model(config: Config, inputs: TrainingInputs, paths: dict[str, str
     reused = reused_artifact(config, selection.BLEND, version)
     if reused is not None:
         return reused
-    path = os.path.join(artifact.models_dir(config.warehouse, selection.BLEND), version)
+    path = files.join(artifact.models_dir(config.warehouse, selection.BLEND), version)
     with tracking.run(config, selection.BLEND, version) as run_id:
         started = time.perf_counter()
         model, chosen = selection.fit_blend(artifact.load(paths[trained]).model, artifact.load(paths[factor]).model,
@@ -388,12 +385,12 @@ def run_train(spark: SparkSession, config: Config, methods: list[str] | None = N
         models.update({name: fit_factor_model(config, name, inputs, train_rows) for name in config.train.factor_models})
     finally:
         train_rows.unpersist()
-    paths = {name: os.path.join(artifact.models_dir(config.warehouse, name), meta["model_version"])
+    paths = {name: files.join(artifact.models_dir(config.warehouse, name), meta["model_version"])
              for name, meta in models.items()}
     figures = selection.validation_figures(paths, inputs.validation, config.train)
     if selection.BLEND in selection.served_candidates(config.train, methods):
         models[selection.BLEND] = fit_blend_model(config, inputs, paths, figures, methods)
-        paths[selection.BLEND] = os.path.join(artifact.models_dir(config.warehouse, selection.BLEND),
+        paths[selection.BLEND] = files.join(artifact.models_dir(config.warehouse, selection.BLEND),
                                               models[selection.BLEND]["model_version"])
         figures.update(selection.validation_figures({selection.BLEND: paths[selection.BLEND]}, inputs.validation,
                                                     config.train))

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from typing import Any
 
@@ -33,8 +31,8 @@ from pyspark.sql import SparkSession
 
 from xdrec.config import Config
 from xdrec.data import tables
+from xdrec import files
 from xdrec.errors import XdrecError
-from xdrec.files import atomic_path
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.training import distributed, factors
@@ -77,16 +75,15 @@ def inside(space: dict[str, tuple], settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def tuning_path(warehouse: str) -> str:
-    return os.path.join(os.path.abspath(warehouse), "tuning", TUNING_FILE)
+    return files.join(warehouse, "tuning", TUNING_FILE)
 
 
 def tuned(config: Config) -> Config:
     """``config`` with the tune stage's chosen settings in place, when tuning is on and has run."""
     path = tuning_path(config.warehouse)
-    if not config.tune.enabled or not os.path.isfile(path):
+    if not config.tune.enabled or not files.is_file(path):
         return config
-    with open(path) as handle:
-        chosen = json.load(handle)
+    chosen = files.read_json(path)
     return config.model_copy(update={"als": config.als.model_copy(update=chosen["als"]),
                                      "train": config.train.model_copy(update=chosen["train"])})
 
@@ -178,15 +175,15 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
         data = {domain: stage_examples(spark, trial_config, domain, inputs.versions[tables.TRAINING_EXAMPLES], files)
                 for domain in domains}
-        checkpoint_dir = os.path.join(os.path.dirname(tuning_path(config.warehouse)), "trials",
-                                      f"{method}-{trial.number}-{time.time_ns()}")
+        checkpoint_dir = files.join(files.parent(tuning_path(config.warehouse)), "trials",
+                                    f"{method}-{trial.number}-{time.time_ns()}")
         spec = train_spec(trial_config, method, inputs, data, checkpoint_dir)
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         spec.deadline = deadline
         try:
             history = distributed.run_spec(spec)
         finally:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a trial's weights are not kept
+            files.remove(checkpoint_dir)  # a trial's weights are not kept
         validated = [epoch for epoch in history if epoch["validation"]]
         last_phase = [epoch["validation"] for epoch in validated if epoch["phase"] == validated[-1]["phase"]]
         key = selecting_key(train, last_phase[0])
@@ -229,9 +226,8 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
         {"tune": values["tune"], "als": values["als"], "train": values["train"], "features": values["features"],
          "method": method, "inputs": versions, "code": code_version()}, sort_keys=True).encode()).hexdigest()[:12]
     path = tuning_path(config.warehouse)
-    if os.path.isfile(path):
-        with open(path) as handle:
-            previous = json.load(handle)
+    if files.is_file(path):
+        previous = files.read_json(path)
         if previous.get("search") == search_key:
             log.info(f"search {search_key} already ran on these inputs, reusing its choice: als "
                      f"{previous['als']}, train {previous['train']}")
@@ -252,8 +248,7 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
         record["train"] = study.best_params
         record["searches"][method] = {"best": study.best_value, "trials": _trials(study)}
     record["seconds"] = round(time.perf_counter() - started, 1)
-    with atomic_path(path) as temporary, open(temporary, "w") as handle:
-        json.dump(record, handle, indent=2)
+    files.write_json(path, record)
     log.info(f"chosen in {record['seconds']:.0f}s on {record['selected_on']}: als {record['als']}, "
              f"train {record['train']} -> {path}")
     return record

@@ -1,0 +1,30 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # xdrec: the ingest stage
+# MAGIC Reads each domain's interactions and catalogue into the Delta tables `interactions`, `items` and `user_links`; bad rows go to `quarantine` with their reason, and a rerun adds nothing twice.
+# MAGIC
+# MAGIC Widgets: `conf`, a config name (`demo`, `synthetic`, ...), a path or a URI; `overrides`, `section.key=value`
+# MAGIC settings, one per line. On Databricks xdrec uses the notebook's session; install the xdrec wheel on the
+# MAGIC cluster first (README, "Running on a cluster"). Outside Databricks the widgets are read from
+# MAGIC `$XDREC_CONF` and `$XDREC_OVERRIDES`.
+
+# COMMAND ----------
+
+from xdrec.notebook import widget_config
+from xdrec.pipeline import run_stage
+from xdrec.spark import get_spark
+
+config = widget_config()
+spark = get_spark(config.spark)
+
+# COMMAND ----------
+
+result = run_stage(spark, config, "ingest")
+
+# COMMAND ----------
+
+from xdrec.data import tables
+
+print(result)
+if tables.exists(spark, config.warehouse, tables.QUARANTINE):
+    tables.read(spark, config.warehouse, tables.QUARANTINE).groupBy("reason").count().show()
