@@ -16,7 +16,7 @@ For each case both paths compute the top ``score.k`` of every user from the same
   import torch, the JVM loads the Delta write path, as on a long-running executor); timed from the read
   to the Delta commit;
 - **plain**: one separate Python process (torch's default threads) that loads the artifact and runs
-  :class:`xdrec.serving.topk.TopKScorer` over all users held in memory; timed from the artifact load to the
+  :class:`xdrec.modeling.topk.TopKScorer` over all users held in memory; timed from the artifact load to the
   last batch.
 
 The two results must agree: same items in the same order for every user, scores within 1e-5. Peak
@@ -46,7 +46,7 @@ from xdrec.config import load_config
 from xdrec.data import tables
 from xdrec.modeling.model import TwoTower
 from xdrec.serving.score import arrow_batch_size, recommend_top_k, users_to_score
-from xdrec.serving.topk import TopKScorer, resolve_device
+from xdrec.modeling.topk import TopKScorer, resolve_device
 from xdrec.spark import get_spark
 from xdrec.training import artifact as artifacts
 

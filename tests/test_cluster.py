@@ -17,7 +17,9 @@ import pytest
 
 from stores import free_port, point_spark_at
 from xdrec import files
+from xdrec.config import load_config
 from xdrec.data import tables
+from xdrec.pipeline import run_stage
 from xdrec.spark import delta_jars, s3a_jars
 from xdrec.training import selection
 
@@ -118,12 +120,17 @@ def test_spark_submit_on_a_standalone_cluster_from_the_wheel_with_the_warehouse_
         spark, wheel_python, standalone_cluster, s3_store, s3_bucket):
     master, _ = standalone_cluster
     warehouse = f"s3a://{s3_bucket}/warehouse"
-    overrides = ["--conf", "synthetic", "--set", f"warehouse={warehouse}", "--set", "train.methods=[joint]",
-                 "--set", "tune.enabled=false", "--set", "train.source_epochs=2", "--set", "train.target_epochs=2"]
-    for job in ("fetch", "ingest", "features", "train", "score"):
-        spark_submit(wheel_python, master, s3_store, job, *overrides)
-
+    settings = [f"warehouse={warehouse}", "train.methods=[joint]", "tune.enabled=false", "train.source_epochs=2",
+                "train.target_epochs=2"]
+    # The raw files and the ingested tables come from this process (test_object_store runs those stages on
+    # the store too); the cluster embeds the item texts, trains and scores.
     point_spark_at(spark, s3_store.endpoint)
+    for stage in ("fetch", "ingest"):
+        run_stage(spark, load_config("synthetic", settings), stage)
+    for job in ("features", "train", "score"):
+        spark_submit(wheel_python, master, s3_store, job, "--conf", "synthetic",
+                     *[part for setting in settings for part in ("--set", setting)])
+
     served = selection.read_selection(warehouse)
     recommendations = tables.read(spark, warehouse, tables.RECOMMENDATIONS).where(f"model = '{served['method']}'")
     users = tables.read(spark, warehouse, tables.USER_INDEX).count()

@@ -21,7 +21,6 @@ LAYERS = {
 FORBIDDEN = {
     "modeling": ("pyspark", "delta", "horovod", "petastorm"),
     "training.loop": ("pyspark", "delta", "horovod", "petastorm"),
-    "serving.topk": ("pyspark", "delta"),
 }
 
 

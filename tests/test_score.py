@@ -19,7 +19,7 @@ from xdrec.modeling.model import FactorModel, TwoTower
 from xdrec.training import artifact
 from xdrec.serving.score import (COLD_START, POPULARITY, WARM, changed_users, recommend_top_k, run_score,
                                  score_pairs)
-from xdrec.serving.topk import TopKScorer, stable_top_k
+from xdrec.modeling.topk import TopKScorer, stable_top_k
 
 SOURCE, TARGET = "books", "movies"
 NUM_USERS, SOURCE_ITEMS, TARGET_ITEMS = 12, 8, 12

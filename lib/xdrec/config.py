@@ -338,9 +338,15 @@ class TrainConfig(_Section):
     mlflow: Flag = True
     """Whether to track runs in MLflow."""
     mlflow_tracking_uri: str = ""
-    """The MLflow tracking URI; empty: a file store at <warehouse>/mlruns."""
+    """The MLflow tracking URI; empty: a file store at <warehouse>/mlruns (a remote warehouse:
+    ``$MLFLOW_TRACKING_URI``, else ./mlruns)."""
     mlflow_experiment: str = "xdrec"
     """The MLflow experiment's name."""
+    mlflow_registered_model: str = ""
+    """The registry name every trained model is registered under as a pyfunc; empty: ``xdrec-<data.name>``."""
+    promote: Literal["better", "always", "never"] = "better"
+    """When the served model gets the registry alias ``champion``: "better", when it validates above the
+    current champion on the same inputs (or the champion was validated on other inputs); "always"; "never"."""
     seed: Int = 1234
     """Seed of the model's initial weights, the batches' order and the validation users' sample."""
     start_timeout: Int = 120

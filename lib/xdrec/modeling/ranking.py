@@ -5,7 +5,7 @@ object with ``score_matrix(users, items) -> [len(users), len(items)]`` logits: a
 :class:`~xdrec.modeling.model.TwoTower`, or a :class:`~xdrec.modeling.model.FactorModel` built from a
 baseline's factors (ALS, EMCDR, popularity).
 
-Ranks are 1-based and break ties the way the scorer's top-K does (:meth:`xdrec.serving.topk.TopKScorer.top_k`): among
+Ranks are 1-based and break ties the way the scorer's top-K does (:meth:`xdrec.modeling.topk.TopKScorer.top_k`): among
 equal scores the lower item index ranks first, so the full-ranking metrics agree with the
 recommendations a user would actually be shown.
 """

@@ -3,7 +3,7 @@ candidate lists that come from elsewhere. See docs/scoring.md.
 
 Innermost first:
 
-- :class:`xdrec.serving.topk.TopKScorer`: the torch kernel, no Spark: the item side computed once, then
+- :class:`xdrec.modeling.topk.TopKScorer`: the torch kernel, no Spark: the item side computed once, then
   the exact top-k of each batch of users from one matrix product, on the GPU when there is one;
 - :func:`recommend_top_k`: a DataFrame transform running the kernel in ``mapInPandas``, one artifact
   load per Spark task; :func:`pair_score_udf` / :func:`score_pairs`: the same for given (user, item) rows;
@@ -32,7 +32,7 @@ from xdrec.config import Config, ScoreConfig
 from xdrec.data import lineage, tables
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
-from xdrec.serving.topk import TopKScorer, resolve_device
+from xdrec.modeling.topk import TopKScorer, resolve_device
 from xdrec.spark import progress
 from xdrec.training import artifact as artifacts, selection
 

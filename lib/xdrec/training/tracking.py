@@ -3,23 +3,29 @@
 A run records the method and every ``train``, ``als`` and ``features`` setting as parameters (the tuned
 values when the tune stage ran, see :mod:`xdrec.training.tune`), the Delta versions
 of the input tables (parameters ``input.<table>.version``), the loss, throughput and validation figures of
-every epoch as metrics (step = the epoch's position in the whole training), and the model artifact.
+every epoch as metrics (step = the epoch's position in the whole training), and the model: the artifact in
+an MLflow pyfunc (:mod:`xdrec.training.pyfunc`), registered as a version of ``xdrec-<data.name>``. The
+served model's version gets the alias ``champion`` by the rule ``train.promote`` (:func:`promote`).
 By default runs go to a local file store at ``<warehouse>/mlruns`` (``train.mlflow_tracking_uri`` points
 elsewhere, e.g. a tracking server or ``databricks``); ``train.mlflow=false`` turns tracking off.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import xdrec
 from xdrec import files
 from xdrec.config import Config
 from xdrec.logs import get_logger
 
 log = get_logger("train")
+
+CHAMPION = "champion"
 
 
 def tracking_uri(config: Config) -> str:
@@ -86,4 +92,55 @@ def log_training(run_id: str | None, config: Config, meta: dict[str, Any], artif
         figures.update({f"valid.{name}": value for name, value in (epoch.get("validation") or {}).items()})
         mlflow.log_metrics({metric_name(name): value for name, value in figures.items()}, step=step)
     mlflow.log_metric("train_seconds", meta["train_seconds"])
-    mlflow.log_artifacts(artifact_path, artifact_path="model")
+    from xdrec.training import pyfunc
+
+    # The artifact goes in whole, inside a pyfunc model logged as code (nothing pickled), and is registered.
+    with files.local_copy(artifact_path) as local:
+        logged = mlflow.pyfunc.log_model(name="model", python_model=pyfunc.CODE,
+                                         artifacts={pyfunc.ARTIFACT_KEY: local}, signature=pyfunc.SIGNATURE,
+                                         pip_requirements=[f"xdrec=={xdrec.__version__}"],
+                                         registered_model_name=registered_model(config))
+    mlflow.MlflowClient().set_model_version_tag(registered_model(config), logged.registered_model_version,
+                                                "model_version", meta["model_version"])
+
+
+def registered_model(config: Config) -> str:
+    return config.train.mlflow_registered_model or f"xdrec-{config.data.name}"
+
+
+def promote(config: Config, selected: dict[str, Any], input_versions: dict[str, int]) -> str | None:
+    """Give the served model (``selected``, the record of :func:`xdrec.training.selection.select_model`) the
+    registry alias ``champion`` when ``train.promote`` says so; log the decision either way and return it."""
+    if not config.train.mlflow or config.train.promote == "never":
+        return None
+    import mlflow
+
+    client, name = mlflow.MlflowClient(tracking_uri(config)), registered_model(config)
+    key, figure, inputs = selected["selected_on"], selected["validation"][selected["method"]], json.dumps(input_versions)
+    version = next((found for found in client.search_model_versions(f"name = '{name}'")
+                    if found.tags.get("model_version") == selected["model_version"]), None)
+    if version is None:
+        return log_decision(f"{selected['method']} {selected['model_version']} is not in the registry {name}: no promotion")
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    figure_tag = f"validation.{metric_name(key)}"
+    client.set_model_version_tag(name, version.version, figure_tag, str(figure))
+    client.set_model_version_tag(name, version.version, "validation.inputs", inputs)
+    if champion is not None and champion.version == version.version:
+        return log_decision(f"{name} version {version.version} ({selected['method']}) is already the {CHAMPION}")
+    if champion is not None and config.train.promote == "better" and champion.tags.get("validation.inputs") == inputs:
+        held = float(champion.tags.get(figure_tag, "-inf"))
+        if figure <= held:
+            return log_decision(f"{name}: keeping {CHAMPION} version {champion.version} ({key} {held:.4f}); "
+                                f"{selected['method']} version {version.version} validates {figure:.4f}")
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return log_decision(f"{name}: {CHAMPION} -> version {version.version} ({selected['method']} "
+                        f"{selected['model_version']}, {key} {figure:.4f}"
+                        + (f"; was version {champion.version}" if champion is not None else "") + ")")
+
+
+def log_decision(message: str) -> str:
+    log.info(f"registry: {message}")
+    return message

@@ -39,7 +39,7 @@ log = get_logger("train")
 INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
 # Train keys that change how a run is watched or launched, not the model it makes.
 _NOT_IN_VERSION = ("methods", "factor_models", "blend", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
-                   "start_timeout", "launcher")
+                   "mlflow_registered_model", "promote", "start_timeout", "launcher")
 
 
 @functools.cache
@@ -395,6 +395,7 @@ def run_train(spark: SparkSession, config: Config, methods: list[str] | None = N
         figures.update(selection.validation_figures({selection.BLEND: paths[selection.BLEND]}, inputs.validation,
                                                     config.train))
     selected = selection.select_model(config.warehouse, config.train, paths, figures)
+    tracking.promote(config, selected, inputs.versions)
     lineage.record_run(spark, config.warehouse, "train", run_id, started, inputs.versions, {},
                        summary={**{name: meta["model_version"] for name, meta in models.items()},
                                 "selected": selected["method"]})
