@@ -120,9 +120,10 @@ def is_file(path: str) -> bool:
 
 def listdir(path: str) -> list[str]:
     """The names in the folder ``path``, sorted; [] when it does not exist."""
-    store, inner = filesystem(path)
-    if not store.isdir(inner):
+    info = _info(path)
+    if info is None or info["type"] != "directory":
         return []
+    store, inner = filesystem(path)
     return sorted(posixpath.basename(entry.rstrip("/")) for entry in store.ls(inner, detail=False))
 
 
