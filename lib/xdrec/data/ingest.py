@@ -412,12 +412,12 @@ def _quarantined(outcome: dict[str, int]) -> dict[str, int]:
 def _print_outcomes(counts: dict[str, dict], new_sources: dict) -> None:
     for kind, per_domain in counts.items():
         for domain, outcome in sorted(per_domain.items(), key=lambda kv: str(kv[0])):
-            files = len(new_sources[(kind, domain)][2])
+            sources = len(new_sources[(kind, domain)][2])
             bad = _quarantined(outcome)
             listed = ", ".join(f"{reason} {n:,}" for reason, n in sorted(bad.items()))
             where = kind if domain is None else f"{kind} of {domain}"
             merged = f"{outcome['merged']:,} repeats merged into them, " if outcome["merged"] else ""
-            log.info(f"{where}: {outcome['read']:,} rows from {files} new source(s): {outcome['added']:,} added, "
+            log.info(f"{where}: {outcome['read']:,} rows from {sources} new source(s): {outcome['added']:,} added, "
                      f"{merged}{outcome['present']:,} already present, {sum(bad.values()):,} quarantined"
                      + (f" ({listed})" if listed else ""))
 

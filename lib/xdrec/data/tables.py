@@ -205,9 +205,9 @@ def compact(spark: SparkSession, warehouse: str, name: str, max_files_per_partit
     partition on average, then remove files unreferenced for ``retention_days`` (VACUUM). Returns
     whether it compacted; a table below the limit is not touched."""
     table = DeltaTable.forPath(spark, table_path(warehouse, name))
-    files = table.toDF().inputFiles()  # the current snapshot's files, from the log: no data is read
-    partitions = {path.rsplit("/", 1)[0] for path in files}
-    if len(files) <= max_files_per_partition * max(1, len(partitions)):
+    data_files = table.toDF().inputFiles()  # the current snapshot's files, from the log: no data is read
+    partitions = {path.rsplit("/", 1)[0] for path in data_files}
+    if len(data_files) <= max_files_per_partition * max(1, len(partitions)):
         return False
     table.optimize().executeCompaction()
     table.vacuum(retention_days * 24.0)

@@ -163,7 +163,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
     loop; its figure is that of the model the run keeps (its last validated phase's best epoch)."""
     import optuna
 
-    files = config.train.num_proc * 4
+    shards = config.train.num_proc * 4
     curves: list[list[float]] = []  # the finished trials' figures per epoch of the last validated phase
     deadline = time.time() + seconds  # a trial running past it stops after its epoch and keeps its best
 
@@ -173,7 +173,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         trial_config = config.model_copy(update={"train": train})
         phases = phases_for(method, trial_config)
         domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
-        data = {domain: stage_examples(spark, trial_config, domain, inputs.versions[tables.TRAINING_EXAMPLES], files)
+        data = {domain: stage_examples(spark, trial_config, domain, inputs.versions[tables.TRAINING_EXAMPLES], shards)
                 for domain in domains}
         checkpoint_dir = files.join(files.parent(tuning_path(config.warehouse)), "trials",
                                     f"{method}-{trial.number}-{time.time_ns()}")
