@@ -120,7 +120,7 @@ def test_run_records_its_inputs_and_is_tracked_in_mlflow(spark, trained):
     recommender = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     assert recommender.metadata.signature.inputs.input_names() == ["user_id", "seen"]
     ranked = recommender.predict(pd.DataFrame({"user_id": ["u1", "nobody"]}), params={"k": 3})
-    assert len(ranked[0]) == 3 and list(ranked[1]) == []
+    assert len(ranked["items"][0]) == 3 and list(ranked["items"][1]) == []
 
 
 def training_processes() -> list[psutil.Process]:
@@ -233,3 +233,31 @@ def test_stream_reader_trains_as_well_as_the_memory_reader(trained, tmp_path):
                                                 checkpoint_dir=str(tmp_path)))
     one, two = kept_ndcg(streamed), kept_ndcg(meta["history"])
     assert one > 0.5 and abs(one - two) <= PARITY_TOLERANCE, (one, two)
+
+
+def test_the_registered_champion_on_spark_recommends_what_the_score_stage_writes(spark, trained):
+    """mlflow.pyfunc.spark_udf over the registry's champion (the train stage promoted it) gives every user
+    the model scores the same top K, in the same order, as the score stage, which serves the champion."""
+    config, meta, _ = trained
+    import mlflow
+    from pyspark.sql import functions as F
+
+    from xdrec.serving.score import POPULARITY, run_score
+
+    scored = run_score(spark, config)
+    assert list(scored) == [METHOD] and scored[METHOD]["model_version"] == meta["model_version"]
+    read = lambda name: tables.read(spark, config.warehouse, name)  # noqa: E731
+    written = (read(tables.RECOMMENDATIONS).where(F.col("route") != POPULARITY)
+               .groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct("rank", "item_id"))).alias("ranked"))
+               .select("user_id", F.col("ranked.item_id").alias("expected")))
+    seen = (read(tables.INDEXED_INTERACTIONS).where("domain = 'target' AND split = 'train'")
+            .join(read(tables.ITEM_INDEX), ["domain", "item_idx"]).groupBy("user_idx")
+            .agg(F.collect_list("item_id").alias("seen")))
+    users = written.join(read(tables.USER_INDEX), "user_id").join(seen, "user_idx", "left")
+    mlflow.set_tracking_uri(tracking.allow_file_store(tracking.tracking_uri(config)))
+    recommend = mlflow.pyfunc.spark_udf(spark, f"models:/{tracking.registered_model(config)}@{tracking.CHAMPION}",
+                                        "items array<string>", env_manager="local")
+    compared = users.withColumn("got", recommend(F.struct("user_id", "seen")).items).toPandas()
+    assert len(compared) == scored[METHOD]["scored"] > 50
+    mismatched = compared[[list(got) != list(expected) for got, expected in zip(compared["got"], compared["expected"])]]
+    assert mismatched.empty, [repr(v) for v in mismatched[["seen", "got", "expected"]].iloc[0]]

@@ -12,13 +12,14 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+from xdrec import files
 from xdrec.config import ScoreConfig, load_config
 from xdrec.data import tables
 from xdrec.errors import XdrecError
 from xdrec.modeling.model import FactorModel, TwoTower
-from xdrec.training import artifact
+from xdrec.training import artifact, selection, tracking
 from xdrec.serving.score import (COLD_START, POPULARITY, WARM, changed_users, recommend_top_k, run_score,
-                                 score_pairs)
+                                 score_pairs, served_model)
 from xdrec.modeling.topk import TopKScorer, stable_top_k
 
 SOURCE, TARGET = "books", "movies"
@@ -389,3 +390,39 @@ def test_a_write_that_loses_a_commit_race_is_redone_not_failed(spark, tmp_path, 
     history = spark.sql(f"DESCRIBE HISTORY delta.`{tables.table_path(warehouse, 'pairs')}`").collect()
     assert len(history) == 3  # created, the fast run's replace, the slow run's redone replace: nothing else
     assert "pairs: another writer committed first (Concurrent" in capsys.readouterr().out
+
+
+def test_score_model_names_an_alias_the_selection_a_method_or_a_version(tmp_path, make_config):
+    warehouse = str(tmp_path)
+    first = save_artifact(warehouse, "finetune", "v1", random_model(1))
+    newest = save_artifact(warehouse, "finetune", "v2", random_model(2))
+    joint = save_artifact(warehouse, "joint", "j1", random_model(3))
+    config = make_config(warehouse, "train.methods=[finetune,joint]", "train.factor_models=[]")
+    key = f"{config.train.validation_group}/{config.train.validation_metric}@{config.train.validation_k}"
+    selection.select_model(warehouse, config.train, {"finetune": newest, "joint": joint},
+                           {"finetune": {key: 0.1}, "joint": {key: 0.2}})
+
+    def served(model: str, *more: str) -> tuple[str, str]:
+        return served_model(make_config(warehouse, "train.methods=[finetune,joint]", "train.factor_models=[]",
+                                        f"score.model={model}", *more))
+
+    # No registered model yet, or tracking off: champion is the train stage's selection.
+    assert served("champion") == served("champion", "train.mlflow=false") == served("selected") == ("joint", joint)
+    assert served("finetune") == ("finetune", newest)
+    assert served("v1") == ("finetune", first)
+    with pytest.raises(XdrecError, match=r"score.model: 'v9' is no registry alias, method or model version"):
+        served("v9")
+    # A real MLflow registry: the alias points at the older finetune, and serving follows it.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking.allow_file_store(tracking.tracking_uri(config)))
+    name = tracking.registered_model(config)
+    client.create_registered_model(name)
+    version = client.create_model_version(name, first, tags={"method": "finetune", "model_version": "v1"})
+    client.set_registered_model_alias(name, "champion", version.version)
+    assert served("champion") == ("finetune", first)
+    assert served("champion", "train.mlflow=false") == ("joint", joint)
+    client.set_registered_model_alias(name, "rollback", version.version)
+    files.remove(first)
+    with pytest.raises(XdrecError, match=r"holds the alias 'rollback', but its artifact v1 is not under"):
+        served("rollback")

@@ -381,8 +381,13 @@ class ScoreConfig(_Section):
     """The run_date partition written, YYYY-MM-DD; empty: today (UTC)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto": the executor's GPU when it has one, else the CPU."""
+    model: str = Field("champion", min_length=1)
+    """The model served: a registry alias (``champion``, which falls back to the train stage's selection
+    when MLflow is off or no version holds the alias), ``selected`` (the train stage's selection), a method
+    or factor model (its newest artifact) or a model version (an artifact folder's name, as in the
+    ``model_version`` column of recommendations)."""
     models: Literal["selected", "trained"] = "selected"
-    """"selected": the model the train stage selected to serve; "trained": every model it offered to
+    """"selected": the one model ``score.model`` names; "trained": every model the train stage offered to
     selection, the methods, the factor models and their blend (to compare their recommendations, e.g. their
     catalogue coverage)."""
 

@@ -99,7 +99,7 @@ def _info(path: str) -> dict | None:
     store, inner = filesystem(path)
     try:
         return store.info(inner)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a local path under a file
         return None
 
 

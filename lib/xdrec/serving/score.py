@@ -34,7 +34,7 @@ from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
 from xdrec.modeling.topk import TopKScorer, resolve_device
 from xdrec.spark import progress
-from xdrec.training import artifact as artifacts, selection
+from xdrec.training import artifact as artifacts, selection, tracking
 
 log = get_logger("score")
 
@@ -53,6 +53,7 @@ SCORE_RUNS_SCHEMA = (
 )
 # The inputs a score run reads, pinned at one Delta version each and recorded in score_runs.
 INPUT_TABLES = (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)
+SELECTION = "selected"  # score.model: the train stage's selection
 ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
@@ -300,12 +301,12 @@ def _user_counts(users: DataFrame) -> dict[str, int]:
             "copied": count(known=True, changed=False)}
 
 
-def _score_method(spark: SparkSession, config: Config, method: str, run_date: date, inputs: dict[str, DataFrame],
-                  input_versions: dict[str, int]) -> dict[str, Any]:
-    """Score one method into its (run_date, model) partition of recommendations and record the run."""
+def _score_method(spark: SparkSession, config: Config, method: str, path: str, run_date: date,
+                  inputs: dict[str, DataFrame], input_versions: dict[str, int]) -> dict[str, Any]:
+    """Score one method's artifact ``path`` into its (run_date, model) partition of recommendations and
+    record the run."""
     warehouse, target, settings = config.warehouse, config.data.target_domain, config.score
     started = time.perf_counter()
-    path = artifacts.latest_path(warehouse, method)
     artifact = artifacts.load(path)
     if len(artifact.domain_items(target)) == 0:
         raise XdrecError(f"model artifact {path} has no items of domain {target!r}")
@@ -382,16 +383,54 @@ def _score_method(spark: SparkSession, config: Config, method: str, run_date: da
     return summary
 
 
-def models_to_score(config: Config) -> list[str]:
-    """``score.models``: the model the train stage selected, or every model it offered to selection."""
+def served_model(config: Config) -> tuple[str, str]:
+    """``score.model`` as (method, artifact folder): an alias of the registry, ``selected``, a method or a
+    model version, in that order.
+
+    >>> served_model(load_config("demo", ["score.model=als_merged"]))    # doctest: +SKIP
+    ('als_merged', 'warehouse/models/als_merged/3f2a9c1e0b7d')
+    """
+    warehouse, name = config.warehouse, config.score.model
+    if name not in (SELECTION, *selection.served_candidates(config.train)):
+        aliased = tracking.aliased_model(config, name)
+        if aliased is not None:
+            path = artifacts.version_path(warehouse, aliased["model_version"])
+            if path is None:
+                raise XdrecError(f"score.model: {tracking.registered_model(config)} version {aliased['version']} "
+                                 f"holds the alias {name!r}, but its artifact {aliased['model_version']} is not "
+                                 f"under {files.join(warehouse, 'models')}")
+            log.info(f"serving {aliased['method']} {aliased['model_version']}: {tracking.registered_model(config)} "
+                     f"version {aliased['version']} holds the alias {name!r}")
+            return aliased["method"], path
+        if name == tracking.CHAMPION:
+            log.info(f"no registered version holds the alias {name!r} (train.mlflow {config.train.mlflow}, "
+                     f"train.promote {config.train.promote}): serving the train stage's selection")
+            name = SELECTION
+    if name == SELECTION:
+        chosen = selection.read_selection(warehouse)
+        return chosen["method"], chosen["path"]
+    if name in selection.served_candidates(config.train) or files.exists(artifacts.models_dir(warehouse, name)):
+        return name, artifacts.latest_path(warehouse, name)
+    path = artifacts.version_path(warehouse, name)
+    if path is None:
+        raise XdrecError(f"score.model: {name!r} is no registry alias, method or model version under "
+                         f"{files.join(warehouse, 'models')}; methods: "
+                         + ", ".join(selection.served_candidates(config.train)))
+    return artifacts.load(path).method, path
+
+
+def models_to_score(config: Config) -> dict[str, str]:
+    """``score.models``: ``{method: artifact folder}`` of the model ``score.model`` names, or of every model
+    the train stage offered to selection."""
     if config.score.models == "selected":
-        return [selection.read_selection(config.warehouse)["method"]]
-    return selection.served_candidates(config.train)
+        return dict([served_model(config)])
+    return {method: artifacts.latest_path(config.warehouse, method)
+            for method in selection.served_candidates(config.train)}
 
 
-def run_score(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict[str, Any]:
-    """Score every user with interactions against the target domain, for the served model (or each of
-    ``methods``, or every trained one: ``score.models``).
+def run_score(spark: SparkSession, config: Config) -> dict[str, Any]:
+    """Score every user with interactions against the target domain, for the served model (``score.model``)
+    or every trained one (``score.models``).
 
     Writes the ``score.run_date`` partition (default today, UTC) of each method in ``recommendations``,
     replacing that partition only, in one Delta commit, and appends the run to ``score_runs``; a method
@@ -423,8 +462,8 @@ def run_score(spark: SparkSession, config: Config, methods: list[str] | None = N
              + ", ".join(f"{name} v{version}" for name, version in input_versions.items()))
     started, run_id = time.time(), lineage.new_run_id()
     try:
-        scored = {method: _score_method(spark, config, method, run_date, inputs, input_versions)
-                  for method in methods or models_to_score(config)}
+        scored = {method: _score_method(spark, config, method, path, run_date, inputs, input_versions)
+                  for method, path in models_to_score(config).items()}
     finally:
         users.unpersist()
     written = {name: tables.version(spark, warehouse, name) for name in (tables.RECOMMENDATIONS, tables.SCORE_RUNS)}

@@ -88,6 +88,15 @@ def latest_path(warehouse: str, method: str) -> str:
     return files.join(models_dir(warehouse, method), files.read_text(pointer).strip())
 
 
+def version_path(warehouse: str, version: str) -> str | None:
+    """The artifact folder of model version ``version``, whatever its method; None when there is none."""
+    for method in files.listdir(files.join(warehouse, "models")):
+        path = files.join(models_dir(warehouse, method), version)
+        if files.is_file(files.join(path, "artifact.json")):
+            return path
+    return None
+
+
 def load(path: str) -> Artifact:
     """Load an artifact folder onto the CPU, model in eval mode. A missing, cut or foreign file fails with
     one line naming it and its cause."""

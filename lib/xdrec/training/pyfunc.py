@@ -3,12 +3,13 @@
 The train stage logs every model with it (:func:`xdrec.training.tracking.log_training`) as MLflow's
 "model from code": MLflow stores :data:`CODE` (this package's ``pyfunc_model.py``) and the artifact folder,
 and loading runs that file; nothing is unpickled. Input: ``user_id`` (string) and, optionally, ``seen``
-(the item ids to leave out, as the score stage leaves out the user's training items). Output: the ids of the
-``k`` best other target items, best first (``k`` from the ``k`` param, else the model's ``score.k``); an
-empty list for a user the model does not know. On Spark::
+(the item ids to leave out, as the score stage leaves out the user's training items). Output: a column
+``items``, the ids of the ``k`` best other target items, best first (``k`` from the ``k`` param, else the
+model's ``score.k``); an empty list for a user the model does not know. On Spark, as a struct (MLflow's
+``array<string>`` result type would make one string of each list)::
 
-    recommend = mlflow.pyfunc.spark_udf(spark, "models:/xdrec-movielens-1m@champion", "array<string>")
-    users.withColumn("items", recommend(struct("user_id", "seen")))
+    recommend = mlflow.pyfunc.spark_udf(spark, "models:/xdrec-movielens-1m@champion", "items array<string>")
+    users.withColumn("items", recommend(struct("user_id", "seen")).items)
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py
 ARTIFACT_KEY = "xdrec_artifact"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "user_id"), ColSpec(mlflow.types.schema.Array("string"), "seen", required=False)]),
-    outputs=Schema([ColSpec(mlflow.types.schema.Array("string"))]),
+    outputs=Schema([ColSpec(mlflow.types.schema.Array("string"), "items")]),
     params=ParamSchema([ParamSpec("k", "long", 0)]),
 )
 
@@ -45,7 +46,7 @@ class TopKRecommender(mlflow.pyfunc.PythonModel):
         self.item_idx = pd.Series(items.index.to_numpy(), index=items.to_numpy())
         self.user_idx = loaded.user_index.set_index("user_id")["user_idx"]
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.Series:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k") or self.k)
         if k != self.scorer.k:
             self.scorer = TopKScorer(self.scorer.model, self.scorer.candidates, k, self.scorer.device)
@@ -58,4 +59,4 @@ class TopKRecommender(mlflow.pyfunc.PythonModel):
         items, scores = self.scorer.top_k(users[known].astype(np.int64), seen)
         ranked = iter([list(self.item_ids[np.searchsorted(self.scorer.candidates, row[np.isfinite(row_scores)])])
                        for row, row_scores in zip(items, scores)])
-        return pd.Series([next(ranked) if is_known else [] for is_known in known], index=model_input.index)
+        return pd.DataFrame({"items": [next(ranked) if is_known else [] for is_known in known]}, index=model_input.index)

@@ -57,10 +57,7 @@ def run(config: Config, method: str, model_version: str) -> Iterator[str | None]
     if not config.train.mlflow:
         yield None
         return
-    uri = tracking_uri(config)
-    if uri.startswith("file:"):
-        # MLflow 3 asks file-store users to opt in; the file store needs no database (sqlalchemy).
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = allow_file_store(tracking_uri(config))
     import mlflow
 
     # MLflow announces each new experiment at INFO; xdrec prints where the run went itself.
@@ -100,8 +97,16 @@ def log_training(run_id: str | None, config: Config, meta: dict[str, Any], artif
                                          artifacts={pyfunc.ARTIFACT_KEY: local}, signature=pyfunc.SIGNATURE,
                                          pip_requirements=[f"xdrec=={xdrec.__version__}"],
                                          registered_model_name=registered_model(config))
-    mlflow.MlflowClient().set_model_version_tag(registered_model(config), logged.registered_model_version,
-                                                "model_version", meta["model_version"])
+    client = mlflow.MlflowClient()
+    for key in ("method", "model_version"):
+        client.set_model_version_tag(registered_model(config), logged.registered_model_version, key, meta[key])
+
+
+def allow_file_store(uri: str) -> str:
+    """MLflow 3 asks file-store users to opt in; the file store needs no database (sqlalchemy)."""
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return uri
 
 
 def registered_model(config: Config) -> str:
@@ -115,7 +120,7 @@ def promote(config: Config, selected: dict[str, Any], input_versions: dict[str, 
         return None
     import mlflow
 
-    client, name = mlflow.MlflowClient(tracking_uri(config)), registered_model(config)
+    client, name = mlflow.MlflowClient(allow_file_store(tracking_uri(config))), registered_model(config)
     key, figure, inputs = selected["selected_on"], selected["validation"][selected["method"]], json.dumps(input_versions)
     version = next((found for found in client.search_model_versions(f"name = '{name}'")
                     if found.tags.get("model_version") == selected["model_version"]), None)
@@ -139,6 +144,22 @@ def promote(config: Config, selected: dict[str, Any], input_versions: dict[str, 
     return log_decision(f"{name}: {CHAMPION} -> version {version.version} ({selected['method']} "
                         f"{selected['model_version']}, {key} {figure:.4f}"
                         + (f"; was version {champion.version}" if champion is not None else "") + ")")
+
+
+def aliased_model(config: Config, alias: str) -> dict[str, str] | None:
+    """The registered version that holds ``alias``, as its tags ``{"method", "model_version", "version"}``;
+    None when tracking is off or no version holds it."""
+    if not config.train.mlflow:
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient(allow_file_store(tracking_uri(config)))
+    try:
+        found = client.get_model_version_by_alias(registered_model(config), alias)
+    except mlflow.exceptions.MlflowException:  # no such registered model, or no version with the alias
+        return None
+    return {"method": found.tags.get("method", ""), "model_version": found.tags.get("model_version", ""),
+            "version": found.version}
 
 
 def log_decision(message: str) -> str:
