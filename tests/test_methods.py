@@ -16,9 +16,11 @@ from xdrec.config import METHODS, TrainConfig, load_config
 from xdrec.errors import XdrecError
 from xdrec.training import artifact, loop
 from xdrec.modeling.methods import (GradientReversal, StepContext, adversarial_schedule, batch_softmax_loss,
-                           distill_loss, labelled_loss, model_options, phases_for, soft_loss)
+                                    distill_loss, known_positive_mask, labelled_loss, model_options, phases_for,
+                                    sampled_softmax_loss, soft_loss)
 from xdrec.modeling.model import BRIDGED_VIEW, TwoTower
 from xdrec.training.loop import Collective
+from xdrec.training.train import csr
 from xdrec.training.validation import ranking_figures
 
 
@@ -110,6 +112,37 @@ def test_sampled_softmax_ranks_each_positive_against_shared_uniform_draws_of_its
     # Cosine over temperature: every logit without its bias lies within [-1/t, 1/t].
     vectors = model.user_vectors(torch.arange(6)) @ model.item_vectors(torch.arange(9)).T
     assert vectors.abs().max().item() <= 1 / 0.1 + 1e-4
+
+
+def test_known_positive_mask_matches_a_brute_force_lookup():
+    rng = np.random.default_rng(0)
+    num_users, num_items = 50, 40
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, num_users - 1, 400), rng.integers(0, num_items, 400))}
+    offsets, items = csr(*map(np.array, zip(*pairs)), num_users)  # the last user has no items
+    users, drawn = torch.as_tensor(rng.integers(0, num_users, 64)), torch.as_tensor(rng.integers(0, num_items, 100))
+    mask = known_positive_mask(users, drawn, torch.from_numpy(offsets), torch.from_numpy(items), num_items)
+    assert mask.tolist() == [[(int(user), int(item)) in pairs for item in drawn] for user in users]
+    assert mask.any() and not mask.all()
+
+
+def test_sampled_softmax_leaves_out_draws_the_user_already_has():
+    torch.manual_seed(0)
+    model = TwoTower(6, 9, 4, 8, temperature=0.1)
+    domain_items = torch.arange(4, 9)
+    users, items = torch.tensor([0, 1]), torch.tensor([5, 7])
+    generator = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    drawn = domain_items[torch.randint(5, (6,), generator=generator())]
+    known = sorted({(0, 5), (1, 7), (0, int(drawn[0]))} | {(1, int(item)) for item in drawn[:2]})
+    offsets, known_items = csr(*map(np.array, zip(*known)), 6)
+    loss = sampled_softmax_loss(model, (users, items, torch.ones(2)), domain_items, 6, generator(),
+                                known_positives=(torch.from_numpy(offsets), torch.from_numpy(known_items)))
+    with torch.no_grad():
+        expected = []
+        for user, item in zip(users.tolist(), items.tolist()):
+            negatives = torch.tensor([draw for draw in drawn.tolist() if (user, draw) not in known])
+            scores = model(torch.full((1 + len(negatives),), user), torch.cat([torch.tensor([item]), negatives]))
+            expected.append(-torch.log_softmax(scores, 0)[0])
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
 
 
 def bridge_model(kind: str) -> TwoTower:

@@ -290,6 +290,9 @@ class TrainConfig(_Section):
     ``sampled_negatives`` items drawn uniformly from its domain. See docs/methods.md, "Training"."""
     sampled_negatives: PositiveInt = 1024
     """loss "sampled_softmax": the negatives drawn per step, shared by the batch."""
+    mask_known_positives: Flag = True
+    """loss "sampled_softmax": a drawn negative that is one of the row's user's training items is left out
+    (a false negative); off: only draws of the row's own item are."""
     temperature: NonNegativeFloat = 0.1
     """0: a score is the dot product of the user and item vectors (plus the item bias); above 0: their
     cosine similarity divided by this temperature (plus the bias)."""

@@ -55,6 +55,31 @@ class StepContext:
     generator: torch.Generator  # seeded per (phase, epoch, rank), for draws that must replay on resume
     # Item indices of each batch's domain, in the phase's domain order (the sampled softmax draws from them).
     candidates: tuple[torch.Tensor, ...] = ()
+    # Every user's training items as CSR (offsets [num_users + 1], items): negatives the sampled softmax leaves out.
+    known_positives: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def known_positive_mask(users: torch.Tensor, drawn: torch.Tensor, offsets: torch.Tensor, items: torch.Tensor,
+                        num_items: int) -> torch.Tensor:
+    """``[len(users), len(drawn)]``: whether drawn item j is one of user i's items (``items[offsets[u]:
+    offsets[u + 1]]``). Costs the batch users' history lengths, not users x draws lookups::
+
+        offsets, items = torch.tensor([0, 2, 3]), torch.tensor([1, 3, 0])   # user 0: items 1, 3; user 1: item 0
+        known_positive_mask(torch.tensor([0, 1]), torch.tensor([3, 0, 3]), offsets, items, num_items=4)
+        # tensor([[True, False, True], [False, True, False]])
+    """
+    distinct, position = torch.unique(drawn, return_inverse=True)
+    slot = torch.full((num_items,), -1, dtype=torch.long, device=drawn.device)
+    slot[distinct] = torch.arange(len(distinct), device=drawn.device)
+    starts, lengths = offsets[users], offsets[users + 1] - offsets[users]
+    owners = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+    # Position of each history entry: its owner's start plus its place within the owner's run.
+    first_of_owner = torch.cumsum(lengths, 0) - lengths
+    hits = slot[items[starts[owners] + torch.arange(len(owners), device=users.device) - first_of_owner[owners]]]
+    found = hits >= 0
+    mask = torch.zeros(len(users), len(distinct), dtype=torch.bool, device=drawn.device)
+    mask[owners[found], hits[found]] = True
+    return mask[:, position]
 
 
 def batch_softmax_loss(model: TwoTower, batch: Batch, view: str = TARGET_VIEW) -> torch.Tensor:
@@ -75,11 +100,14 @@ def batch_softmax_loss(model: TwoTower, batch: Batch, view: str = TARGET_VIEW) -
 
 
 def sampled_softmax_loss(model: TwoTower, batch: Batch, candidates: torch.Tensor, negatives: int,
-                         generator: torch.Generator, view: str = TARGET_VIEW) -> torch.Tensor:
+                         generator: torch.Generator, view: str = TARGET_VIEW,
+                         known_positives: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Cross-entropy of each positive row's item against ``negatives`` items drawn uniformly from the
     domain's ``candidates`` and shared by the batch: a uniform sample needs no popularity correction, so
     the logits rank the whole catalogue as a full softmax over it would. A draw of the row's own item is
-    masked (an accidental hit: on a catalogue of a few thousand items, 1,024 draws hit it often)."""
+    masked (an accidental hit: on a catalogue of a few thousand items, 1,024 draws hit it often), and so,
+    given ``known_positives`` (CSR of every user's training items), is a draw of any item the user has:
+    pushing those down would teach the model against its own training data."""
     users, items, labels = batch
     positive = labels > 0.5
     if not bool(positive.any()):
@@ -90,6 +118,8 @@ def sampled_softmax_loss(model: TwoTower, batch: Batch, candidates: torch.Tensor
     own = (user_vectors * model.item_vectors(items)).sum(-1) + model.item_bias(items).squeeze(-1)
     others = user_vectors @ model.item_vectors(drawn).T + model.item_bias(drawn).squeeze(-1)
     others = others.masked_fill(drawn.unsqueeze(0) == items.unsqueeze(1), float("-inf"))
+    if known_positives is not None:
+        others = others.masked_fill(known_positive_mask(users, drawn, *known_positives, model.num_items), float("-inf"))
     logits = torch.cat([own.unsqueeze(1), others], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=logits.device))
 
@@ -102,7 +132,7 @@ def labelled_loss(model: TwoTower, batch: Batch, train: "TrainConfig", context: 
         return batch_softmax_loss(model, batch, view)
     if train.loss == "sampled_softmax":
         return sampled_softmax_loss(model, batch, context.candidates[domain], train.sampled_negatives,
-                                    context.generator, view)
+                                    context.generator, view, context.known_positives)
     users, items, labels = batch
     return F.binary_cross_entropy_with_logits(model(users, items, view) if logits is None else logits, labels)
 

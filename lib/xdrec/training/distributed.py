@@ -81,8 +81,10 @@ class TrainSpec:
     checkpoint_dir: str
     model_data: ModelData = field(default_factory=ModelData)
     validation: ValidationSet | None = None
-    # Each domain's item indices, which the sampled softmax draws its negatives from.
+    # Each domain's item indices, which the sampled softmax draws its negatives from, and every user's
+    # training items (CSR: offsets [num_users + 1], items), which it leaves out; None: it leaves out none.
     domain_items: dict[str, np.ndarray] = field(default_factory=dict)
+    known_positives: tuple[np.ndarray, np.ndarray] | None = None
     # A tune trial's median stopping rule (loop.below_median): earlier trials' median figure per epoch of
     # the last validated phase, and the epochs validated before it may stop the run (0: never).
     prune_below: list[float] = field(default_factory=list)
@@ -376,6 +378,8 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
         log=lambda message: log.info(f"rank {collective.rank}: {message}"),
         prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
                or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
+        known_positives=(None if spec.known_positives is None
+                         else tuple(torch.from_numpy(array) for array in spec.known_positives)),
     )
     return model, history
 

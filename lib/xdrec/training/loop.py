@@ -197,13 +197,15 @@ def train(
     seed: int = 0,
     log: Callable[[str], None] = print,
     prune: Callable[[list[float]], bool] | None = None,
+    known_positives: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` through ``phases``; return one result per epoch (of this run and resumed ones).
 
     ``batches(phase, epoch)`` yields this rank's steps for one epoch, each a tuple with one batch per
     domain of the phase; the loop takes exactly ``steps_per_epoch(phase)`` of them, the same on every
     rank, so uneven shards cannot hang an allreduce. ``domain_items`` (domain -> item indices) is what the
-    sampled softmax (``config.loss``) draws negatives from. ``validate(model)`` returns validation figures
+    sampled softmax (``config.loss``) draws negatives from, and ``known_positives`` (every user's training
+    items, CSR) what it leaves out of them. ``validate(model)`` returns validation figures
     (already combined over ranks); validated phases stop after ``config.patience`` epochs without
     improvement and end with their best epoch's weights. After every epoch rank 0 checkpoints the model,
     the optimizer, the position, the best epoch and the teacher; a restarted run with the same
@@ -214,6 +216,8 @@ def train(
     config = config or TrainConfig()
     last_validated = max((number for number, phase in enumerate(phases) if phase.validate), default=-1)
     model.to(device)
+    if known_positives is not None:
+        known_positives = tuple(tensor.to(device) for tensor in known_positives)
     history: list[EpochResult] = []
     start_phase, start_epoch = 0, 0
     checkpoint = restore_checkpoint(checkpoint_dir, model, set_aside=collective.rank == 0, log=log)
@@ -265,7 +269,7 @@ def train(
             for step in range(steps):
                 step_batches = tuple(tuple(tensor.to(device) for tensor in batch) for batch in next(iterator))
                 context = StepContext(progress=(epoch * steps + step) / total_steps, teacher=teacher,
-                                      generator=generator, candidates=candidates)
+                                      generator=generator, candidates=candidates, known_positives=known_positives)
                 optimizer.zero_grad()
                 loss = objective(model, step_batches, config, context)
                 loss.backward()

@@ -155,6 +155,7 @@ class TrainingInputs:
     histories: distributed.ModelData  # empty unless a bridge method is trained
     validation: ValidationSet
     item_text: tuple[np.ndarray, np.ndarray] | None  # (embeddings [num_items, dim], has_text [num_items])
+    known_positives: tuple[np.ndarray, np.ndarray]  # every user's training items of both domains, CSR
 
     @property
     def num_users(self) -> int:
@@ -197,8 +198,8 @@ def read_item_text(spark: SparkSession, config: Config, num_items: int,
 
 
 def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> TrainingInputs:
-    """Pin the input tables' versions and read what the workers need besides the training examples
-    (users' histories only ``with_histories``: only the bridge methods use them)."""
+    """Pin the input tables' versions and read what the workers need besides the training examples: every
+    user's training items, and the histories of the bridge models only ``with_histories``."""
     versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
 
     def read(name: str) -> DataFrame:
@@ -213,13 +214,15 @@ def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> Tr
     validation = validation_set(interactions, data.target_domain, candidates, train.validation_max_users, train.seed)
     log.info(f"validation: {len(validation):,} {data.target_domain} users "
              f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items")
+    train_rows = (interactions.where((F.col("split") == "train")
+                                     & F.col("domain").isin(data.source_domain, data.target_domain))
+                  .select("domain", "user_idx", "item_idx").toPandas())
+    known_positives = csr(train_rows["user_idx"].to_numpy(np.int64), train_rows["item_idx"].to_numpy(np.int64),
+                          num_users)
     histories = distributed.ModelData()
     if with_histories:
-        train_rows = (interactions.where((F.col("split") == "train")
-                                         & F.col("domain").isin(data.source_domain, data.target_domain))
-                      .select("domain", "user_idx", "item_idx").toPandas())
         histories = user_histories(train_rows, num_users, data.source_domain, data.target_domain)
-    return TrainingInputs(versions, user_index, item_index, histories, validation, item_text)
+    return TrainingInputs(versions, user_index, item_index, histories, validation, item_text, known_positives)
 
 
 def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[str, distributed.DomainData],
@@ -245,7 +248,8 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
                                     .to_numpy(np.int64)) for domain in data}
     return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data, train=train,
                                  checkpoint_dir=checkpoint_dir, model_data=model_data, validation=inputs.validation,
-                                 domain_items=domain_items)
+                                 domain_items=domain_items,
+                                 known_positives=inputs.known_positives if train.mask_known_positives else None)
 
 
 def reused_artifact(config: Config, method: str, version: str) -> dict | None:
