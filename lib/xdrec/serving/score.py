@@ -408,7 +408,7 @@ def served_model(config: Config) -> tuple[str, str]:
             name = SELECTION
     if name == SELECTION:
         chosen = selection.read_selection(warehouse)
-        return chosen["method"], chosen["path"]
+        return chosen["method"], files.join(artifacts.models_dir(warehouse, chosen["method"]), chosen["model_version"])
     if name in selection.served_candidates(config.train) or files.exists(artifacts.models_dir(warehouse, name)):
         return name, artifacts.latest_path(warehouse, name)
     path = artifacts.version_path(warehouse, name)
