@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from xdrec.modeling.model import BRIDGED_VIEW, SOURCE_VIEW, TARGET_VIEW, TwoTower
+from xdrec.modeling.model import BRIDGED_VIEW, SOURCE_VIEW, TARGET_VIEW, TwoTower, csr_entries
 
 if TYPE_CHECKING:  # read as plain objects: modeling imports no configuration machinery
     from xdrec.config import Config, TrainConfig
@@ -71,11 +71,8 @@ def known_positive_mask(users: torch.Tensor, drawn: torch.Tensor, offsets: torch
     distinct, position = torch.unique(drawn, return_inverse=True)
     slot = torch.full((num_items,), -1, dtype=torch.long, device=drawn.device)
     slot[distinct] = torch.arange(len(distinct), device=drawn.device)
-    starts, lengths = offsets[users], offsets[users + 1] - offsets[users]
-    owners = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
-    # Position of each history entry: its owner's start plus its place within the owner's run.
-    first_of_owner = torch.cumsum(lengths, 0) - lengths
-    hits = slot[items[starts[owners] + torch.arange(len(owners), device=users.device) - first_of_owner[owners]]]
+    owners, entries, _ = csr_entries(offsets, users)
+    hits = slot[items[entries]]
     found = hits >= 0
     mask = torch.zeros(len(users), len(distinct), dtype=torch.bool, device=drawn.device)
     mask[owners[found], hits[found]] = True

@@ -32,6 +32,19 @@ from xdrec.modeling.parts import BRIDGES, PARTS
 TARGET_VIEW, SOURCE_VIEW, BRIDGED_VIEW = "target", "source", "bridged"
 
 
+def csr_entries(offsets: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries of ``rows`` in a CSR structure (row r's values at ``offsets[r]:offsets[r + 1]``): each
+    entry's owner (a position in ``rows``), its index into the values, and each row's length::
+
+        csr_entries(torch.tensor([0, 2, 3]), torch.tensor([1, 0]))   # owners [0, 1, 1], indices [2, 0, 1], lengths [1, 2]
+    """
+    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    owners = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
+    # Each entry's index: its owner's start plus its place within the owner's run.
+    first_of_owner = torch.cumsum(lengths, 0) - lengths
+    return owners, starts[owners] + torch.arange(len(owners), device=rows.device) - first_of_owner[owners], lengths
+
+
 class Tower(nn.Module):
     """A residual MLP: starts close to the identity so embeddings keep their meaning early on."""
 
@@ -178,12 +191,7 @@ class TwoTower(nn.Module):
         source = self.user_embedding(users)
         if self.bridge_kind == "emcdr":
             return self.bridge(source)
-        starts, stops = self.history_offsets[users], self.history_offsets[users + 1]
-        lengths = stops - starts
-        owners = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
-        # Position of each history entry: its owner's start plus its place within the owner's run.
-        first_of_owner = torch.cumsum(lengths, 0) - lengths
-        positions = starts[owners] + torch.arange(len(owners), device=users.device) - first_of_owner[owners]
+        owners, positions, lengths = csr_entries(self.history_offsets, users)
         history = self.item_embedding(self.history_items[positions])
         bridged = self.bridge(source, history, owners)
         # A user without source history has no bridge: keep the source embedding.
