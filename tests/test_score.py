@@ -413,9 +413,7 @@ def test_score_model_names_an_alias_the_selection_a_method_or_a_version(tmp_path
     with pytest.raises(XdrecError, match=r"score.model: 'v9' is no registry alias, method or model version"):
         served("v9")
     # A real MLflow registry: the alias points at the older finetune, and serving follows it.
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking.allow_file_store(tracking.tracking_uri(config)))
+    client = tracking.registry(config)
     name = tracking.registered_model(config)
     client.create_registered_model(name)
     version = client.create_model_version(name, first, tags={"method": "finetune", "model_version": "v1"})

@@ -391,7 +391,8 @@ def served_model(config: Config) -> tuple[str, str]:
     ('als_merged', 'warehouse/models/als_merged/3f2a9c1e0b7d')
     """
     warehouse, name = config.warehouse, config.score.model
-    if name not in (SELECTION, *selection.served_candidates(config.train)):
+    candidates = selection.served_candidates(config.train)
+    if name not in (SELECTION, *candidates):
         aliased = tracking.aliased_model(config, name)
         if aliased is not None:
             path = artifacts.version_path(warehouse, aliased["model_version"])
@@ -409,13 +410,12 @@ def served_model(config: Config) -> tuple[str, str]:
     if name == SELECTION:
         chosen = selection.read_selection(warehouse)
         return chosen["method"], files.join(artifacts.models_dir(warehouse, chosen["method"]), chosen["model_version"])
-    if name in selection.served_candidates(config.train) or files.exists(artifacts.models_dir(warehouse, name)):
+    if name in candidates or files.exists(artifacts.models_dir(warehouse, name)):
         return name, artifacts.latest_path(warehouse, name)
     path = artifacts.version_path(warehouse, name)
     if path is None:
         raise XdrecError(f"score.model: {name!r} is no registry alias, method or model version under "
-                         f"{files.join(warehouse, 'models')}; methods: "
-                         + ", ".join(selection.served_candidates(config.train)))
+                         f"{files.join(warehouse, 'models')}; methods: " + ", ".join(candidates))
     return artifacts.load(path).method, path
 
 

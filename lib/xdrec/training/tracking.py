@@ -118,18 +118,13 @@ def promote(config: Config, selected: dict[str, Any], input_versions: dict[str, 
     registry alias ``champion`` when ``train.promote`` says so; log the decision either way and return it."""
     if not config.train.mlflow or config.train.promote == "never":
         return None
-    import mlflow
-
-    client, name = mlflow.MlflowClient(allow_file_store(tracking_uri(config))), registered_model(config)
+    client, name = registry(config), registered_model(config)
     key, figure, inputs = selected["selected_on"], selected["validation"][selected["method"]], json.dumps(input_versions)
     version = next((found for found in client.search_model_versions(f"name = '{name}'")
                     if found.tags.get("model_version") == selected["model_version"]), None)
     if version is None:
         return log_decision(f"{selected['method']} {selected['model_version']} is not in the registry {name}: no promotion")
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        champion = None
+    champion = alias_holder(client, name, CHAMPION)
     figure_tag = f"validation.{metric_name(key)}"
     client.set_model_version_tag(name, version.version, figure_tag, str(figure))
     client.set_model_version_tag(name, version.version, "validation.inputs", inputs)
@@ -146,17 +141,28 @@ def promote(config: Config, selected: dict[str, Any], input_versions: dict[str, 
                         + (f"; was version {champion.version}" if champion is not None else "") + ")")
 
 
+def registry(config: Config):
+    """An MLflow client of the configured tracking store."""
+    import mlflow
+
+    return mlflow.MlflowClient(allow_file_store(tracking_uri(config)))
+
+
+def alias_holder(client, name: str, alias: str):
+    """The version of registered model ``name`` that holds ``alias``; None when there is none."""
+    import mlflow
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:  # no such registered model, or no version with the alias
+        return None
+
+
 def aliased_model(config: Config, alias: str) -> dict[str, str] | None:
     """The registered version that holds ``alias``, as its tags ``{"method", "model_version", "version"}``;
     None when tracking is off or no version holds it."""
-    if not config.train.mlflow:
-        return None
-    import mlflow
-
-    client = mlflow.MlflowClient(allow_file_store(tracking_uri(config)))
-    try:
-        found = client.get_model_version_by_alias(registered_model(config), alias)
-    except mlflow.exceptions.MlflowException:  # no such registered model, or no version with the alias
+    found = alias_holder(registry(config), registered_model(config), alias) if config.train.mlflow else None
+    if found is None:
         return None
     return {"method": found.tags.get("method", ""), "model_version": found.tags.get("model_version", ""),
             "version": found.version}
