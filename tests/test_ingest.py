@@ -169,6 +169,9 @@ def test_a_new_file_is_merged_and_its_copies_quarantined(runs):
     assert added["sources"] == 1
     assert added["added"]["interactions"] == {"books": 1}
     assert added["quarantined"]["interactions"]["books"] == {"duplicate": 2}
+    [(path, counts)] = added["files"]["interactions"].items()
+    assert path.endswith("part-2.csv")
+    assert counts == {"read": 3, "added": 1, "present": 0, "merged": 0, "duplicate": 2}
     # The interactions file was not read again, so the interactions table was not touched.
     assert steps["changed_items"]["versions"][tables.INTERACTIONS] == added["versions"][tables.INTERACTIONS]
 

@@ -223,20 +223,31 @@ def quarantine_rows(labeled: DataFrame, kind: str, domain: Column, run_id: str) 
             .select(*QUARANTINE_COLUMNS))
 
 
-def count_outcomes(labeled: DataFrame, domain: Column) -> dict[str, dict[str, int]]:
-    """{domain: {"read", "added", "present", "merged" (rows folded into others) and each reason: rows}} of
-    one labeled kind."""
+def count_outcomes(labeled: DataFrame, domain: Column) -> dict[tuple[str | None, str], dict[str, int]]:
+    """{(domain, source file): {"read", "added", "present", "merged" (rows folded into others) and each reason:
+    rows}} of one labeled kind."""
     outcome = (F.when(F.col("reason").isNotNull(), F.col("reason"))
                .when(F.col("present"), "present").otherwise("added"))
     folded = F.col("merged") if "merged" in labeled.columns else F.lit(0)
-    counts: dict[str, dict[str, int]] = {}
-    for row in (labeled.groupBy(domain.alias("domain"), outcome.alias("outcome"))
+    counts: dict[tuple[str | None, str], dict[str, int]] = {}
+    for row in (labeled.groupBy(domain.alias("domain"), "source_file", outcome.alias("outcome"))
                 .agg(F.count("*").alias("count"), F.sum(folded).alias("merged")).collect()):
-        per_domain = counts.setdefault(row["domain"], {"read": 0, "added": 0, "present": 0, "merged": 0})
-        per_domain[row["outcome"]] = row["count"]
-        per_domain["merged"] += row["merged"]
-        per_domain["read"] += row["count"] + row["merged"]
+        per_file = counts.setdefault((row["domain"], row["source_file"]),
+                                     {"read": 0, "added": 0, "present": 0, "merged": 0})
+        per_file[row["outcome"]] = row["count"]
+        per_file["merged"] += row["merged"]
+        per_file["read"] += row["count"] + row["merged"]
     return counts
+
+
+def per_domain(by_file: dict[tuple[str | None, str], dict[str, int]]) -> dict[str | None, dict[str, int]]:
+    """The outcome counts of :func:`count_outcomes` summed over each domain's files."""
+    totals: dict[str | None, dict[str, int]] = {}
+    for (domain, _), outcome in by_file.items():
+        total = totals.setdefault(domain, {})
+        for key, rows in outcome.items():
+            total[key] = total.get(key, 0) + rows
+    return totals
 
 
 def _union(frames: list[DataFrame]) -> DataFrame | None:
@@ -369,8 +380,8 @@ def _domain_of(kind: str, for_counts: bool = False) -> Column:
 def _check_bad_shares(counts: dict[str, dict], max_bad_share: float, warehouse: str) -> str | None:
     """A one-line message naming every input whose quarantined share is above ``max_bad_share``."""
     failures = []
-    for kind, per_domain in counts.items():
-        for domain, outcome in per_domain.items():
+    for kind, by_domain in counts.items():
+        for domain, outcome in by_domain.items():
             bad = _quarantined(outcome)
             share = sum(bad.values()) / max(1, outcome["read"])
             if share > max_bad_share:
@@ -409,23 +420,33 @@ def _quarantined(outcome: dict[str, int]) -> dict[str, int]:
     return {reason: n for reason, n in outcome.items() if reason not in ("read", "added", "present", "merged")}
 
 
-def _print_outcomes(counts: dict[str, dict], new_sources: dict) -> None:
-    for kind, per_domain in counts.items():
-        for domain, outcome in sorted(per_domain.items(), key=lambda kv: str(kv[0])):
+def _outcome_line(outcome: dict[str, int]) -> str:
+    bad = _quarantined(outcome)
+    listed = ", ".join(f"{reason} {n:,}" for reason, n in sorted(bad.items()))
+    merged = f"{outcome['merged']:,} repeats merged into them, " if outcome["merged"] else ""
+    return (f"{outcome['added']:,} added, {merged}{outcome['present']:,} already present, "
+            f"{sum(bad.values()):,} quarantined" + (f" ({listed})" if listed else ""))
+
+
+def _print_outcomes(by_file: dict[str, dict], new_sources: dict) -> None:
+    """One line per file read, then one per input (kind and domain)."""
+    files = sorted(((kind, key) for kind, outcomes in by_file.items() for key in outcomes),
+                   key=lambda kind_key: (kind_key[0], str(kind_key[1][0]), kind_key[1][1]))
+    for number, (kind, (domain, path)) in enumerate(files, 1):
+        outcome = by_file[kind][(domain, path)]
+        log.info(f"file {number} of {len(files)}, {path}: {outcome['read']:,} rows, {_outcome_line(outcome)}")
+    for kind, outcomes in by_file.items():
+        for domain, outcome in sorted(per_domain(outcomes).items(), key=lambda kv: str(kv[0])):
             sources = len(new_sources[(kind, domain)][2])
-            bad = _quarantined(outcome)
-            listed = ", ".join(f"{reason} {n:,}" for reason, n in sorted(bad.items()))
             where = kind if domain is None else f"{kind} of {domain}"
-            merged = f"{outcome['merged']:,} repeats merged into them, " if outcome["merged"] else ""
-            log.info(f"{where}: {outcome['read']:,} rows from {sources} new source(s): {outcome['added']:,} added, "
-                     f"{merged}{outcome['present']:,} already present, {sum(bad.values()):,} quarantined"
-                     + (f" ({listed})" if listed else ""))
+            log.info(f"{where}: {outcome['read']:,} rows from {sources} new source(s): {_outcome_line(outcome)}")
 
 
 def run_ingest(spark: SparkSession, config: Config) -> dict:
     """The ingest stage (see the module doc). Returns {"read", "added", "present", "merged": {kind: {domain: rows}},
-    "quarantined": {kind: {domain: {reason: rows}}}, "sources": new sources read, "repeated": {input: [(file
-    skipped, the file whose bytes it repeats)]}, "versions": {table: v}}."""
+    "quarantined": {kind: {domain: {reason: rows}}}, "sources": new sources read, "files": {kind: {file read: its
+    counts, as per domain}}, "repeated": {input: [(file skipped, the file whose bytes it repeats)]},
+    "versions": {table: v}}."""
     started, run_id, warehouse = time.time(), lineage.new_run_id(), config.warehouse
     # Without a record of what was read (a new warehouse, or tables from before ingest kept one), the
     # tables are rebuilt from every source.
@@ -435,12 +456,13 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
     labeled = {kind: frame.cache() for kind, frame in _label_all(spark, config, new_sources, full).items()}
     try:
         with progress(spark, "ingest", f"reading and checking {source_count} new source(s)"):
-            counts = {kind: count_outcomes(frame, _domain_of(kind, for_counts=True)) for kind, frame in labeled.items()}
-        _print_outcomes(counts, new_sources)
+            by_file = {kind: count_outcomes(frame, _domain_of(kind, for_counts=True)) for kind, frame in labeled.items()}
+        _print_outcomes(by_file, new_sources)
+        counts = {kind: per_domain(outcomes) for kind, outcomes in by_file.items()}
         versions = {}
         properties = tables.retention_properties(config.data.retention_days)
         quarantine = _union([quarantine_rows(frame, kind, _domain_of(kind), run_id) for kind, frame in labeled.items()])
-        any_bad = any(_quarantined(outcome) for per_domain in counts.values() for outcome in per_domain.values())
+        any_bad = any(_quarantined(outcome) for by_domain in counts.values() for outcome in by_domain.values())
         if full and (any_bad or tables.exists(spark, warehouse, tables.QUARANTINE)):
             versions[tables.QUARANTINE] = tables.overwrite(quarantine, warehouse, tables.QUARANTINE, ["domain"], properties)
         elif any_bad and not full:
@@ -482,11 +504,12 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
     outputs = [name for name, _, _ in TARGETS.values()] + [tables.QUARANTINE, tables.INGESTED_FILES]
     current = {name: tables.version(spark, warehouse, name) for name in outputs if tables.exists(spark, warehouse, name)}
     summary = {
-        **{key: {kind: {domain: outcome[key] for domain, outcome in per_domain.items()}
-                 for kind, per_domain in counts.items()} for key in ("read", "added", "present", "merged")},
-        "quarantined": {kind: {domain: _quarantined(outcome) for domain, outcome in per_domain.items()}
-                        for kind, per_domain in counts.items()},
+        **{key: {kind: {domain: outcome[key] for domain, outcome in by_domain.items()}
+                 for kind, by_domain in counts.items()} for key in ("read", "added", "present", "merged")},
+        "quarantined": {kind: {domain: _quarantined(outcome) for domain, outcome in by_domain.items()}
+                        for kind, by_domain in counts.items()},
         "sources": source_count,
+        "files": {kind: {path: outcome for (_, path), outcome in outcomes.items()} for kind, outcomes in by_file.items()},
         "repeated": {f"{kind}/{domain}" if domain else kind: [(source.path, original) for source, original in pairs]
                      for (kind, domain), pairs in repeated.items()},
         "versions": current,
