@@ -20,7 +20,7 @@ from xdrec.modeling.model import FactorModel, TwoTower
 from xdrec.training import artifact, selection, tracking
 from xdrec.serving.score import (COLD_START, POPULARITY, WARM, changed_users, recommend_top_k, run_score,
                                  score_pairs, served_model)
-from xdrec.modeling.topk import TopKScorer, stable_top_k
+from xdrec.modeling.topk import TopKScorer, blocked_top_k, stable_top_k
 
 SOURCE, TARGET = "books", "movies"
 NUM_USERS, SOURCE_ITEMS, TARGET_ITEMS = 12, 8, 12
@@ -124,6 +124,30 @@ def test_stable_top_k_equals_a_full_sort_under_heavy_ties(k):
         expected = np.lexsort((np.arange(30), -scores[row].numpy()))[:k]  # by score, then lower column
         assert positions[row].tolist() == expected.tolist()
         assert values[row].tolist() == scores[row, expected].tolist()
+
+
+@pytest.mark.parametrize("tile_items", [1, 3, 16, 64])
+def test_blocked_top_k_equals_the_whole_matrix_under_ties_and_seen_items(tile_items):
+    rng = np.random.default_rng(tile_items)
+    # Small integers: exact scores, and many ties across tiles.
+    users, items_t, bias = (torch.from_numpy(rng.integers(-2, 3, size=shape).astype(np.float32))
+                            for shape in ((50, 4), (4, 40), (40,)))
+    seen_rows, seen_columns = rng.integers(0, 50, 600), rng.integers(0, 40, 600)
+    seen_rows[:40], seen_columns[:40] = 7, np.arange(40)  # user 7 has seen every item: -inf fills its list
+    seen = (torch.from_numpy(seen_rows), torch.from_numpy(seen_columns))
+    whole = torch.addmm(bias, users, items_t)
+    whole[seen] = float("-inf")
+    for k in (1, 10, 39, 40):
+        positions, values = blocked_top_k(users, items_t, bias, k, seen, tile_items)
+        expected_positions, expected_values = stable_top_k(whole.clone(), k)
+        assert torch.equal(positions, expected_positions) and torch.equal(values, expected_values), k
+
+
+def test_a_nan_in_a_later_tile_stops_the_blocked_kernel():
+    items_t = torch.randn(8, 100)
+    items_t[3, 70] = float("nan")
+    with pytest.raises(XdrecError, match="NaN"):
+        blocked_top_k(torch.randn(5, 8), items_t, torch.zeros(100), 10, tile_items=16)
 
 
 def test_nan_scores_stop_scoring():

@@ -370,8 +370,9 @@ class ScoreConfig(_Section):
 
     k: PositiveInt = 10
     """Items recommended per user."""
-    users_per_batch: PositiveInt = 1024
-    """Users per model call: each call holds a [users x domain items] float32 score matrix."""
+    users_per_batch: PositiveInt = 2048
+    """Users per model call. On a GPU a call holds a [users x domain items] float32 score matrix; on the CPU
+    it scores 512 items at a time (docs/performance.md, "Scoring kernel")."""
     exclude_seen: Flag = True
     """Leave out the target items a user already has (training interactions)."""
     arrow_batch_size: PositiveInt = 10000
