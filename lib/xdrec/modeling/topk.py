@@ -24,9 +24,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-NAN_SCORES = "the model scores NaN: its weights diverged, retrain it"
-
-
 class TopKScorer:
     """Exact top-k of one model over a fixed set of candidate items.
 
@@ -96,8 +93,8 @@ def blocked_top_k(user_vectors: torch.Tensor, item_vectors_t: torch.Tensor, item
     The items are scored ``tile_items`` columns at a time into one buffer that stays in cache. A row's
     running top k changes only through the tile's scores above its running k-th best (strictly above: an
     equal score in a later tile has a higher column, and loses the tie). One ``amax`` pass finds the rows
-    that have any, and only those scores are merged. Over n items a row takes about k·ln(n/k) such scores in all, so a tile costs
-    little beyond its product and that pass. ::
+    that have any, and only those scores are merged. Over n items a row takes about k·ln(n/k) such scores
+    in all, so a tile costs little beyond its product and that pass. ::
 
         positions, scores = blocked_top_k(users, items_t, bias, k=10)   # as stable_top_k(users @ items_t + bias, 10)
     """
@@ -196,4 +193,4 @@ def _exact_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 def _raise_on_nan(scores: torch.Tensor) -> None:
     if torch.isnan(scores).any():
-        raise XdrecError(NAN_SCORES)
+        raise XdrecError("the model scores NaN: its weights diverged, retrain it")
