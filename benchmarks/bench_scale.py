@@ -35,7 +35,7 @@ import psutil
 import yaml
 
 from xdrec.pipeline import run_stage
-from xdrec.config import load_config
+from xdrec.config import SparkConfig, load_config
 from xdrec.spark import get_spark
 
 ML1M = {"interactions": 1_000_209, "users": 6_040, "items": 3_706}
@@ -122,7 +122,7 @@ def generate(folder: str, size: float, seed: int) -> dict:
     return counts
 
 
-def config_for(work: str, raw: str, size: float, driver_memory: str) -> str:
+def config_for(work: str, raw: str, size: float) -> str:
     """Write the size's config (see the module doc) and return its path."""
     config = {
         "warehouse": os.path.join(work, "warehouse"),
@@ -134,7 +134,6 @@ def config_for(work: str, raw: str, size: float, driver_memory: str) -> str:
         "score": {"model": "joint"},
         "evaluate": {"baselines": ["popularity"], "bootstrap_samples": 100},
         "tune": {"enabled": False},
-        "spark": {"master": "local[2]", "driver_memory": driver_memory},
     }
     path = os.path.join(work, "scale.yaml")
     with open(path, "w") as handle:
@@ -177,7 +176,7 @@ class PeakMemory(threading.Thread):
         return {kind: round(rss / 2**20) for kind, rss in sorted(self.peaks.items())}
 
 
-def run_size(spark, size: float, work: str, seed: int, driver_memory: str) -> list[dict]:
+def run_size(spark, size: float, work: str, seed: int) -> list[dict]:
     raw = os.path.join(work, "raw")
     started = time.perf_counter()
     counts = generate(raw, size, seed)
@@ -185,7 +184,7 @@ def run_size(spark, size: float, work: str, seed: int, driver_memory: str) -> li
     print(f"\n== {size:g}x: {interactions:,} interactions, "
           + ", ".join(f"{domain} {c['users']:,} users x {c['items']:,} items" for domain, c in counts.items())
           + f" (generated in {time.perf_counter() - started:.0f}s)", flush=True)
-    config = load_config(config_for(work, raw, size, driver_memory))
+    config = load_config(config_for(work, raw, size))
     rows = []
     for stage in STAGES:
         sampler = PeakMemory()
@@ -263,16 +262,14 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="8g")
     args = parser.parse_args()
     sizes = [float(size) for size in args.sizes.split(",")]
-    rows = []
-    spark = None
-    for size in sizes:
-        work = os.path.join(args.work, f"x{size:g}")
+    works = {size: os.path.join(args.work, f"x{size:g}") for size in sizes}
+    for work in works.values():
         if os.path.exists(work):
             sys.exit(f"bench_scale: {work} exists; remove it or pass another --work")
-        if spark is None:
-            spark = get_spark(load_config("synthetic", [f"spark.driver_memory={args.driver_memory}",
-                                                       "spark.master=local[2]"]).spark)
-        rows += run_size(spark, size, work, args.seed, args.driver_memory)
+    spark = get_spark(SparkConfig(master="local[2]", driver_memory=args.driver_memory))
+    rows = []
+    for size in sizes:
+        rows += run_size(spark, size, works[size], args.seed)
         write_report(args.out, rows, growth(rows))  # after every size, so a long run shows what it has
     print("\n" + open(os.path.join(args.out, "scale.md")).read())
 

@@ -36,7 +36,7 @@ def test_the_generator_has_a_long_tail_partial_overlap_and_titles(tmp_path):
 
 
 def test_a_small_run_measures_every_stage_and_writes_its_report(spark, tmp_path):
-    rows = bench_scale.run_size(spark, 0.05, str(tmp_path / "x0.05"), seed=0, driver_memory="2g")
+    rows = bench_scale.run_size(spark, 0.05, str(tmp_path / "x0.05"), seed=0)
     assert [row["stage"] for row in rows] == list(bench_scale.STAGES)
     assert all(row["seconds"] > 0 and row["peak_rss_mib"]["spark_jvm"] > 0 for row in rows)
     train = next(row for row in rows if row["stage"] == "train")

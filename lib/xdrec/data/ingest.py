@@ -428,15 +428,15 @@ def _outcome_line(outcome: dict[str, int]) -> str:
             f"{sum(bad.values()):,} quarantined" + (f" ({listed})" if listed else ""))
 
 
-def _print_outcomes(by_file: dict[str, dict], new_sources: dict) -> None:
+def _print_outcomes(by_file: dict[str, dict], counts: dict[str, dict], new_sources: dict) -> None:
     """One line per file read, then one per input (kind and domain)."""
     files = sorted(((kind, key) for kind, outcomes in by_file.items() for key in outcomes),
                    key=lambda kind_key: (kind_key[0], str(kind_key[1][0]), kind_key[1][1]))
     for number, (kind, (domain, path)) in enumerate(files, 1):
         outcome = by_file[kind][(domain, path)]
         log.info(f"file {number} of {len(files)}, {path}: {outcome['read']:,} rows, {_outcome_line(outcome)}")
-    for kind, outcomes in by_file.items():
-        for domain, outcome in sorted(per_domain(outcomes).items(), key=lambda kv: str(kv[0])):
+    for kind, by_domain in counts.items():
+        for domain, outcome in sorted(by_domain.items(), key=lambda kv: str(kv[0])):
             sources = len(new_sources[(kind, domain)][2])
             where = kind if domain is None else f"{kind} of {domain}"
             log.info(f"{where}: {outcome['read']:,} rows from {sources} new source(s): {_outcome_line(outcome)}")
@@ -457,8 +457,8 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
     try:
         with progress(spark, "ingest", f"reading and checking {source_count} new source(s)"):
             by_file = {kind: count_outcomes(frame, _domain_of(kind, for_counts=True)) for kind, frame in labeled.items()}
-        _print_outcomes(by_file, new_sources)
         counts = {kind: per_domain(outcomes) for kind, outcomes in by_file.items()}
+        _print_outcomes(by_file, counts, new_sources)
         versions = {}
         properties = tables.retention_properties(config.data.retention_days)
         quarantine = _union([quarantine_rows(frame, kind, _domain_of(kind), run_id) for kind, frame in labeled.items()])
