@@ -15,7 +15,7 @@ from xdrec.config import TrainConfig
 from xdrec.modeling.methods import Phase
 from xdrec.modeling.model import TwoTower
 from xdrec.training import loop
-from xdrec.training.distributed import DomainData, TrainSpec
+from xdrec.training.distributed import DomainData, TrainSpec, table_gradient
 from xdrec.training.loop import Collective, parameter_groups
 from xdrec.training.validation import ValidationSet, ranking_figures
 
@@ -67,6 +67,38 @@ def test_frozen_parts_do_not_move():
     assert torch.equal(model.user_tower.mlp[0].weight, first_layer)
     assert not torch.equal(model.user_tower.mlp[2].weight, second_layer)  # the other layer of that tower trains
     assert not torch.equal(model.item_embedding.weight, item_before)
+
+
+def test_a_step_moves_only_the_table_rows_its_batch_touched():
+    # Dense Adam would move step one's rows again on step two, on their momentum alone.
+    model = fresh_model()
+    optimizer = loop.TableAdam(parameter_groups(model, 0.05, {}), loop.sparse_tables(model))
+    steps = [(torch.tensor([1, 2]), torch.from_numpy(TARGET_ITEMS[:2])),
+             (torch.tensor([3, 4]), torch.from_numpy(TARGET_ITEMS[2:4]))]
+    for users, items in steps:
+        before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        optimizer.zero_grad()
+        model(users, items).sum().backward()
+        optimizer.step()
+        for table, touched in (("user_embedding.weight", users), ("item_embedding.weight", items),
+                               ("item_bias.weight", items)):
+            moved = (model.state_dict()[table] != before[table]).any(dim=1).nonzero().squeeze(1)
+            assert moved.tolist() == sorted(touched.tolist()), table
+        assert not torch.equal(model.user_tower.mlp[0].weight, before["user_tower.mlp.0.weight"])
+
+
+def test_the_ranks_touched_rows_average_to_the_dense_gradient():
+    model = fresh_model()
+    loop.sparse_tables(model)
+    table = model.user_embedding.weight
+    gradients = []
+    for users in (torch.tensor([0, 1, 1]), torch.tensor([1, 5])):  # user 1 on both ranks, twice on one
+        model.zero_grad()
+        model(users, torch.ones_like(users)).sum().backward()
+        gradients.append(table.grad.coalesce())
+    averaged = table_gradient(table, torch.cat([gradient.indices()[0] for gradient in gradients]),
+                              torch.cat([gradient.values() for gradient in gradients]), size=2)
+    assert torch.allclose(averaged.to_dense(), sum(gradient.to_dense() for gradient in gradients) / 2)
 
 
 def test_part_learning_rates_give_parts_their_own_rate_and_the_most_specific_part_wins():

@@ -111,9 +111,11 @@ class TrainSpec:
                 for phase in self.phases]
 
 
-def touched_rows(gradient: torch.Tensor) -> torch.Tensor:
-    """The rows of an embedding table's gradient that this step touched (non-zero)."""
-    return gradient.abs().sum(dim=1).nonzero().squeeze(1)
+def table_gradient(table: nn.Parameter, rows: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor:
+    """The average over ``size`` ranks of a table's gradient from every rank's touched ``rows`` and their
+    ``values``, as a sparse gradient (a row touched by several ranks is summed by the optimizer)."""
+    # The rows come from each rank's own gradient: valid by construction, so no invariant checks per step.
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values.div(size), table.shape, check_invariants=False)
 
 
 class HorovodCollective(Collective):
@@ -127,20 +129,14 @@ class HorovodCollective(Collective):
             averaged = self.hvd.grouped_allreduce(gradients, op=self.hvd.Average, name="gradients")
             for gradient, average in zip(gradients, averaged):
                 gradient.copy_(average)
-        table_gradients = [parameter.grad for parameter in tables if parameter.grad is not None]
-        if table_gradients:
-            self.average_rows(table_gradients)
-
-    def average_rows(self, gradients: list[torch.Tensor]) -> None:
-        """Average embedding tables' gradients by exchanging only the rows this step touched (indices and
-        values through allgather): the same sums as a dense allreduce, at a cost that grows with the batch,
-        not with the number of users and items."""
-        touched = [touched_rows(gradient) for gradient in gradients]
-        rows = self.hvd.grouped_allgather(touched, name="table_rows")
-        values = self.hvd.grouped_allgather([gradient[index] for gradient, index in zip(gradients, touched)],
-                                            name="table_values")
-        for gradient, index, value in zip(gradients, rows, values):
-            gradient.zero_().index_add_(0, index, value).div_(self.size)
+        touched = [(table, table.grad.coalesce()) for table in tables if table.grad is not None]
+        if touched:
+            # Only the rows a rank touched travel (indices and values): the same sums as a dense allreduce, at
+            # a cost that grows with the batch, not with the number of users and items.
+            rows = self.hvd.grouped_allgather([gradient.indices()[0] for _, gradient in touched], name="table_rows")
+            values = self.hvd.grouped_allgather([gradient.values() for _, gradient in touched], name="table_values")
+            for (table, _), index, value in zip(touched, rows, values):
+                table.grad = table_gradient(table, index, value, self.size)
 
     def broadcast_model(self, model: nn.Module) -> None:
         # Parameters only: buffers (item text, histories) come from the spec, the same on every rank.
@@ -170,12 +166,11 @@ class TorchCollective(Collective):
             self.dist.all_reduce(flat)
             for gradient, part in zip(gradients, flat.div_(self.size).split([g.numel() for g in gradients])):
                 gradient.copy_(part.view_as(gradient))
-        for parameter in tables:
-            if parameter.grad is not None:
-                gradient = parameter.grad
-                touched = touched_rows(gradient)
-                rows, values = self.gather(touched), self.gather(gradient[touched])
-                gradient.zero_().index_add_(0, rows, values).div_(self.size)
+        for table in tables:
+            if table.grad is not None:
+                gradient = table.grad.coalesce()
+                rows, values = self.gather(gradient.indices()[0]), self.gather(gradient.values())
+                table.grad = table_gradient(table, rows, values, self.size)
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's ``tensor`` (of any length along its first dimension), concatenated in rank order."""

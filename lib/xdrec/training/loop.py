@@ -31,7 +31,8 @@ class Collective:
 
     def average_gradients(self, parameters: list[nn.Parameter], tables: list[nn.Parameter] = ()) -> None:
         """Average the gradients of ``parameters`` and of the embedding ``tables`` over all ranks (a no-op
-        for one process). A step touches few rows of a table, so a runtime may exchange only those."""
+        for one process). A table's gradient is sparse (:func:`sparse_tables`): only the rows this rank's
+        step touched, which is all a runtime needs to exchange."""
 
     def broadcast_model(self, model: nn.Module) -> None:
         """Make every rank start from rank 0's weights."""
@@ -162,6 +163,62 @@ def save_checkpoint(checkpoint_dir: str, state: dict) -> None:
         files.write_bytes(target, content)
 
 
+def sparse_tables(model: nn.Module) -> set[int]:
+    """Switch ``model``'s embedding tables to sparse gradients and return their weights' ids.
+
+    A step touches a few thousand rows of tables that can hold millions: with sparse gradients the
+    backward pass, the exchange between ranks and the optimizer's update cost what the batch touched,
+    not what the tables hold. The flag only changes how gradients are built; scoring is unaffected.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            module.sparse = True
+    return {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
+
+
+def no_rows(table: nn.Parameter) -> torch.Tensor:
+    """A sparse gradient of ``table`` that touches no row."""
+    return torch.sparse_coo_tensor(torch.empty((1, 0), dtype=torch.long, device=table.device),
+                                   table.new_empty((0, *table.shape[1:])), table.shape,
+                                   check_invariants=False)
+
+
+class TableAdam:
+    """Adam, with the embedding tables' rows updated lazily: a table row's moments and weights change only
+    on the steps that touch it (``torch.optim.SparseAdam``), every other parameter as ``torch.optim.Adam``.
+
+    Dense Adam would move every row of every table on every step, a cost that grows with the number of
+    users and items rather than with the batch; untouched rows have no new gradient, and the lazy rule
+    (TensorFlow's LazyAdam) leaves them where their last update put them.
+
+        optimizer = TableAdam(parameter_groups(model, 0.01, {}), sparse_tables(model))
+    """
+
+    def __init__(self, groups: list[dict], table_ids: set[int]):
+        def split(tables: bool) -> list[dict]:
+            parts = [{**group, "params": [p for p in group["params"] if (id(p) in table_ids) == tables]}
+                     for group in groups]
+            return [part for part in parts if part["params"]]
+
+        self.optimizers = [optimizer(groups) for optimizer, groups in
+                           ((torch.optim.Adam, split(False)), (torch.optim.SparseAdam, split(True))) if groups]
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> list[dict]:
+        return [optimizer.state_dict() for optimizer in self.optimizers]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for optimizer, state in zip(self.optimizers, states, strict=True):
+            optimizer.load_state_dict(state)
+
+
 def parameter_groups(model: nn.Module, learning_rate: float, part_learning_rates: dict[str, float]) -> list[dict]:
     """Optimizer groups of the trainable parameters: a named part's own rate, the base rate for the rest.
 
@@ -244,10 +301,10 @@ def train(
         model.requires_grad_(True)
         model.freeze(phase.freeze)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        table_ids = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
+        table_ids = sparse_tables(model)
         tables = [parameter for parameter in trainable if id(parameter) in table_ids]
         dense = [parameter for parameter in trainable if id(parameter) not in table_ids]
-        optimizer = torch.optim.Adam(parameter_groups(model, phase.learning_rate, phase.part_learning_rates))
+        optimizer = TableAdam(parameter_groups(model, phase.learning_rate, phase.part_learning_rates), table_ids)
         best: Best | None = None
         first_epoch = 0
         if resumed_mid_phase:
@@ -273,9 +330,10 @@ def train(
                 optimizer.zero_grad()
                 loss = objective(model, step_batches, config, context)
                 loss.backward()
-                for parameter in trainable:  # a part unused on this rank's batch still joins the allreduce
+                for parameter in trainable:  # a part unused on this rank's batch still joins the exchange
                     if parameter.grad is None:
-                        parameter.grad = torch.zeros_like(parameter)
+                        parameter.grad = (no_rows(parameter) if id(parameter) in table_ids
+                                          else torch.zeros_like(parameter))
                 collective.average_gradients(dense, tables)
                 optimizer.step()
                 size = sum(len(batch[2]) for batch in step_batches)
