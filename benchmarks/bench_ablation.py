@@ -2,6 +2,7 @@
 
     $VENV/bin/python benchmarks/bench_ablation.py --conf cdrib_game_video       # the table in docs/methods.md
     $VENV/bin/python benchmarks/bench_ablation.py --conf synthetic --epochs 2    # a quick check of the script
+    $VENV/bin/python benchmarks/bench_ablation.py --conf ml100k_drama --rows -1 --seeds 0,1,2,3   # the defaults' seed spread
 
 Each row trains one method (``--method``, default joint) through the train stage's launcher (Horovod, the
 config's processes) with the settings of the row laid over the config, or reuses that exact model, and
@@ -60,21 +61,28 @@ def main() -> None:
     parser.add_argument("--conf", default="cdrib_game_video")
     parser.add_argument("--method", default="joint")
     parser.add_argument("--epochs", type=int, default=0, help="cap train.target_epochs (0: the config's)")
+    parser.add_argument("--rows", default="", help="indices into the rows, comma-separated (-1: the current "
+                        "defaults); empty: every row")
+    parser.add_argument("--seeds", default="", help="train.seed values, comma-separated; empty: the config's")
     parser.add_argument("--out", default="reports/ablation.json")
     args = parser.parse_args()
+    rows = [ROWS[int(index)] for index in args.rows.split(",")] if args.rows else ROWS
+    seeds = [[f"train.seed={seed}"] for seed in args.seeds.split(",")] if args.seeds else [[]]
 
     from xdrec.spark import get_spark
 
     spark = get_spark(load_config(args.conf).spark)
     cap = [f"train.target_epochs={args.epochs}"] if args.epochs else []
     results = []
-    for label, overrides in ROWS:
-        print(f"== {label} ==", flush=True)
-        results.append({"row": label, "overrides": overrides,
-                        **run_row(spark, args.conf, args.method, [*overrides, *cap])})
+    for label, overrides in rows:
+        for seed in seeds:
+            print(f"== {label} {' '.join(seed)} ==", flush=True)
+            results.append({"row": label, "overrides": [*overrides, *seed],
+                            **run_row(spark, args.conf, args.method, [*overrides, *seed, *cap])})
     key = results[0]["selected_on"]
     lines = [f"{args.conf}, {args.method}, validation {key}:", "", f"| settings | {key} | train s |", "|---|---|---|"]
-    lines += [f"| {row['row']} | {row['validation']:.4f} | {row['seconds']:.0f} |" for row in results]
+    lines += [f"| {row['row']} {' '.join(o for o in row['overrides'] if o.startswith('train.seed'))} | "
+              f"{row['validation']:.4f} | {row['seconds']:.0f} |" for row in results]
     print("\n".join(lines), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:

@@ -20,9 +20,9 @@ def test_csr_lists_each_users_items_in_order():
 
 
 def test_user_histories_flag_domains_and_keep_only_source_items():
-    rows = pd.DataFrame({"domain": ["books", "books", "movies", "movies", "music"],
-                         "user_idx": [0, 1, 1, 2, 3], "item_idx": [10, 11, 20, 21, 30]})
-    histories = user_histories(rows, num_users=5, source="books", target="movies")
+    rows = pd.DataFrame({"in_source": [True, True, False, False],  # books, books, movies, movies
+                         "user_idx": [0, 1, 1, 2], "item_idx": [10, 11, 20, 21]}).astype({"user_idx": "int32"})
+    histories = user_histories(rows, num_users=5)
     assert histories.has_source_history.tolist() == [True, True, False, False, False]
     assert histories.has_target_history.tolist() == [False, True, True, False, False]
     assert histories.history_offsets.tolist() == [0, 1, 2, 2, 2, 2] and histories.history_items.tolist() == [10, 11]

@@ -101,22 +101,20 @@ def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarra
     return offsets, items[order].astype(np.int64)
 
 
-def user_histories(train_rows: pd.DataFrame, num_users: int, source: str, target: str) -> distributed.ModelData:
+def user_histories(train_rows: pd.DataFrame, num_users: int) -> distributed.ModelData:
     """Which users have training interactions in each domain, and every user's source items (CSR).
 
-    ``train_rows``: domain, user_idx, item_idx of the training split.
+    ``train_rows``: in_source (bool: the source domain, else the target), user_idx, item_idx of the
+    training split.
     """
-    def of(domain: str) -> pd.DataFrame:
-        return train_rows[train_rows["domain"] == domain]
-
-    source_rows, target_rows = of(source), of(target)
+    in_source = train_rows["in_source"].to_numpy()
+    users, items = train_rows["user_idx"].to_numpy(np.int64), train_rows["item_idx"].to_numpy(np.int64)
     has_source, has_target = np.zeros(num_users, dtype=bool), np.zeros(num_users, dtype=bool)
-    has_source[source_rows["user_idx"].to_numpy()] = True
-    has_target[target_rows["user_idx"].to_numpy()] = True
-    offsets, items = csr(source_rows["user_idx"].to_numpy(np.int64), source_rows["item_idx"].to_numpy(np.int64),
-                         num_users)
+    has_source[users[in_source]] = True
+    has_target[users[~in_source]] = True
+    offsets, source_items = csr(users[in_source], items[in_source], num_users)
     return distributed.ModelData(has_source_history=has_source, has_target_history=has_target,
-                                 history_offsets=offsets, history_items=items)
+                                 history_offsets=offsets, history_items=source_items)
 
 
 def validation_users(interactions: DataFrame, target: str, max_users: int, seed: int) -> DataFrame:
@@ -214,14 +212,16 @@ def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> Tr
     validation = validation_set(interactions, data.target_domain, candidates, train.validation_max_users, train.seed)
     log.info(f"validation: {len(validation):,} {data.target_domain} users "
              f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items")
+    # Every training pair comes to the driver: a flag and two int32 a row, not the domain's name.
     train_rows = (interactions.where((F.col("split") == "train")
                                      & F.col("domain").isin(data.source_domain, data.target_domain))
-                  .select("domain", "user_idx", "item_idx").toPandas())
+                  .select((F.col("domain") == data.source_domain).alias("in_source"),
+                          F.col("user_idx").cast("int"), F.col("item_idx").cast("int")).toPandas())
     known_positives = csr(train_rows["user_idx"].to_numpy(np.int64), train_rows["item_idx"].to_numpy(np.int64),
                           num_users)
     histories = distributed.ModelData()
     if with_histories:
-        histories = user_histories(train_rows, num_users, data.source_domain, data.target_domain)
+        histories = user_histories(train_rows, num_users)
     return TrainingInputs(versions, user_index, item_index, histories, validation, item_text, known_positives)
 
 
