@@ -196,8 +196,8 @@ class TableAdam:
 
     def __init__(self, groups: list[dict], table_ids: set[int]):
         def split(tables: bool) -> list[dict]:
-            parts = [{**group, "params": [p for p in group["params"] if (id(p) in table_ids) == tables]}
-                     for group in groups]
+            parts = [{**group, "params": [parameter for parameter in group["params"]
+                                          if (id(parameter) in table_ids) == tables]} for group in groups]
             return [part for part in parts if part["params"]]
 
         self.optimizers = [optimizer(groups) for optimizer, groups in
