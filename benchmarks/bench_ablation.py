@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--out", default="reports/ablation.json")
     args = parser.parse_args()
     rows = [ROWS[int(index)] for index in args.rows.split(",")] if args.rows else ROWS
-    seeds = [[f"train.seed={seed}"] for seed in args.seeds.split(",")] if args.seeds else [[]]
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
 
     from xdrec.spark import get_spark
 
@@ -76,12 +76,13 @@ def main() -> None:
     results = []
     for label, overrides in rows:
         for seed in seeds:
-            print(f"== {label} {' '.join(seed)} ==", flush=True)
-            results.append({"row": label, "overrides": [*overrides, *seed],
-                            **run_row(spark, args.conf, args.method, [*overrides, *seed, *cap])})
+            seeded = [f"train.seed={seed}"] if seed is not None else []
+            print(f"== {label} {' '.join(seeded)} ==", flush=True)
+            results.append({"row": label, "overrides": overrides, "seed": seed,
+                            **run_row(spark, args.conf, args.method, [*overrides, *seeded, *cap])})
     key = results[0]["selected_on"]
     lines = [f"{args.conf}, {args.method}, validation {key}:", "", f"| settings | {key} | train s |", "|---|---|---|"]
-    lines += [f"| {row['row']} {' '.join(o for o in row['overrides'] if o.startswith('train.seed'))} | "
+    lines += [f"| {row['row']}{'' if row['seed'] is None else ', seed ' + str(row['seed'])} | "
               f"{row['validation']:.4f} | {row['seconds']:.0f} |" for row in results]
     print("\n".join(lines), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -273,6 +273,7 @@ def train(
     config = config or TrainConfig()
     last_validated = max((number for number, phase in enumerate(phases) if phase.validate), default=-1)
     model.to(device)
+    table_ids = sparse_tables(model)
     if known_positives is not None:
         known_positives = tuple(tensor.to(device) for tensor in known_positives)
     history: list[EpochResult] = []
@@ -301,7 +302,6 @@ def train(
         model.requires_grad_(True)
         model.freeze(phase.freeze)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        table_ids = sparse_tables(model)
         tables = [parameter for parameter in trainable if id(parameter) in table_ids]
         dense = [parameter for parameter in trainable if id(parameter) not in table_ids]
         optimizer = TableAdam(parameter_groups(model, phase.learning_rate, phase.part_learning_rates), table_ids)

@@ -108,7 +108,7 @@ def user_histories(train_rows: pd.DataFrame, num_users: int) -> distributed.Mode
     training split.
     """
     in_source = train_rows["in_source"].to_numpy()
-    users, items = train_rows["user_idx"].to_numpy(np.int64), train_rows["item_idx"].to_numpy(np.int64)
+    users, items = train_rows["user_idx"].to_numpy(), train_rows["item_idx"].to_numpy()
     has_source, has_target = np.zeros(num_users, dtype=bool), np.zeros(num_users, dtype=bool)
     has_source[users[in_source]] = True
     has_target[users[~in_source]] = True
@@ -217,8 +217,7 @@ def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> Tr
                                      & F.col("domain").isin(data.source_domain, data.target_domain))
                   .select((F.col("domain") == data.source_domain).alias("in_source"),
                           F.col("user_idx").cast("int"), F.col("item_idx").cast("int")).toPandas())
-    known_positives = csr(train_rows["user_idx"].to_numpy(np.int64), train_rows["item_idx"].to_numpy(np.int64),
-                          num_users)
+    known_positives = csr(train_rows["user_idx"].to_numpy(), train_rows["item_idx"].to_numpy(), num_users)
     histories = distributed.ModelData()
     if with_histories:
         histories = user_histories(train_rows, num_users)
