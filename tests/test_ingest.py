@@ -195,6 +195,8 @@ def test_incremental_runs_keep_the_file_count_down(spark, runs):
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{tables.table_path(config.warehouse, tables.INTERACTIONS)}`").first()
     assert detail["partitionColumns"] == ["domain"]
     assert detail["properties"]["delta.logRetentionDuration"] == f"interval {config.data.retention_days} days"
+    # Compacting narrowed VACUUM's listing for itself only: the session's setting is Spark's again.
+    assert spark.conf.get("spark.sql.sources.parallelPartitionDiscovery.parallelism") == "10000"
 
 
 def test_every_run_is_recorded_in_runs(spark, runs):

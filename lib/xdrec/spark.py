@@ -7,6 +7,7 @@ that ``scripts/setup.sh`` cached (``$XDREC_CACHE/jars``), with quiet logs.
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import os
 import sys
 import threading
@@ -14,13 +15,15 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import pyspark
 from pyspark.sql import SparkSession
 
 from xdrec.config import SparkConfig
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
 
-DELTA_VERSION = "4.0.1"
+# The jars must be the installed delta-spark's own version (scripts/setup.sh fetches them for each stack).
+DELTA_VERSION = importlib.metadata.version("delta-spark")
 _LOG4J = os.path.join(os.path.dirname(__file__), "log4j2.properties")
 
 
@@ -38,9 +41,12 @@ def delta_jars() -> list[str]:
 
 
 def s3a_jars() -> list[str]:
-    """Hadoop's s3a:// file system and its AWS SDK, when ``scripts/setup_store.sh`` has fetched them."""
-    return sorted(glob.glob(os.path.join(cache_dir(), "jars", "hadoop-aws-*.jar"))
-                  + glob.glob(os.path.join(cache_dir(), "jars", "bundle-*.jar")))
+    """Hadoop's s3a:// file system and its AWS SDK, when ``scripts/setup_store.sh`` has fetched them for the
+    Hadoop this pyspark bundles. Another Hadoop's would not load, and its SDK's netty breaks a newer Spark."""
+    bundled = glob.glob(os.path.join(os.path.dirname(pyspark.__file__), "jars", "hadoop-client-api-*.jar"))
+    hadoop = os.path.basename(bundled[0])[len("hadoop-client-api-"):-len(".jar")] if bundled else "none"
+    aws = glob.glob(os.path.join(cache_dir(), "jars", f"hadoop-aws-{hadoop}.jar"))
+    return sorted(aws + glob.glob(os.path.join(cache_dir(), "jars", "bundle-*.jar"))) if aws else []
 
 
 def get_spark(config: SparkConfig | None = None) -> SparkSession:

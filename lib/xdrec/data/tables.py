@@ -210,5 +210,13 @@ def compact(spark: SparkSession, warehouse: str, name: str, max_files_per_partit
     if len(data_files) <= max_files_per_partition * max(1, len(partitions)):
         return False
     table.optimize().executeCompaction()
-    table.vacuum(retention_days * 24.0)
+    # VACUUM lists the table's folders in this many tasks. Spark's default, 10,000, made vacuuming a small
+    # table take minutes on a few cores; a shuffle's worth of tasks lists any table of ours.
+    listing = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+    previous = spark.conf.get(listing)
+    spark.conf.set(listing, spark.conf.get("spark.sql.shuffle.partitions"))
+    try:
+        table.vacuum(retention_days * 24.0)
+    finally:
+        spark.conf.set(listing, previous)
     return True

@@ -1,0 +1,64 @@
+"""The second stack, built by ``scripts/setup.sh torch_distributor``: Python 3.12, numpy 2, current pyarrow
+and the newest pyspark/delta pair, with no Horovod and no Petastorm. The whole pipeline runs in it as a user
+runs it, ``jobs/pipeline.py`` in its own process, training through Spark's TorchDistributor."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from xdrec import files
+from xdrec.training import artifact, selection
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE = """import importlib.util, json, sys, numpy, pyarrow, pyspark, delta, xdrec.spark
+print(json.dumps({"python": list(sys.version_info[:2]), "numpy": numpy.__version__, "pyarrow": pyarrow.__version__,
+                  "pyspark": pyspark.__version__, "delta": xdrec.spark.DELTA_VERSION, "xdrec": xdrec.__file__,
+                  "absent": [name for name in ("horovod", "petastorm") if importlib.util.find_spec(name) is None]}))"""
+
+
+@pytest.fixture(scope="module")
+def stack_python() -> str:
+    folder = os.environ.get("XDREC_TORCH_DISTRIBUTOR_ENV") or ""
+    python = os.path.join(folder, "bin", "python")
+    if not os.access(python, os.X_OK):
+        pytest.fail(f"no second stack at XDREC_TORCH_DISTRIBUTOR_ENV={folder!r}: run scripts/setup.sh "
+                    "torch_distributor (scripts/test.sh does)")
+    return python
+
+
+def _run(python: str, *arguments: str) -> subprocess.CompletedProcess:
+    # PYTHONPATH empty: the stack's own packages and this checkout's lib/, nothing of the test's interpreter.
+    return subprocess.run([python, *arguments], capture_output=True, text=True, cwd=REPOSITORY, timeout=1700,
+                          env={**os.environ, "PYTHONPATH": ""})
+
+
+def test_the_second_stack_is_python_3_12_and_numpy_2_without_horovod_or_petastorm(stack_python):
+    probe = _run(stack_python, "-c", PROBE)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    stack = json.loads(probe.stdout)
+    assert stack["python"] == [3, 12] and int(stack["numpy"].split(".")[0]) >= 2, stack
+    assert stack["absent"] == ["horovod", "petastorm"], stack
+    assert stack["pyspark"].startswith("4.1.") and stack["delta"].startswith("4.1."), stack
+    assert stack["xdrec"] == os.path.join(REPOSITORY, "lib", "xdrec", "__init__.py"), stack
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1800)  # every stage, in its own process: about 9 minutes beside another job on 2 cores
+def test_the_pipeline_trains_scores_and_evaluates_in_the_second_stack(stack_python, tmp_path):
+    warehouse = str(tmp_path / "warehouse")
+    settings = [f"warehouse={warehouse}", "train.launcher=torch_distributor", "train.methods=[joint]",
+                "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2"]
+    done = _run(stack_python, "jobs/pipeline.py", "--conf", "synthetic",
+                *[part for setting in settings for part in ("--set", setting)])
+    assert done.returncode == 0, f"the pipeline failed in the second stack:\n{done.stderr[-4000:]}"
+
+    joint = artifact.load(artifact.latest_path(warehouse, "joint"))
+    assert joint.meta["config"]["train"]["launcher"] == "torch_distributor" and joint.meta["num_proc"] == 2
+    assert selection.read_selection(warehouse)["method"] in {"joint", "blend", "emcdr", "als_merged"}
+    report = json.loads(files.read_text(files.join(warehouse, "reports", "latest", "metrics.json")))
+    full = report["metrics"]["full"]
+    # Measured on this stack: joint 0.412, als_target 0.262, popularity 0.180 on all users (synthetic data).
+    assert full["joint"]["all"]["NDCG@10"] > full["als_target"]["all"]["NDCG@10"]
