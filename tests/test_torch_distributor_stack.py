@@ -30,9 +30,12 @@ def stack_python() -> str:
 
 
 def _run(python: str, *arguments: str) -> subprocess.CompletedProcess:
-    # PYTHONPATH empty: the stack's own packages and this checkout's lib/, nothing of the test's interpreter.
+    # Nothing of the test's interpreter: its PYTHONPATH, nor the PYSPARK_PYTHON that this session's Spark set
+    # (Spark would start 3.11 workers for a 3.12 driver).
+    inherited = {key: value for key, value in os.environ.items()
+                 if key not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
     return subprocess.run([python, *arguments], capture_output=True, text=True, cwd=REPOSITORY, timeout=1700,
-                          env={**os.environ, "PYTHONPATH": ""})
+                          env={**inherited, "PYTHONPATH": ""})
 
 
 def test_the_second_stack_is_python_3_12_and_numpy_2_without_horovod_or_petastorm(stack_python):
