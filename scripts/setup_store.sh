@@ -2,14 +2,16 @@
 # What the object-store tests need besides the environment of setup.sh, cached outside the repository
 # (XDREC_CACHE, default ~/.cache/xdrec). Idempotent: with a warm cache it only checks and returns.
 #   bin/weed-<version>   SeaweedFS (Apache-2.0), an S3-compatible server, built from the Go module proxy
-#   jars/hadoop-aws-*, jars/bundle-*   Hadoop's s3a:// file system for Spark's Hadoop (3.4.1), with its AWS SDK
+#   jars/s3a-hadoop-<version>/   Hadoop's s3a:// file system with the AWS SDK bundle it was built against, for
+#                                the Hadoop each stack's pyspark bundles (xdrec.spark.s3a_jars picks its own)
 # Prints the weed binary's path on the last line of stdout.
 set -euo pipefail
 
 cache="${XDREC_CACHE:-$HOME/.cache/xdrec}"
 seaweedfs_version=v0.0.0-20261109003541-7506e5f91cd6
-hadoop_version=3.4.1        # pyspark 4.0's hadoop-client-api
-aws_sdk_version=2.24.6      # the bundle hadoop-aws 3.4.1 was built against
+# Hadoop (its hadoop-client-api in pyspark/jars) and the AWS SDK bundle its hadoop-aws was built against:
+# pyspark 4.0 (the main stack), pyspark 4.1 (the torch_distributor stack; its bundle shades netty).
+s3a_pairs="3.4.1:2.24.6 3.4.2:2.29.52"
 mkdir -p "$cache/bin" "$cache/jars"
 log() { echo "[setup-store] $*" >&2; }
 
@@ -29,13 +31,20 @@ if [ ! -x "$weed" ]; then
   log "SeaweedFS built in $(( $(date +%s) - start ))s"
 fi
 
-for artifact in org.apache.hadoop:hadoop-aws:$hadoop_version software.amazon.awssdk:bundle:$aws_sdk_version; do
-  name=$(echo "$artifact" | cut -d: -f2)-$(echo "$artifact" | cut -d: -f3).jar
-  if [ ! -f "$cache/jars/$name" ]; then
-    log "fetching $artifact from Maven Central"
-    mvn -B -q -Dstyle.color=never dependency:copy -Dartifact="$artifact" -DoutputDirectory="$cache/jars" 2>&1 \
-      | sed 's/\x1b\[[0-9;]*m//g' >&2
-  fi
+for pair in $s3a_pairs; do
+  hadoop_version=${pair%%:*} aws_sdk_version=${pair##*:}
+  folder="$cache/jars/s3a-hadoop-$hadoop_version"
+  mkdir -p "$folder"
+  for artifact in org.apache.hadoop:hadoop-aws:$hadoop_version software.amazon.awssdk:bundle:$aws_sdk_version; do
+    name=$(echo "$artifact" | cut -d: -f2)-$(echo "$artifact" | cut -d: -f3).jar
+    if [ -f "$cache/jars/$name" ]; then
+      mv "$cache/jars/$name" "$folder/"   # where caches from before the second stack kept them
+    elif [ ! -f "$folder/$name" ]; then
+      log "fetching $artifact from Maven Central"
+      mvn -B -q -Dstyle.color=never dependency:copy -Dartifact="$artifact" -DoutputDirectory="$folder" 2>&1 \
+        | sed 's/\x1b\[[0-9;]*m//g' >&2
+    fi
+  done
 done
 
 echo "$weed"

@@ -62,16 +62,23 @@ class SeaweedStore:
         self.process.wait(timeout=30)
 
 
+def s3a_settings(endpoint: str) -> dict[str, str]:
+    """Hadoop's settings for the store at ``endpoint``, with the keys in the environment: the
+    ``spark.hadoop.fs.s3a.*`` a cluster or a notebook's session is given."""
+    settings = {"endpoint": endpoint, "path.style.access": "true", "connection.ssl.enabled": "false",
+                "access.key": os.environ["AWS_ACCESS_KEY_ID"], "secret.key": os.environ["AWS_SECRET_ACCESS_KEY"],
+                "endpoint.region": "us-east-1"}
+    return {f"spark.hadoop.fs.s3a.{key}": value for key, value in settings.items()}
+
+
 def point_spark_at(spark, endpoint: str) -> None:
     """What a cluster gets with --conf spark.hadoop.fs.s3a.* and spark.executorEnv.AWS_*, on a running
     session: Spark's s3a settings, and the store's environment for the Python workers."""
-    settings = {"fs.s3a.endpoint": endpoint, "fs.s3a.path.style.access": "true",
-                "fs.s3a.connection.ssl.enabled": "false", "fs.s3a.access.key": os.environ["AWS_ACCESS_KEY_ID"],
-                "fs.s3a.secret.key": os.environ["AWS_SECRET_ACCESS_KEY"], "fs.s3a.endpoint.region": "us-east-1",
-                "fs.s3a.attempts.maximum": "2", "fs.s3a.retry.limit": "2"}
+    settings = {**s3a_settings(endpoint), "spark.hadoop.fs.s3a.attempts.maximum": "2",
+                "spark.hadoop.fs.s3a.retry.limit": "2"}
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()
     for key, value in settings.items():
-        hadoop.set(key, value)
-        spark.conf.set(f"spark.hadoop.{key}", value)
+        hadoop.set(key[len("spark.hadoop."):], value)
+        spark.conf.set(key, value)
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         spark.sparkContext.environment[key] = os.environ[key]

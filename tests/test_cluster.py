@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from stores import free_port, point_spark_at
+from stores import free_port, point_spark_at, s3a_settings
 from xdrec import files
 from xdrec.config import load_config
 from xdrec.data import tables
@@ -91,9 +91,6 @@ def standalone_cluster(tmp_path_factory):
 
 def spark_submit(wheel_python: str, master: str, store, job: str, *arguments: str) -> subprocess.CompletedProcess:
     """``spark-submit jobs/<job>.py`` on the cluster, as the README's cluster section shows it."""
-    s3a = {"endpoint": store.endpoint, "path.style.access": "true", "connection.ssl.enabled": "false",
-           "access.key": os.environ["AWS_ACCESS_KEY_ID"], "secret.key": os.environ["AWS_SECRET_ACCESS_KEY"],
-           "endpoint.region": "us-east-1"}
     class_path = os.pathsep.join(s3a_jars())
     settings = {
         "spark.pyspark.python": wheel_python, "spark.pyspark.driver.python": wheel_python,
@@ -102,7 +99,7 @@ def spark_submit(wheel_python: str, master: str, store, job: str, *arguments: st
         "spark.executor.cores": "1", "spark.executor.memory": "2g", "spark.driver.memory": "2g",
         "spark.sql.shuffle.partitions": "4", "spark.driver.extraClassPath": class_path,
         "spark.executor.extraClassPath": class_path,
-        **{f"spark.hadoop.fs.s3a.{key}": value for key, value in s3a.items()},
+        **s3a_settings(store.endpoint),
         **{f"spark.executorEnv.{key}": os.environ[key]
            for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")},
     }
@@ -122,12 +119,13 @@ def test_spark_submit_on_a_standalone_cluster_from_the_wheel_with_the_warehouse_
     warehouse = f"s3a://{s3_bucket}/warehouse"
     settings = [f"warehouse={warehouse}", "train.methods=[joint]", "tune.enabled=false", "train.source_epochs=2",
                 "train.target_epochs=2"]
-    # The raw files and the ingested tables come from this process (test_object_store runs those stages on
-    # the store too); the cluster embeds the item texts, trains and scores.
+    # The raw files and the feature tables come from this process (test_object_store runs those stages on
+    # the store too); the cluster trains, in Horovod processes inside its executors, and scores, in its
+    # executors' pandas UDF, from the model files the driver wrote to the store.
     point_spark_at(spark, s3_store.endpoint)
-    for stage in ("fetch", "ingest"):
+    for stage in ("fetch", "ingest", "features"):
         run_stage(spark, load_config("synthetic", settings), stage)
-    for job in ("features", "train", "score"):
+    for job in ("train", "score"):
         spark_submit(wheel_python, master, s3_store, job, "--conf", "synthetic",
                      *[part for setting in settings for part in ("--set", setting)])
 

@@ -1,6 +1,7 @@
 """The second stack, built by ``scripts/setup.sh torch_distributor``: Python 3.12, numpy 2, current pyarrow
 and the newest pyspark/delta pair, with no Horovod and no Petastorm. The whole pipeline runs in it as a user
-runs it, ``jobs/pipeline.py`` in its own process, training through Spark's TorchDistributor."""
+runs it, ``jobs/pipeline.py`` in its own process, training through Spark's TorchDistributor, with the
+warehouse on the S3 server as on a Databricks runtime."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import subprocess
 
 import pytest
 
+from stores import s3a_settings
 from xdrec import files
 from xdrec.training import artifact, selection
 
@@ -29,13 +31,13 @@ def stack_python() -> str:
     return python
 
 
-def _run(python: str, *arguments: str) -> subprocess.CompletedProcess:
+def _run(python: str, *arguments: str, **environment: str) -> subprocess.CompletedProcess:
     # Nothing of the test's interpreter: its PYTHONPATH, nor the PYSPARK_PYTHON that this session's Spark set
     # (Spark would start 3.11 workers for a 3.12 driver).
     inherited = {key: value for key, value in os.environ.items()
                  if key not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
     return subprocess.run([python, *arguments], capture_output=True, text=True, cwd=REPOSITORY, timeout=1700,
-                          env={**inherited, "PYTHONPATH": ""})
+                          env={**inherited, "PYTHONPATH": "", **environment})
 
 
 def test_the_second_stack_is_python_3_12_and_numpy_2_without_horovod_or_petastorm(stack_python):
@@ -50,12 +52,17 @@ def test_the_second_stack_is_python_3_12_and_numpy_2_without_horovod_or_petastor
 
 @pytest.mark.e2e
 @pytest.mark.timeout(1800)  # every stage, in its own process: about 9 minutes beside another job on 2 cores
-def test_the_pipeline_trains_scores_and_evaluates_in_the_second_stack(stack_python, tmp_path):
-    warehouse = str(tmp_path / "warehouse")
+def test_the_pipeline_trains_scores_and_evaluates_in_the_second_stack_on_the_store(
+        stack_python, s3_store, s3_bucket, tmp_path):
+    warehouse = f"s3a://{s3_bucket}/warehouse"
+    # Its Spark 4.1 reads s3a:// through hadoop-aws 3.4.2 (xdrec.spark.s3a_jars), the store's keys and
+    # endpoint come from the environment (s3_store), and MLflow's file store cannot live in a bucket.
     settings = [f"warehouse={warehouse}", "train.launcher=torch_distributor", "train.methods=[joint]",
-                "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2"]
+                "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2",
+                f"spark.conf={json.dumps(s3a_settings(s3_store.endpoint))}"]
     done = _run(stack_python, "jobs/pipeline.py", "--conf", "synthetic",
-                *[part for setting in settings for part in ("--set", setting)])
+                *[part for setting in settings for part in ("--set", setting)],
+                MLFLOW_TRACKING_URI=f"file://{tmp_path / 'mlruns'}")
     assert done.returncode == 0, f"the pipeline failed in the second stack:\n{done.stderr[-4000:]}"
 
     joint = artifact.load(artifact.latest_path(warehouse, "joint"))

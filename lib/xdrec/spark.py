@@ -42,11 +42,11 @@ def delta_jars() -> list[str]:
 
 def s3a_jars() -> list[str]:
     """Hadoop's s3a:// file system and its AWS SDK, when ``scripts/setup_store.sh`` has fetched them for the
-    Hadoop this pyspark bundles. Another Hadoop's would not load, and its SDK's netty breaks a newer Spark."""
+    Hadoop this pyspark bundles (``jars/s3a-hadoop-<version>/``). Another Hadoop's would not load, and an
+    older SDK's unshaded netty breaks a newer Spark."""
     bundled = glob.glob(os.path.join(os.path.dirname(pyspark.__file__), "jars", "hadoop-client-api-*.jar"))
     hadoop = os.path.basename(bundled[0])[len("hadoop-client-api-"):-len(".jar")] if bundled else "none"
-    aws = glob.glob(os.path.join(cache_dir(), "jars", f"hadoop-aws-{hadoop}.jar"))
-    return sorted(aws + glob.glob(os.path.join(cache_dir(), "jars", "bundle-*.jar"))) if aws else []
+    return sorted(glob.glob(os.path.join(cache_dir(), "jars", f"s3a-hadoop-{hadoop}", "*.jar")))
 
 
 def get_spark(config: SparkConfig | None = None) -> SparkSession:
