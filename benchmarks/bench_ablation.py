@@ -2,13 +2,14 @@
 
     $VENV/bin/python benchmarks/bench_ablation.py --conf cdrib_game_video       # the table in docs/methods.md
     $VENV/bin/python benchmarks/bench_ablation.py --conf synthetic --epochs 2    # a quick check of the script
-    $VENV/bin/python benchmarks/bench_ablation.py --conf ml100k_drama --rows -1 --seeds 0,1,2,3   # the defaults' seed spread
+    $VENV/bin/python benchmarks/bench_ablation.py --conf ml100k_drama --rows 4 --seeds 0,1,2,3   # the defaults' seed spread
 
 Each row trains one method (``--method``, default joint) through the train stage's launcher (Horovod, the
 config's processes) with the settings of the row laid over the config, or reuses that exact model, and
 reports the validation figure that model selection and early stopping use (``train.validation_metric``@``validation_k`` on
 ``validation_group``), the epoch kept and the wall time. The rows walk from the old defaults (pointwise
-bce, dot products, dimension 32, every drawn negative kept) to the current ones; validation only, never test. The data stages must
+bce, dot products, dimension 32, every drawn negative kept) to the current ones, and a last row tries the
+current ones with the lazy Adam for the embedding tables; validation only, never test. The data stages must
 have run on the config's warehouse (``jobs/features.py --conf ...``). Prints a Markdown table and writes
 it, with every figure, as JSON (--out).
 """
@@ -26,13 +27,14 @@ from xdrec.config import load_config  # noqa: E402
 
 OLD = ["train.loss=bce", "train.temperature=0", "train.embedding_dim=32", "train.learning_rate=0.005",
        "train.mask_known_positives=false"]
-# (label, overrides): each row changes one thing of the row before it.
+# (label, overrides): each row changes one thing of the row before it; the last, one thing of the defaults.
 ROWS = [
     ("old defaults: bce, dot, dim 32, lr 0.005", OLD),
     ("+ sampled softmax (1,024 uniform negatives)", [*OLD, "train.loss=sampled_softmax"]),
     ("+ cosine / temperature 0.1", [*OLD, "train.loss=sampled_softmax", "train.temperature=0.1"]),
     ("+ dim 128, lr 0.01", OLD[-1:]),
     ("+ the user's training items left out of the negatives (the current defaults)", []),
+    ("the defaults with the lazy Adam for the tables", ["train.table_update=lazy"]),
 ]
 
 
@@ -61,8 +63,8 @@ def main() -> None:
     parser.add_argument("--conf", default="cdrib_game_video")
     parser.add_argument("--method", default="joint")
     parser.add_argument("--epochs", type=int, default=0, help="cap train.target_epochs (0: the config's)")
-    parser.add_argument("--rows", default="", help="indices into the rows, comma-separated (-1: the current "
-                        "defaults); empty: every row")
+    parser.add_argument("--rows", default="", help="indices into the rows, comma-separated (4: the current "
+                        "defaults, 5: them with the lazy Adam for the tables); empty: every row")
     parser.add_argument("--seeds", default="", help="train.seed values, comma-separated; empty: the config's")
     parser.add_argument("--out", default="reports/ablation.json")
     args = parser.parse_args()

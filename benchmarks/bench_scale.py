@@ -130,7 +130,8 @@ def config_for(work: str, raw: str, size: float) -> str:
                  "domains": {domain: {"interactions": os.path.join(raw, domain, "interactions"),
                                       "items": os.path.join(raw, domain, "items.csv")} for domain in (SOURCE, TARGET)}},
         "train": {"methods": ["joint"], "factor_models": ["popularity"], "blend": False, "source_epochs": 1,
-                  "target_epochs": 1, "mlflow": False, "num_proc": 2},
+                  "target_epochs": 1, "mlflow": False, "num_proc": 2,
+                  "table_update": "lazy"},  # what tables of this size want: a step's cost follows the batch
         "score": {"model": "joint"},
         "evaluate": {"baselines": ["popularity"], "bootstrap_samples": 100},
         "tune": {"enabled": False},

@@ -69,10 +69,10 @@ def test_frozen_parts_do_not_move():
     assert not torch.equal(model.item_embedding.weight, item_before)
 
 
-def test_a_step_moves_only_the_table_rows_its_batch_touched():
+def test_a_lazy_step_moves_only_the_table_rows_its_batch_touched():
     # Dense Adam would move step one's rows again on step two, on their momentum alone.
     model = fresh_model()
-    optimizer = loop.TableAdam(parameter_groups(model, 0.05, {}), loop.sparse_tables(model))
+    optimizer = loop.TableAdam(parameter_groups(model, 0.05, {}), loop.sparse_tables(model), lazy=True)
     steps = [(torch.tensor([1, 2]), torch.from_numpy(TARGET_ITEMS[:2])),
              (torch.tensor([3, 4]), torch.from_numpy(TARGET_ITEMS[2:4]))]
     for users, items in steps:
@@ -85,6 +85,21 @@ def test_a_step_moves_only_the_table_rows_its_batch_touched():
             moved = (model.state_dict()[table] != before[table]).any(dim=1).nonzero().squeeze(1)
             assert moved.tolist() == sorted(touched.tolist()), table
         assert not torch.equal(model.user_tower.mlp[0].weight, before["user_tower.mlp.0.weight"])
+
+
+def test_the_dense_table_update_is_adam_on_dense_gradients():
+    # Two steps on different rows: step one's rows move again on step two, on their momentum alone.
+    tables, plain = fresh_model(), fresh_model()
+    optimizers = (loop.TableAdam(parameter_groups(tables, 0.05, {}), loop.sparse_tables(tables), lazy=False),
+                  torch.optim.Adam(plain.parameters(), lr=0.05))
+    for users, items in ((torch.tensor([1, 2]), torch.from_numpy(TARGET_ITEMS[:2])),
+                         (torch.tensor([3, 4]), torch.from_numpy(TARGET_ITEMS[2:4]))):
+        for model, optimizer in zip((tables, plain), optimizers):
+            optimizer.zero_grad()
+            model(users, items).sum().backward()
+            optimizer.step()
+    for name, tensor in plain.state_dict().items():
+        assert torch.allclose(tables.state_dict()[name], tensor, atol=1e-6), name
 
 
 def test_the_ranks_touched_rows_average_to_the_dense_gradient():

@@ -298,6 +298,11 @@ class TrainConfig(_Section):
     cosine similarity divided by this temperature (plus the bias)."""
     learning_rate: PositiveFloat = 0.01
     """Learning rate of every phase but the source pretraining that has its own ``source_learning_rate``."""
+    table_update: Literal["dense", "lazy"] = "dense"
+    """How Adam updates the embedding tables' rows: "dense", every row on every step, untouched rows moving on
+    their momentum, at a cost that grows with the tables; "lazy", only on the steps that touch them, at a cost
+    that follows the batch (for tables of millions of rows). The tune stage searches both (docs/methods.md,
+    "Embedding gradients")."""
     source_learning_rate: PositiveFloat | None = None
     """Pretraining on the source domain; unset: learning_rate."""
     part_learning_rates: dict[Part, PositiveFloat] = {}

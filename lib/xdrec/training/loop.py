@@ -184,26 +184,32 @@ def no_rows(table: nn.Parameter) -> torch.Tensor:
 
 
 class TableAdam:
-    """Adam, with the embedding tables' rows updated lazily: a table row's moments and weights change only
-    on the steps that touch it (``torch.optim.SparseAdam``), every other parameter as ``torch.optim.Adam``.
+    """Adam, with the embedding tables' rows updated lazily (``lazy``) or densely.
 
-    Dense Adam would move every row of every table on every step, a cost that grows with the number of
-    users and items rather than with the batch; untouched rows have no new gradient, and the lazy rule
-    (TensorFlow's LazyAdam) leaves them where their last update put them.
+    Lazily, a table row's moments and weights change only on the steps that touch it
+    (``torch.optim.SparseAdam``, as TensorFlow's LazyAdam), at a cost that follows the batch. Densely, the
+    tables' sparse gradients are made dense and every row takes an Adam step on every step, untouched rows
+    moving on their momentum: rarely seen rows travel further per touch, at a cost that grows with the
+    number of users and items. Every other parameter is updated by ``torch.optim.Adam`` either way.
 
-        optimizer = TableAdam(parameter_groups(model, 0.01, {}), sparse_tables(model))
+        optimizer = TableAdam(parameter_groups(model, 0.01, {}), sparse_tables(model), lazy=True)
     """
 
-    def __init__(self, groups: list[dict], table_ids: set[int]):
+    def __init__(self, groups: list[dict], table_ids: set[int], lazy: bool):
         def split(tables: bool) -> list[dict]:
             parts = [{**group, "params": [parameter for parameter in group["params"]
                                           if (id(parameter) in table_ids) == tables]} for group in groups]
             return [part for part in parts if part["params"]]
 
-        self.optimizers = [optimizer(groups) for optimizer, groups in
-                           ((torch.optim.Adam, split(False)), (torch.optim.SparseAdam, split(True))) if groups]
+        self.dense_tables = [] if lazy else [parameter for group in split(True) for parameter in group["params"]]
+        rules = ((torch.optim.Adam, split(False)), (torch.optim.SparseAdam, split(True))) if lazy else \
+            ((torch.optim.Adam, groups),)
+        self.optimizers = [optimizer(groups) for optimizer, groups in rules if groups]
 
     def step(self) -> None:
+        for table in self.dense_tables:
+            if table.grad is not None and table.grad.is_sparse:
+                table.grad = table.grad.to_dense()
         for optimizer in self.optimizers:
             optimizer.step()
 
@@ -304,7 +310,8 @@ def train(
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
         tables = [parameter for parameter in trainable if id(parameter) in table_ids]
         dense = [parameter for parameter in trainable if id(parameter) not in table_ids]
-        optimizer = TableAdam(parameter_groups(model, phase.learning_rate, phase.part_learning_rates), table_ids)
+        optimizer = TableAdam(parameter_groups(model, phase.learning_rate, phase.part_learning_rates), table_ids,
+                              lazy=config.table_update == "lazy")
         best: Best | None = None
         first_epoch = 0
         if resumed_mid_phase:

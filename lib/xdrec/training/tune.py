@@ -49,7 +49,8 @@ TUNING_FILE = "best.json"
 ALS_SPACE = {"rank": (16, 32, 64, 128, 256), "regularization": (1e-3, 10.0), "alpha": (0.5, 100.0)}
 METHOD_SPACE = {"learning_rate": (1e-4, 3e-2), "embedding_dim": (16, 32, 64, 128, 256),
                 "loss": ("bce", "softmax", "sampled_softmax"),
-                "temperature": (0.0, 0.05, 0.1, 0.2, 0.5)}  # 0: dot products; else cosine / temperature
+                "temperature": (0.0, 0.05, 0.1, 0.2, 0.5),  # 0: dot products; else cosine / temperature
+                "table_update": ("dense", "lazy")}
 
 
 def _is_range(choices: tuple) -> bool:
