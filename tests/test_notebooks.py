@@ -34,7 +34,8 @@ def test_every_notebook_runs_its_cells_in_order(spark, tmp_path, monkeypatch, ca
     monkeypatch.setenv("XDREC_CONF", "synthetic")
     monkeypatch.setenv("XDREC_OVERRIDES", f"warehouse={tmp_path / 'warehouse'}\ntrain.methods=[joint]\n"
                                           "train.source_epochs=2; train.target_epochs=2\n"
-                                          "tune.als_trials=1; tune.method_trials=0")
+                                          "tune.als_trials=1; tune.method_trials=0\n"
+                                          "evaluate.baselines=[popularity]")
     stages, end_to_end = notebook_paths()[1:], notebook_paths()[0]
     assert [os.path.basename(path) for path in stages] == [
         "01_fetch.py", "02_ingest.py", "03_features.py", "04_tune.py", "05_train.py", "06_score.py", "07_evaluate.py"]

@@ -28,7 +28,7 @@ def store_run(spark, s3_store, make_config, tmp_path_factory):
     bucket = f"xdrec-{uuid.uuid4().hex[:12]}"
     fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
     config = make_config(f"s3a://{bucket}/warehouse", "train.methods=[joint]", "tune.enabled=false",
-                         "train.source_epochs=2", "train.target_epochs=2")
+                         "train.source_epochs=2", "train.target_epochs=2", "evaluate.baselines=[als_target]")
     here = set(os.listdir("."))
     results = run_pipeline(spark, config)
     assert set(os.listdir(".")) == here, "a stage wrote into the working directory instead of the store"

@@ -57,8 +57,10 @@ def test_the_pipeline_trains_scores_and_evaluates_in_the_second_stack_on_the_sto
     warehouse = f"s3a://{s3_bucket}/warehouse"
     # Its Spark 4.1 reads s3a:// through hadoop-aws 3.4.2 (xdrec.spark.s3a_jars), the store's keys and
     # endpoint come from the environment (s3_store), and MLflow's file store cannot live in a bucket.
+    # The baseline the assertion below needs (the main stack's tests run the others).
     settings = [f"warehouse={warehouse}", "train.launcher=torch_distributor", "train.methods=[joint]",
                 "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2",
+                "evaluate.baselines=[popularity,als_target]",
                 f"spark.conf={json.dumps(s3a_settings(s3_store.endpoint))}"]
     done = _run(stack_python, "jobs/pipeline.py", "--conf", "synthetic",
                 *[part for setting in settings for part in ("--set", setting)],
