@@ -1,7 +1,7 @@
 """The growth curve: every stage at multiples of MovieLens-1M's size, in one run.
 
     $VENV/bin/python benchmarks/bench_scale.py --sizes 1,4 --out docs/scale              # ~25 min on 2 cores
-    $VENV/bin/python benchmarks/bench_scale.py --sizes 0.05 --out /tmp/scale-smoke      # the CI smoke, ~3 min
+    $VENV/bin/python benchmarks/bench_scale.py --sizes 0.02 --out /tmp/scale-smoke      # the CI smoke's size, ~1.5 min
 
 For each size s the script generates two domains of realistic shape (:func:`generate`) with s × MovieLens-1M's
 1,000,209 interactions, 6,040 users and 3,706 items in all, as CSV files and an item catalogue with titles.

@@ -36,13 +36,13 @@ def test_the_generator_has_a_long_tail_partial_overlap_and_titles(tmp_path):
 
 
 def test_a_small_run_measures_every_stage_and_writes_its_report(spark, tmp_path):
-    rows = bench_scale.run_size(spark, 0.05, str(tmp_path / "x0.05"), seed=0)
+    rows = bench_scale.run_size(spark, 0.02, str(tmp_path / "x0.02"), seed=0)
     assert [row["stage"] for row in rows] == list(bench_scale.STAGES)
     assert all(row["seconds"] > 0 and row["peak_rss_mib"]["spark_jvm"] > 0 for row in rows)
     train = next(row for row in rows if row["stage"] == "train")
     assert train["peak_rss_mib"]["other_python"] > 0  # Horovod's training processes were seen
     # A second size with twice the rows in twice the time: a constant cost per row.
-    doubled = [dict(row, size=0.1, interactions=row["interactions"] * 2, seconds=row["seconds"] * 2) for row in rows]
+    doubled = [dict(row, size=0.04, interactions=row["interactions"] * 2, seconds=row["seconds"] * 2) for row in rows]
     ratios = bench_scale.growth(rows + doubled)
     assert [ratio["per_row_growth"] for ratio in ratios] == [1.0] * len(bench_scale.STAGES)
     bench_scale.write_report(str(tmp_path / "out"), rows + doubled, ratios)

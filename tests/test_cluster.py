@@ -1,8 +1,9 @@
-"""xdrec as a cluster runs it: the wheel that ``python -m build`` makes, installed into an environment
-that cannot see this checkout, jobs run by ``spark-submit --master spark://...`` on a standalone Spark
-cluster (a master and two workers, each its own JVM, with executors in their own JVMs and Python
-workers), and the warehouse on the S3-compatible server. Driver-only paths (a file written on the
-driver and read by an executor) and files missing from the wheel fail here."""
+"""xdrec as a cluster runs it, with its warehouse on a real S3-compatible server (SeaweedFS): the wheel that
+``python -m build`` makes, installed into an environment that cannot see this checkout, jobs run by
+``spark-submit --master spark://...`` on a standalone Spark cluster (a master and two workers, each its own JVM,
+with executors in their own JVMs and Python workers). Delta tables go through Spark's s3a://, everything else
+through xdrec.files. Driver-only paths (a file written on the driver and read by an executor) and files missing
+from the wheel fail here; and a store that dies mid-write loses nothing."""
 from __future__ import annotations
 
 import glob
@@ -10,8 +11,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+import uuid
 
 import pytest
 
@@ -21,7 +24,7 @@ from xdrec.config import load_config
 from xdrec.data import tables
 from xdrec.pipeline import run_stage
 from xdrec.spark import delta_jars, s3a_jars
-from xdrec.training import selection
+from xdrec.training import artifact, selection
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPARK_HOME = os.path.dirname(__import__("pyspark").__file__)
@@ -112,27 +115,111 @@ def spark_submit(wheel_python: str, master: str, store, job: str, *arguments: st
     return done
 
 
-@pytest.mark.e2e
-def test_spark_submit_on_a_standalone_cluster_from_the_wheel_with_the_warehouse_on_s3(
-        spark, wheel_python, standalone_cluster, s3_store, s3_bucket):
-    master, _ = standalone_cluster
-    warehouse = f"s3a://{s3_bucket}/warehouse"
-    settings = [f"warehouse={warehouse}", "train.methods=[joint]", "tune.enabled=false", "train.source_epochs=2",
-                "train.target_epochs=2"]
-    # The raw files and the feature tables come from this process (test_object_store runs those stages on
-    # the store too); the cluster trains, in Horovod processes inside its executors, and scores, in its
-    # executors' pandas UDF, from the model files the driver wrote to the store.
-    point_spark_at(spark, s3_store.endpoint)
-    for stage in ("fetch", "ingest", "features"):
-        run_stage(spark, load_config("synthetic", settings), stage)
-    for job in ("train", "score"):
-        spark_submit(wheel_python, master, s3_store, job, "--conf", "synthetic",
-                     *[part for setting in settings for part in ("--set", setting)])
+@pytest.fixture(scope="module")
+def cluster_run(spark, wheel_python, standalone_cluster, s3_store, tmp_path_factory):
+    """The synthetic pipeline with its warehouse in a new bucket. The raw files and the feature tables come
+    from this process; then ``spark-submit jobs/pipeline.py`` finds those stages done and, on the cluster,
+    trains (Horovod processes inside its executors), scores (its executors' pandas UDF, reading the model
+    files the driver wrote to the store) and evaluates."""
+    import fsspec
 
-    served = selection.read_selection(warehouse)
-    recommendations = tables.read(spark, warehouse, tables.RECOMMENDATIONS).where(f"model = '{served['method']}'")
-    users = tables.read(spark, warehouse, tables.USER_INDEX).count()
+    master, _ = standalone_cluster
+    point_spark_at(spark, s3_store.endpoint)
+    # MLflow's file store cannot live in a bucket: as on a cluster, the environment says where runs go.
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", "file://" + str(tmp_path_factory.mktemp("mlruns")))
+    bucket = f"xdrec-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+    # One trained method and the cheapest yardstick: ALS on Spark is tested in tests/test_pipeline_e2e.py.
+    settings = [f"warehouse=s3a://{bucket}/warehouse", "train.methods=[joint]", "train.factor_models=[popularity]",
+                "train.blend=false", "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2",
+                "evaluate.baselines=[popularity]"]
+    config = load_config("synthetic", settings)
+    here = set(os.listdir("."))
+    for stage in ("fetch", "ingest", "features"):
+        run_stage(spark, config, stage)
+    spark_submit(wheel_python, master, s3_store, "pipeline", "--conf", "synthetic",
+                 *[part for setting in settings for part in ("--set", setting)])
+    assert set(os.listdir(".")) == here, "a stage wrote into the working directory instead of the store"
+    yield config
+    patch.undo()
+
+
+@pytest.mark.e2e
+def test_spark_submit_on_a_standalone_cluster_from_the_wheel_with_the_warehouse_on_s3(spark, cluster_run):
+    config = cluster_run
+    served = selection.read_selection(config.warehouse)
+    recommendations = tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).where(
+        f"model = '{served['method']}'")
+    users = tables.read(spark, config.warehouse, tables.USER_INDEX).count()
+    assert recommendations.count() == config.score.k * users
     assert recommendations.select("user_idx").distinct().count() == users
-    joint = files.read_text(files.join(warehouse, "models", "joint", "LATEST")).strip()
+    assert served["path"].startswith(config.warehouse + "/models/")
+    assert artifact.load(served["path"]).model_version == served["model_version"]
+    joint = files.read_text(files.join(config.warehouse, "models", "joint", "LATEST")).strip()
     # The two Horovod processes ran in the executors, and checkpointed to the store.
-    assert files.is_file(files.join(warehouse, "checkpoints", "joint", joint, "checkpoint.pt"))
+    assert files.is_file(files.join(config.warehouse, "checkpoints", "joint", joint, "checkpoint.pt"))
+
+
+@pytest.mark.e2e
+def test_every_stage_writes_to_the_store(spark, cluster_run):
+    config = cluster_run
+    for name in (tables.INTERACTIONS, tables.INDEXED_INTERACTIONS, tables.TRAINING_EXAMPLES, tables.RECOMMENDATIONS,
+                 tables.METRICS):
+        assert tables.read(spark, config.warehouse, name).count() > 0, name
+    report = files.join(config.warehouse, "reports", "latest")
+    assert {"summary.md", "metrics.json", "warm_vs_cold.png"} <= set(files.listdir(report))
+    report = files.read_json(files.join(report, "metrics.json"))
+    assert report["metrics"]["full"]["joint"] and report["selected"] == selection.read_selection(config.warehouse)
+
+
+@pytest.mark.e2e
+def test_a_rerun_here_finds_the_clusters_work_done_and_changes_nothing(spark, cluster_run):
+    """The wheel's code and this checkout's are the same code: the same model version, reused."""
+    config = cluster_run
+    before = {name: tables.version(spark, config.warehouse, name)
+              for name in (tables.INTERACTIONS, tables.TRAINING_EXAMPLES, tables.RECOMMENDATIONS)}
+    trained = run_stage(spark, config, "train")
+    assert all(meta.get("reused") for meta in trained["models"].values())
+    run_stage(spark, config, "score")
+    assert {name: tables.version(spark, config.warehouse, name) for name in before} == before
+
+
+@pytest.mark.e2e
+def test_a_store_killed_mid_training_keeps_the_served_model_and_recommendations_and_the_rerun_finishes(
+        spark, cluster_run, s3_store):
+    config = cluster_run
+    served = selection.read_selection(config.warehouse)
+    recommendations = tables.version(spark, config.warehouse, tables.RECOMMENDATIONS)
+    rows = tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count()
+    retrained = config.model_copy(update={"train": config.train.model_copy(update={"seed": config.train.seed + 1})})
+    checkpoints = files.join(config.warehouse, "checkpoints", "joint")
+    versions_before = set(files.listdir(checkpoints))
+    killed = threading.Event()
+
+    def kill_after_the_first_checkpoint() -> None:
+        """Kill the store once the new model's Horovod workers have written their first checkpoint to it."""
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if any(files.is_file(files.join(checkpoints, version, "checkpoint.pt"))
+                   for version in set(files.listdir(checkpoints)) - versions_before):
+                s3_store.kill()
+                killed.set()
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=kill_after_the_first_checkpoint, daemon=True)
+    watcher.start()
+    with pytest.raises(Exception):  # noqa: B017 - whatever the first failing call raises; it must not hang
+        run_stage(spark, retrained, "train")  # Horovod's launcher wants the main thread
+    watcher.join()
+    assert killed.is_set(), "training failed before the store was killed"
+    s3_store.start()
+
+    assert selection.read_selection(config.warehouse) == served
+    assert artifact.load(served["path"]).model_version == served["model_version"]
+    assert tables.version(spark, config.warehouse, tables.RECOMMENDATIONS) == recommendations
+    assert tables.read(spark, config.warehouse, tables.RECOMMENDATIONS).count() == rows
+    # Nothing blocks the rerun: it resumes from the store's checkpoint and serves what validates best.
+    rerun = run_stage(spark, retrained, "train")
+    assert artifact.load(rerun["selected"]["path"]).model_version == rerun["selected"]["model_version"]

@@ -1,11 +1,10 @@
-"""The Databricks notebooks run, cell by cell in order, against the local Spark; the bundle that schedules
-them is well formed and names only notebooks that exist."""
+"""The bundle that schedules the Databricks notebooks is well formed and names only notebooks that exist.
+The notebooks themselves run, cell by cell, in tests/test_pipeline_e2e.py, on the pipeline's warehouse."""
 from __future__ import annotations
 
 import os
 import re
 
-import pytest
 import yaml
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,28 +24,6 @@ def notebook_cells(path: str) -> list[str]:
 
 def notebook_paths() -> list[str]:
     return sorted(os.path.join(NOTEBOOKS, name) for name in os.listdir(NOTEBOOKS) if name.endswith(".py"))
-
-
-@pytest.mark.e2e
-def test_every_notebook_runs_its_cells_in_order(spark, tmp_path, monkeypatch, capsys):
-    """The stage notebooks in their order (01 fetch ... 07 evaluate), then the end-to-end one on the same
-    warehouse, which finds every stage's work done."""
-    monkeypatch.setenv("XDREC_CONF", "synthetic")
-    monkeypatch.setenv("XDREC_OVERRIDES", f"warehouse={tmp_path / 'warehouse'}\ntrain.methods=[joint]\n"
-                                          "train.source_epochs=2; train.target_epochs=2\n"
-                                          "tune.als_trials=1; tune.method_trials=0\n"
-                                          "evaluate.baselines=[popularity]")
-    stages, end_to_end = notebook_paths()[1:], notebook_paths()[0]
-    assert [os.path.basename(path) for path in stages] == [
-        "01_fetch.py", "02_ingest.py", "03_features.py", "04_tune.py", "05_train.py", "06_score.py", "07_evaluate.py"]
-    for path in [*stages, end_to_end]:
-        namespace = {"__name__": "__main__"}
-        for number, cell in enumerate(notebook_cells(path), start=1):
-            exec(compile(cell, f"{os.path.basename(path)} cell {number}", "exec"), namespace)
-        assert namespace["config"].warehouse == str(tmp_path / "warehouse")
-    printed = capsys.readouterr().out
-    assert "the best on validation" in printed  # 05_train and 00_end_to_end print the selection's reason
-    assert "NDCG@10" in printed                  # 07_evaluate prints the report's summary
 
 
 def test_the_bundle_defines_the_two_scheduled_jobs_on_existing_notebooks_with_the_built_wheel():

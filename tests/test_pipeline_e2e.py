@@ -1,4 +1,5 @@
-"""The whole pipeline on synthetic data: real Delta tables, 2 real Horovod processes, the pandas UDF."""
+"""The whole pipeline on synthetic data: real Delta tables, 2 real Horovod processes, the pandas UDF; then the
+Databricks notebooks on its warehouse."""
 from __future__ import annotations
 
 import json
@@ -6,11 +7,12 @@ import os
 
 import pytest
 
+from test_notebooks import notebook_cells, notebook_paths
 from xdrec.config import CONF_DIR
 from xdrec.data import tables
 from xdrec.evaluation.benchmark import run_benchmark
 from xdrec.pipeline import run_pipeline, run_stage
-from xdrec.training import artifact
+from xdrec.training import artifact, selection
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,48 @@ def test_transfer_beats_popularity_and_target_only_on_cold_start_users(pipeline_
     assert cold_ndcg["finetune"] > 1.2 * cold_ndcg["target_only"], cold_ndcg
 
 
+# The tables a stage writes when it has work to do (the runs tables log every run, work or not).
+WORK_TABLES = (tables.INTERACTIONS, tables.ITEMS, tables.USER_INDEX, tables.ITEM_INDEX, tables.COLD_START_USERS,
+               tables.INDEXED_INTERACTIONS, tables.TRAINING_EXAMPLES, tables.ITEM_EMBEDDINGS, tables.RECOMMENDATIONS,
+               tables.USER_METRICS, tables.METRICS)
+
+
+@pytest.mark.e2e
+def test_every_notebook_runs_its_cells_in_order_and_finds_the_pipelines_work_done(spark, pipeline_run, monkeypatch,
+                                                                                  capsys):
+    """The stage notebooks in their order (01 fetch ... 07 evaluate), then the end-to-end one, their widgets
+    naming the pipeline's config: as a scheduled rerun, each stage finds its work done and writes nothing."""
+    config, results = pipeline_run
+    found_done = {  # what each stage notebook's result says
+        "02_ingest.py": lambda result: result["sources"] == 0,
+        "03_features.py": lambda result: result["skipped"],
+        "04_tune.py": lambda result: result == results["tune"],
+        "05_train.py": lambda result: all(meta.get("reused") for meta in result["models"].values()),
+        "06_score.py": lambda result: [summary["mode"] for summary in result.values()] == ["unchanged"],
+        "07_evaluate.py": lambda result: result["key"] == results["evaluate"]["key"],
+    }
+    versions = {name: tables.version(spark, config.warehouse, name) for name in WORK_TABLES}
+    served = selection.read_selection(config.warehouse)
+    monkeypatch.setenv("XDREC_CONF", "synthetic")  # overrides one per line or split by ";", as a widget takes them
+    monkeypatch.setenv("XDREC_OVERRIDES", f"warehouse={config.warehouse}\n"
+                                          f"train.seed={config.train.seed}; features.seed={config.features.seed}")
+    stages, end_to_end = notebook_paths()[1:], notebook_paths()[0]
+    assert [os.path.basename(path) for path in stages] == [
+        "01_fetch.py", "02_ingest.py", "03_features.py", "04_tune.py", "05_train.py", "06_score.py", "07_evaluate.py"]
+    for path in [*stages, end_to_end]:
+        namespace = {"__name__": "__main__"}
+        for number, cell in enumerate(notebook_cells(path), start=1):
+            exec(compile(cell, f"{os.path.basename(path)} cell {number}", "exec"), namespace)
+        assert namespace["config"] == config, path
+        name = os.path.basename(path)
+        assert name not in found_done or found_done[name](namespace["result"]), (name, namespace["result"])
+    assert {name: tables.version(spark, config.warehouse, name) for name in WORK_TABLES} == versions
+    assert selection.read_selection(config.warehouse)["model_version"] == served["model_version"]
+    printed = capsys.readouterr().out
+    assert "the best on validation" in printed  # 05_train and 00_end_to_end print the selection's reason
+    assert "NDCG@10" in printed                  # 07_evaluate prints the report's summary
+
+
 @pytest.mark.e2e
 def test_rerun_reuses_the_model_the_recommendations_and_an_unchanged_evaluation(spark, pipeline_run):
     config, results = pipeline_run
@@ -104,7 +148,8 @@ def test_benchmark_takes_a_config_given_by_path(pipeline_run, tmp_path):
     """A config file given by path names the report folder by its file name (it once became a folder path)."""
     config, _ = pipeline_run
     overrides = [f"warehouse={config.warehouse}", "train.methods=[target_only]", "train.launcher=local",
-                 "train.num_proc=1", "evaluate.baselines=[popularity]", "tune.enabled=false"]
+                 "train.num_proc=1", "train.factor_models=[popularity]", "train.blend=false",
+                 "evaluate.baselines=[popularity]", "tune.enabled=false"]
     out = tmp_path / "report"
     datasets = run_benchmark([str(CONF_DIR / "synthetic.yaml")], overrides, [5], str(out), None)
     assert list(datasets) == ["synthetic"] and datasets["synthetic"]["seeds"] == [5]
