@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 
 import pytest
 import torch
 
-from stores import SeaweedStore
+from stores import SeaweedStore, new_bucket
 from xdrec.config import SparkConfig, load_config
 from xdrec.spark import get_spark
 
@@ -74,8 +73,4 @@ def s3_store(tmp_path_factory):
 @pytest.fixture
 def s3_bucket(s3_store):
     """A new, empty bucket on the session's S3 server."""
-    import fsspec
-
-    name = f"xdrec-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
-    return name
+    return new_bucket()

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -69,6 +70,15 @@ def s3a_settings(endpoint: str) -> dict[str, str]:
                 "access.key": os.environ["AWS_ACCESS_KEY_ID"], "secret.key": os.environ["AWS_SECRET_ACCESS_KEY"],
                 "endpoint.region": "us-east-1"}
     return {f"spark.hadoop.fs.s3a.{key}": value for key, value in settings.items()}
+
+
+def new_bucket() -> str:
+    """A new, empty bucket on the store the environment names (AWS_ENDPOINT_URL); returns its name."""
+    import fsspec
+
+    name = f"xdrec-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+    return name
 
 
 def point_spark_at(spark, endpoint: str) -> None:

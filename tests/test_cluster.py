@@ -14,11 +14,10 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 
 import pytest
 
-from stores import free_port, point_spark_at, s3a_settings
+from stores import free_port, new_bucket, point_spark_at, s3a_settings
 from xdrec import files
 from xdrec.config import load_config
 from xdrec.data import tables
@@ -121,15 +120,12 @@ def cluster_run(spark, wheel_python, standalone_cluster, s3_store, tmp_path_fact
     from this process; then ``spark-submit jobs/pipeline.py`` finds those stages done and, on the cluster,
     trains (Horovod processes inside its executors), scores (its executors' pandas UDF, reading the model
     files the driver wrote to the store) and evaluates."""
-    import fsspec
-
     master, _ = standalone_cluster
     point_spark_at(spark, s3_store.endpoint)
     # MLflow's file store cannot live in a bucket: as on a cluster, the environment says where runs go.
     patch = pytest.MonkeyPatch()
     patch.setenv("MLFLOW_TRACKING_URI", "file://" + str(tmp_path_factory.mktemp("mlruns")))
-    bucket = f"xdrec-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+    bucket = new_bucket()
     # One trained method and the cheapest yardstick: ALS on Spark is tested in tests/test_pipeline_e2e.py.
     settings = [f"warehouse=s3a://{bucket}/warehouse", "train.methods=[joint]", "train.factor_models=[popularity]",
                 "train.blend=false", "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2",
@@ -169,8 +165,8 @@ def test_every_stage_writes_to_the_store(spark, cluster_run):
         assert tables.read(spark, config.warehouse, name).count() > 0, name
     report = files.join(config.warehouse, "reports", "latest")
     assert {"summary.md", "metrics.json", "warm_vs_cold.png"} <= set(files.listdir(report))
-    report = files.read_json(files.join(report, "metrics.json"))
-    assert report["metrics"]["full"]["joint"] and report["selected"] == selection.read_selection(config.warehouse)
+    evaluated = files.read_json(files.join(report, "metrics.json"))
+    assert evaluated["metrics"]["full"]["joint"] and evaluated["selected"] == selection.read_selection(config.warehouse)
 
 
 @pytest.mark.e2e

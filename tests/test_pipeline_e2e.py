@@ -109,11 +109,10 @@ def test_every_notebook_runs_its_cells_in_order_and_finds_the_pipelines_work_don
     assert [os.path.basename(path) for path in stages] == [
         "01_fetch.py", "02_ingest.py", "03_features.py", "04_tune.py", "05_train.py", "06_score.py", "07_evaluate.py"]
     for path in [*stages, end_to_end]:
-        namespace = {"__name__": "__main__"}
+        name, namespace = os.path.basename(path), {"__name__": "__main__"}
         for number, cell in enumerate(notebook_cells(path), start=1):
-            exec(compile(cell, f"{os.path.basename(path)} cell {number}", "exec"), namespace)
-        assert namespace["config"] == config, path
-        name = os.path.basename(path)
+            exec(compile(cell, f"{name} cell {number}", "exec"), namespace)
+        assert namespace["config"] == config, name
         assert name not in found_done or found_done[name](namespace["result"]), (name, namespace["result"])
     assert {name: tables.version(spark, config.warehouse, name) for name in WORK_TABLES} == versions
     assert selection.read_selection(config.warehouse)["model_version"] == served["model_version"]
