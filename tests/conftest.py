@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 
 import pytest
 import torch
 
+import second_stack
 from stores import SeaweedStore, new_bucket
 from xdrec.config import SparkConfig, load_config
+from xdrec.pipeline import run_stage
 from xdrec.spark import get_spark
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -36,6 +39,24 @@ def synthetic_config(warehouse, *overrides):
 @pytest.fixture(scope="session")
 def make_config():
     return synthetic_config
+
+
+@pytest.fixture(scope="session")
+def featured_warehouse(spark, tmp_path_factory):
+    """conf/synthetic.yaml's data through fetch, ingest and features, once a session: (warehouse, what the
+    features run returned). Tests that go on from there work on a copy (``featured_copy``)."""
+    config = synthetic_config(str(tmp_path_factory.mktemp("featured") / "warehouse"))
+    results = {stage: run_stage(spark, config, stage) for stage in ("fetch", "ingest", "features")}
+    return config.warehouse, results["features"]
+
+
+@pytest.fixture(scope="session")
+def featured_copy(featured_warehouse):
+    """``featured_copy(folder)``: a copy of ``featured_warehouse`` in ``folder``; returns its path. A local
+    warehouse moves with its folder: ingest finds the copied files' bytes ingested, features its tables built."""
+    def copy(folder) -> str:
+        return shutil.copytree(featured_warehouse[0], os.path.join(str(folder), "warehouse"))
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +95,14 @@ def s3_store(tmp_path_factory):
 def s3_bucket(s3_store):
     """A new, empty bucket on the session's S3 server."""
     return new_bucket()
+
+
+@pytest.fixture(scope="session")
+def second_stack_python() -> str:
+    return second_stack.interpreter()
+
+
+@pytest.fixture(scope="session")
+def second_stack_run(second_stack_python, s3_store, tmp_path_factory):
+    """The synthetic pipeline in the second stack on the S3 server, once a session (second_stack.run_pipeline)."""
+    return second_stack.run_pipeline(second_stack_python, s3_store.endpoint, str(tmp_path_factory.mktemp("mlruns")))

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from stores import free_port, new_bucket, point_spark_at, s3a_settings
+from stores import free_port, point_spark_at, s3a_settings
 from xdrec import files
 from xdrec.config import load_config
 from xdrec.data import tables
@@ -26,6 +26,8 @@ from xdrec.spark import delta_jars, s3a_jars
 from xdrec.training import artifact, selection
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The first test's setup also waits for the second stack's pipeline (tests/second_stack.py).
+pytestmark = pytest.mark.timeout(1800)
 SPARK_HOME = os.path.dirname(__import__("pyspark").__file__)
 
 
@@ -115,25 +117,25 @@ def spark_submit(wheel_python: str, master: str, store, job: str, *arguments: st
 
 
 @pytest.fixture(scope="module")
-def cluster_run(spark, wheel_python, standalone_cluster, s3_store, tmp_path_factory):
-    """The synthetic pipeline with its warehouse in a new bucket. The raw files and the feature tables come
-    from this process; then ``spark-submit jobs/pipeline.py`` finds those stages done and, on the cluster,
-    trains (Horovod processes inside its executors), scores (its executors' pandas UDF, reading the model
-    files the driver wrote to the store) and evaluates."""
+def cluster_run(spark, wheel_python, standalone_cluster, s3_store, second_stack_run, tmp_path_factory):
+    """``spark-submit jobs/pipeline.py`` on the warehouse that the second stack's pipeline left in its bucket
+    (second_stack.run_pipeline): Spark 4.0's Delta reads what Spark 4.1's wrote, and fetch, ingest and
+    features find their work done. On the cluster it trains (Horovod processes inside its executors), scores
+    (its executors' pandas UDF, reading the model files the driver wrote to the store) and evaluates."""
     master, _ = standalone_cluster
     point_spark_at(spark, s3_store.endpoint)
     # MLflow's file store cannot live in a bucket: as on a cluster, the environment says where runs go.
     patch = pytest.MonkeyPatch()
     patch.setenv("MLFLOW_TRACKING_URI", "file://" + str(tmp_path_factory.mktemp("mlruns")))
-    bucket = new_bucket()
-    # One trained method and the cheapest yardstick: ALS on Spark is tested in tests/test_pipeline_e2e.py.
-    settings = [f"warehouse=s3a://{bucket}/warehouse", "train.methods=[joint]", "train.factor_models=[popularity]",
-                "train.blend=false", "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2",
+    # The stack's settings but Horovod's launcher and another seed: the launcher alone does not make another
+    # model (train.model_version), and the model must be trained here. The cheapest yardstick: ALS on Spark
+    # is tested in tests/test_pipeline_e2e.py.
+    settings = [f"warehouse={second_stack_run['warehouse']}", "train.launcher=horovod", "train.seed=4321",
+                "train.methods=[joint]", "train.factor_models=[popularity]", "train.blend=false",
+                "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2",
                 "evaluate.baselines=[popularity]"]
     config = load_config("synthetic", settings)
     here = set(os.listdir("."))
-    for stage in ("fetch", "ingest", "features"):
-        run_stage(spark, config, stage)
     spark_submit(wheel_python, master, s3_store, "pipeline", "--conf", "synthetic",
                  *[part for setting in settings for part in ("--set", setting)])
     assert set(os.listdir(".")) == here, "a stage wrote into the working directory instead of the store"
@@ -153,6 +155,8 @@ def test_spark_submit_on_a_standalone_cluster_from_the_wheel_with_the_warehouse_
     assert served["path"].startswith(config.warehouse + "/models/")
     assert artifact.load(served["path"]).model_version == served["model_version"]
     joint = files.read_text(files.join(config.warehouse, "models", "joint", "LATEST")).strip()
+    trained = artifact.load(artifact.latest_path(config.warehouse, "joint")).meta
+    assert trained["config"]["train"]["launcher"] == "horovod" and trained["num_proc"] == 2
     # The two Horovod processes ran in the executors, and checkpointed to the store.
     assert files.is_file(files.join(config.warehouse, "checkpoints", "joint", joint, "checkpoint.pt"))
 

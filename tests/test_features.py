@@ -7,7 +7,6 @@ import pytest
 
 from xdrec.data import lineage, tables
 from xdrec.data.features import assign_dense_ids, item_features, resolve_people, run_features, user_features
-from xdrec.data.fetch import materialize_raw
 from xdrec.data.ingest import run_ingest
 from xdrec.errors import XdrecError
 
@@ -31,14 +30,13 @@ def _versions(spark, warehouse):
 
 
 @pytest.fixture(scope="module")
-def pipeline(spark, make_config, tmp_path_factory):
-    """Synthetic data through ingest and features; features again unchanged, and after new files."""
-    config = make_config(tmp_path_factory.mktemp("features"), "data.synthetic_users=200",
+def pipeline(spark, make_config, featured_warehouse, featured_copy, tmp_path_factory):
+    """The session's synthetic data through ingest and features (``featured_warehouse``); on a copy, features
+    again unchanged, and after new files, which the configured patterns take in."""
+    config = make_config(featured_copy(tmp_path_factory.mktemp("features")),
                          "data.domains.movies.interactions=\"{raw}/movies/interactions*.csv\"",
                          "data.domains.movies.items=\"{raw}/movies/items*.csv\"")
-    materialize_raw(config)
-    run_ingest(spark, config)
-    runs = {"first": run_features(spark, config)}
+    runs = {"first": featured_warehouse[1]}
     first_tables, first_versions = _snapshot(spark, config.warehouse), _versions(spark, config.warehouse)
     runs["unchanged"] = run_features(spark, config)
     runs["unchanged_versions"] = _versions(spark, config.warehouse)
@@ -66,7 +64,7 @@ def test_indices_are_dense_and_ordered(frames):
     items = frames[tables.ITEM_INDEX].sort_values("item_idx")
     assert items["item_idx"].tolist() == list(range(len(items)))
     assert list(zip(items["domain"], items["item_id"])) == sorted(zip(items["domain"], items["item_id"]))
-    assert len(users) == 200 and len(items) == 240
+    assert len(users) == 400 and len(items) == 240
 
 
 def test_rerun_on_unchanged_inputs_changes_no_table(pipeline):

@@ -19,12 +19,10 @@ def example_rows(spark, config, version: int | None) -> set[tuple]:
     return {tuple(row) for row in frame.select("user_idx", "item_idx", "label").collect()}
 
 
-def test_a_features_rerun_between_trains_start_and_its_read_does_not_reach_the_model(spark, tmp_path, make_config):
-    config = make_config(tmp_path, "tune.enabled=false", "train.launcher=local", "train.num_proc=1",
-                         "train.target_epochs=1", f"train.methods=[{METHOD}]", "train.factor_models=[]",
-                         "features.text_encoder=")
-    for stage in ("fetch", "ingest", "features"):
-        run_stage(spark, config, stage)
+def test_a_features_rerun_between_trains_start_and_its_read_does_not_reach_the_model(spark, tmp_path, make_config,
+                                                                                    featured_copy):
+    config = make_config(featured_copy(tmp_path), "tune.enabled=false", "train.launcher=local", "train.num_proc=1",
+                         "train.target_epochs=1", f"train.methods=[{METHOD}]", "train.factor_models=[]")
     pinned = read_inputs(spark, config, with_histories=False)  # train's start: every input version pinned
 
     # Features again, with another split: new versions of every table, committed one at a time.

@@ -16,8 +16,10 @@ from xdrec.training import artifact, selection
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(spark, make_config, tmp_path_factory):
-    config = make_config(tmp_path_factory.mktemp("e2e"))
+def pipeline_run(spark, make_config, featured_copy, tmp_path_factory):
+    """The pipeline on a copy of the session's featured warehouse: fetch, ingest and features find their work
+    done (tests/test_features.py builds features from scratch), the stages after them run."""
+    config = make_config(featured_copy(tmp_path_factory.mktemp("e2e")))
     return config, run_pipeline(spark, config)
 
 

@@ -1,0 +1,59 @@
+"""The second stack, built by ``scripts/setup.sh torch_distributor`` (Python 3.12, numpy 2, the newest
+pyspark/delta pair, no Horovod, no Petastorm): its interpreter, and the synthetic pipeline run in it as a user
+runs it, ``jobs/pipeline.py`` in its own process with the warehouse on the S3 server, as on a Databricks
+runtime. tests/test_torch_distributor_stack.py checks that run; tests/test_cluster.py goes on from its
+warehouse on the main stack's cluster."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from stores import new_bucket, s3a_settings
+from xdrec import files
+from xdrec.training import artifact, selection
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Training through TorchDistributor; Spark ALS runs as the yardstick that the stack test compares against
+# (the main stack's tests run the ALS factor models, their blend and the other baselines).
+SETTINGS = ["train.launcher=torch_distributor", "train.methods=[joint]", "train.factor_models=[popularity]",
+            "train.blend=false", "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2",
+            "evaluate.baselines=[popularity,als_target]"]
+
+
+def interpreter() -> str:
+    """The second stack's python (``XDREC_TORCH_DISTRIBUTOR_ENV``, which scripts/test.sh sets)."""
+    folder = os.environ.get("XDREC_TORCH_DISTRIBUTOR_ENV") or ""
+    python = os.path.join(folder, "bin", "python")
+    if not os.access(python, os.X_OK):
+        pytest.fail(f"no second stack at XDREC_TORCH_DISTRIBUTOR_ENV={folder!r}: run scripts/setup.sh "
+                    "torch_distributor (scripts/test.sh does)")
+    return python
+
+
+def run(python: str, *arguments: str, **environment: str) -> subprocess.CompletedProcess:
+    """``python arguments...`` in this checkout, with nothing of the test's interpreter: its PYTHONPATH, nor
+    the PYSPARK_PYTHON that this session's Spark set (Spark would start 3.11 workers for a 3.12 driver)."""
+    inherited = {key: value for key, value in os.environ.items()
+                 if key not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    return subprocess.run([python, *arguments], capture_output=True, text=True, cwd=REPOSITORY, timeout=1700,
+                          env={**inherited, "PYTHONPATH": "", **environment})
+
+
+def run_pipeline(python: str, endpoint: str, mlruns: str) -> dict:
+    """Every stage of the synthetic pipeline in the stack, in a new bucket; what it served and reported, read
+    as it finished: {warehouse, joint (its artifact's meta), selection, report (metrics.json)}."""
+    warehouse = f"s3a://{new_bucket()}/warehouse"
+    # Its Spark 4.1 reads s3a:// through hadoop-aws 3.4.2 (xdrec.spark.s3a_jars), the store's keys and
+    # endpoint come from the environment (the s3_store fixture), and MLflow's file store cannot live in a bucket.
+    settings = [f"warehouse={warehouse}", *SETTINGS, f"spark.conf={json.dumps(s3a_settings(endpoint))}"]
+    here = set(os.listdir(REPOSITORY))
+    done = run(python, "jobs/pipeline.py", "--conf", "synthetic", *[part for setting in settings for part in ("--set", setting)],
+               MLFLOW_TRACKING_URI=f"file://{mlruns}")
+    assert done.returncode == 0, f"the pipeline failed in the second stack:\n{done.stderr[-4000:]}"
+    assert set(os.listdir(REPOSITORY)) == here, "a stage wrote into the working directory instead of the store"
+    return {"warehouse": warehouse, "joint": artifact.load(artifact.latest_path(warehouse, "joint")).meta,
+            "selection": selection.read_selection(warehouse),
+            "report": json.loads(files.read_text(files.join(warehouse, "reports", "latest", "metrics.json")))}
