@@ -17,6 +17,7 @@ import urllib.request
 
 import pytest
 
+import second_stack
 from stores import free_port, point_spark_at, s3a_settings
 from xdrec import files
 from xdrec.config import load_config
@@ -26,9 +27,9 @@ from xdrec.spark import delta_jars, s3a_jars
 from xdrec.training import artifact, selection
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPARK_HOME = os.path.dirname(__import__("pyspark").__file__)
 # The first test's setup also waits for the second stack's pipeline (tests/second_stack.py).
 pytestmark = pytest.mark.timeout(1800)
-SPARK_HOME = os.path.dirname(__import__("pyspark").__file__)
 
 
 def _shared_packages() -> str:
@@ -130,10 +131,8 @@ def cluster_run(spark, wheel_python, standalone_cluster, s3_store, second_stack_
     # The stack's settings but Horovod's launcher and another seed: the launcher alone does not make another
     # model (train.model_version), and the model must be trained here. The cheapest yardstick: ALS on Spark
     # is tested in tests/test_pipeline_e2e.py.
-    settings = [f"warehouse={second_stack_run['warehouse']}", "train.launcher=horovod", "train.seed=4321",
-                "train.methods=[joint]", "train.factor_models=[popularity]", "train.blend=false",
-                "tune.enabled=false", "train.source_epochs=2", "train.target_epochs=2",
-                "evaluate.baselines=[popularity]"]
+    settings = [f"warehouse={second_stack_run['warehouse']}", *second_stack.SETTINGS, "train.launcher=horovod",
+                "train.seed=4321", "evaluate.baselines=[popularity]"]
     config = load_config("synthetic", settings)
     here = set(os.listdir("."))
     spark_submit(wheel_python, master, s3_store, "pipeline", "--conf", "synthetic",
