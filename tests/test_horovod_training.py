@@ -17,6 +17,7 @@ import pandas as pd
 import psutil
 import pytest
 import torch
+from pyspark.sql import functions as F
 
 from planted_world import make_world, write_tables
 from xdrec.data import tables
@@ -80,6 +81,19 @@ def test_pyarrow_reads_the_shards_petastorm_reads(trained):
             arrow, petastorm = (read(domain.url, rank, 2) for read in (distributed.read_parquet_shard,
                                                                        distributed.read_shard))
             assert all(torch.equal(a, b) for a, b in zip(arrow, petastorm)), (domain.url, rank)
+
+
+def test_each_process_reads_every_users_training_items_from_the_staged_examples(spark, trained):
+    """The negative mask's CSR comes from the staged examples, each process reading it itself: it holds
+    exactly the training split's pairs of the staged domains, so the driver need not collect them."""
+    config, _, spec = trained
+    offsets, items = distributed.read_known_positives([domain.url for domain in spec.data.values()],
+                                                      spec.model["num_users"])
+    expected = (tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS)
+                .where((F.col("split") == "train") & F.col("domain").isin(list(spec.data)))
+                .select("user_idx", "item_idx").toPandas())
+    read = {(user, int(item)) for user in range(len(offsets) - 1) for item in items[offsets[user]:offsets[user + 1]]}
+    assert len(items) == len(expected) and read == set(zip(expected["user_idx"], expected["item_idx"]))
 
 
 def test_torch_distributor_trains_what_horovod_trains(trained, tmp_path):

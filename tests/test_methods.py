@@ -18,9 +18,8 @@ from xdrec.training import artifact, loop
 from xdrec.modeling.methods import (GradientReversal, StepContext, adversarial_schedule, batch_softmax_loss,
                                     distill_loss, known_positive_mask, labelled_loss, model_options, phases_for,
                                     sampled_softmax_loss, soft_loss)
-from xdrec.modeling.model import BRIDGED_VIEW, TwoTower
+from xdrec.modeling.model import BRIDGED_VIEW, TwoTower, csr
 from xdrec.training.loop import Collective
-from xdrec.training.train import csr
 from xdrec.training.validation import ranking_figures
 
 

@@ -9,8 +9,9 @@ import pandas as pd
 
 import xdrec
 from xdrec.config import load_config
+from xdrec.modeling.model import csr
 from xdrec.training import train
-from xdrec.training.train import code_version, csr, item_text_matrix, model_version, user_histories
+from xdrec.training.train import code_version, item_text_matrix, model_version, user_histories
 
 
 def test_csr_lists_each_users_items_in_order():

@@ -45,6 +45,17 @@ def csr_entries(offsets: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor
     return owners, starts[owners] + torch.arange(len(owners), device=rows.device) - first_of_owner[owners], lengths
 
 
+def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [num_users + 1], items sorted by user then item): user u's items are items[offsets[u]:offsets[u + 1]]::
+
+        csr(np.array([1, 0, 1]), np.array([7, 5, 3]), num_users=3)   # (array([0, 1, 3, 3]), array([5, 3, 7]))
+    """
+    order = np.lexsort((items, users))
+    offsets = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=num_users), out=offsets[1:])
+    return offsets, items[order].astype(np.int64)
+
+
 class Tower(nn.Module):
     """A residual MLP: starts close to the identity so embeddings keep their meaning early on."""
 

@@ -33,6 +33,7 @@ from xdrec import files
 from xdrec.config import TrainConfig
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import Batch, Phase
+from xdrec.modeling.model import csr
 from xdrec.training.loop import Collective
 from xdrec.training.validation import ValidationSet
 
@@ -81,10 +82,8 @@ class TrainSpec:
     checkpoint_dir: str
     model_data: ModelData = field(default_factory=ModelData)
     validation: ValidationSet | None = None
-    # Each domain's item indices, which the sampled softmax draws its negatives from, and every user's
-    # training items (CSR: offsets [num_users + 1], items), which it leaves out; None: it leaves out none.
+    # Each domain's item indices, which the sampled softmax draws its negatives from.
     domain_items: dict[str, np.ndarray] = field(default_factory=dict)
-    known_positives: tuple[np.ndarray, np.ndarray] | None = None
     # A tune trial's median stopping rule (loop.below_median): earlier trials' median figure per epoch of
     # the last validated phase, and the epochs validated before it may stop the run (0: never).
     prune_below: list[float] = field(default_factory=list)
@@ -271,25 +270,44 @@ def shard_tensors(columns: dict[str, list[np.ndarray]], url: str, rank: int, siz
                  for name, dtype in zip(SHARD_COLUMNS, (np.int64, np.int64, np.float32)))
 
 
-def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This rank's shard of a Parquet folder (a local path or any URI of :mod:`xdrec.files`) with pyarrow
-    alone, no Petastorm: every ``size``-th row group of its files in name order, from the ``rank``-th on, as
-    Petastorm shards them."""
+def parquet_row_groups(url: str, columns: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+    """Every row group of a Parquet folder (a local path or any URI of :mod:`xdrec.files`), its files in
+    name order, as ``{column: values}``, read with pyarrow alone."""
     import pyarrow.parquet as pq
 
     parts = [name for name in files.listdir(url) if name.endswith(".parquet") and not name.startswith((".", "_"))]
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in SHARD_COLUMNS}
-    group_number = 0
     for part in parts:
         with files.open_file(files.join(url, part)) as handle:
             parquet = pq.ParquetFile(handle)
             for group in range(parquet.num_row_groups):
-                if group_number % size == rank:
-                    table = parquet.read_row_group(group, columns=list(SHARD_COLUMNS))
-                    for name in SHARD_COLUMNS:
-                        columns[name].append(table.column(name).to_numpy())
-                group_number += 1
+                table = parquet.read_row_group(group, columns=list(columns))
+                yield {name: table.column(name).to_numpy() for name in columns}
+
+
+def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's shard of a Parquet folder with pyarrow alone, no Petastorm: every ``size``-th row group
+    of its files in name order, from the ``rank``-th on, as Petastorm shards them."""
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in SHARD_COLUMNS}
+    for number, group in enumerate(parquet_row_groups(url, SHARD_COLUMNS)):
+        if number % size == rank:
+            for name in SHARD_COLUMNS:
+                columns[name].append(group[name])
     return shard_tensors(columns, url, rank, size)
+
+
+def read_known_positives(urls: list[str], num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every user's positive items in the staged examples of ``urls``, all shards, as CSR (offsets
+    ``[num_users + 1]``, items): what the sampled softmax leaves out of a user's negatives. Each process
+    reads them itself, so no training pair passes through the driver; a domain's candidates are its own
+    items, so the domains a method stages are all its mask needs."""
+    users, items = [], []
+    for url in urls:
+        for group in parquet_row_groups(url, SHARD_COLUMNS):
+            positive = group["label"] > 0.5
+            users.append(group["user_idx"][positive].astype(np.int64))
+            items.append(group["item_idx"][positive].astype(np.int64))
+    offsets, known_items = csr(np.concatenate(users), np.concatenate(items), num_users)
+    return torch.from_numpy(offsets), torch.from_numpy(known_items)
 
 
 def memory_batches(shard: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> Iterator[Batch]:
@@ -373,8 +391,8 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
         log=lambda message: log.info(f"rank {collective.rank}: {message}"),
         prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
                or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
-        known_positives=(None if spec.known_positives is None
-                         else tuple(torch.from_numpy(array) for array in spec.known_positives)),
+        known_positives=(read_known_positives([domain.url for domain in spec.data.values()], spec.model["num_users"])
+                         if spec.train.mask_known_positives and spec.train.loss == "sampled_softmax" else None),
     )
     return model, history
 

@@ -30,7 +30,7 @@ from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import model_options, phases_for
-from xdrec.modeling.model import TwoTower
+from xdrec.modeling.model import TwoTower, csr
 from xdrec.training import artifact, distributed, factors, loop, selection, tracking
 from xdrec.training.validation import ValidationSet
 
@@ -93,14 +93,6 @@ def stage_examples(spark: SparkSession, config: Config, domain: str, version: in
     return distributed.DomainData(url=folder if not files.is_local(folder) else "file://" + folder, rows=rows)
 
 
-def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets [num_users + 1], items sorted by user then item): user u's items are items[offsets[u]:offsets[u + 1]]."""
-    order = np.lexsort((items, users))
-    offsets = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=num_users), out=offsets[1:])
-    return offsets, items[order].astype(np.int64)
-
-
 def user_histories(train_rows: pd.DataFrame, num_users: int) -> distributed.ModelData:
     """Which users have training interactions in each domain, and every user's source items (CSR).
 
@@ -153,7 +145,6 @@ class TrainingInputs:
     histories: distributed.ModelData  # empty unless a bridge method is trained
     validation: ValidationSet
     item_text: tuple[np.ndarray, np.ndarray] | None  # (embeddings [num_items, dim], has_text [num_items])
-    known_positives: tuple[np.ndarray, np.ndarray]  # every user's training items of both domains, CSR
 
     @property
     def num_users(self) -> int:
@@ -196,8 +187,8 @@ def read_item_text(spark: SparkSession, config: Config, num_items: int,
 
 
 def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> TrainingInputs:
-    """Pin the input tables' versions and read what the workers need besides the training examples: every
-    user's training items, and the histories of the bridge models only ``with_histories``."""
+    """Pin the input tables' versions and read what the workers need besides the training examples: the
+    index tables, item text, the validation users, and the histories of the bridge models only ``with_histories``."""
     versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
 
     def read(name: str) -> DataFrame:
@@ -212,16 +203,15 @@ def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> Tr
     validation = validation_set(interactions, data.target_domain, candidates, train.validation_max_users, train.seed)
     log.info(f"validation: {len(validation):,} {data.target_domain} users "
              f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items")
-    # Every training pair comes to the driver: a flag and two int32 a row, not the domain's name.
-    train_rows = (interactions.where((F.col("split") == "train")
-                                     & F.col("domain").isin(data.source_domain, data.target_domain))
-                  .select((F.col("domain") == data.source_domain).alias("in_source"),
-                          F.col("user_idx").cast("int"), F.col("item_idx").cast("int")).toPandas())
-    known_positives = csr(train_rows["user_idx"].to_numpy(), train_rows["item_idx"].to_numpy(), num_users)
     histories = distributed.ModelData()
     if with_histories:
+        # The bridges' model state holds every user's source items, so their training pairs come to the driver.
+        train_rows = (interactions.where((F.col("split") == "train")
+                                         & F.col("domain").isin(data.source_domain, data.target_domain))
+                      .select((F.col("domain") == data.source_domain).alias("in_source"),
+                              F.col("user_idx").cast("int"), F.col("item_idx").cast("int")).toPandas())
         histories = user_histories(train_rows, num_users)
-    return TrainingInputs(versions, user_index, item_index, histories, validation, item_text, known_positives)
+    return TrainingInputs(versions, user_index, item_index, histories, validation, item_text)
 
 
 def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[str, distributed.DomainData],
@@ -247,8 +237,7 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
                                     .to_numpy(np.int64)) for domain in data}
     return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data, train=train,
                                  checkpoint_dir=checkpoint_dir, model_data=model_data, validation=inputs.validation,
-                                 domain_items=domain_items,
-                                 known_positives=inputs.known_positives if train.mask_known_positives else None)
+                                 domain_items=domain_items)
 
 
 def reused_artifact(config: Config, method: str, version: str) -> dict | None:
