@@ -8,8 +8,9 @@ Each row trains one method (``--method``, default joint) through the train stage
 config's processes) with the settings of the row laid over the config, or reuses that exact model, and
 reports the validation figure that model selection and early stopping use (``train.validation_metric``@``validation_k`` on
 ``validation_group``), the epoch kept and the wall time. The rows walk from the old defaults (pointwise
-bce, dot products, dimension 32, every drawn negative kept) to the current ones, and a last row tries the
-current ones with the lazy Adam for the embedding tables; validation only, never test. The data stages must
+bce, dot products, dimension 32, every drawn negative kept) to the current ones, and the last rows try the
+current ones with one thing changed: the lazy Adam for the embedding tables, or the history encoder for
+the users; validation only, never test. The data stages must
 have run on the config's warehouse (``jobs/features.py --conf ...``). Prints a Markdown table and writes
 it, with every figure, as JSON (--out).
 """
@@ -35,19 +36,20 @@ ROWS = [
     ("+ dim 128, lr 0.01", OLD[-1:]),
     ("+ the user's training items left out of the negatives (the current defaults)", []),
     ("the defaults with the lazy Adam for the tables", ["train.table_update=lazy"]),
+    ("the defaults with the history encoder for the users", ["train.user_encoder=history"]),
 ]
 
 
 def run_row(spark, conf: str, method: str, overrides: list[str]) -> dict:
     """Train ``method`` with ``overrides`` (or reuse that exact model) and rank the validation users with it."""
-    from xdrec.modeling.methods import model_options
+    from xdrec.modeling.methods import needs_histories
     from xdrec.training import artifact
     from xdrec.training.loop import Collective, selecting_key
     from xdrec.training.train import read_inputs, train_method
     from xdrec.training.validation import ranking_figures
 
     config = load_config(conf, [*overrides, "train.mlflow=false"])
-    inputs = read_inputs(spark, config, with_histories=model_options(method)["bridge"] != "none")
+    inputs = read_inputs(spark, config, with_histories=needs_histories(method, config.train.user_encoder))
     started = time.perf_counter()
     meta = train_method(spark, config, method, inputs)
     seconds = time.perf_counter() - started
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--method", default="joint")
     parser.add_argument("--epochs", type=int, default=0, help="cap train.target_epochs (0: the config's)")
     parser.add_argument("--rows", default="", help="indices into the rows, comma-separated (4: the current "
-                        "defaults, 5: them with the lazy Adam for the tables); empty: every row")
+                        "defaults, 5: them with the lazy Adam for the tables, 6: with the history encoder); empty: every row")
     parser.add_argument("--seeds", default="", help="train.seed values, comma-separated; empty: the config's")
     parser.add_argument("--out", default="reports/ablation.json")
     args = parser.parse_args()

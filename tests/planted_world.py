@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xdrec.modeling.model import csr
 from xdrec.training.distributed import ModelData
 from xdrec.training.validation import ValidationSet
 
@@ -75,11 +76,16 @@ def make_world(seed: int = 0) -> World:
     offsets = np.zeros(NUM_USERS + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(source_positive[u]) for u in users])
     history = np.concatenate([source_positive[u] for u in users]).astype(np.int64)
+    liked = [(np.asarray(rows[0])[np.asarray(rows[2]) > 0.5], np.asarray(rows[1])[np.asarray(rows[2]) > 0.5])
+             for rows in (source, target)]
+    training_offsets, training_items = csr(np.concatenate([u for u, _ in liked]), np.concatenate([i for _, i in liked]),
+                                           NUM_USERS)
     return World(
         examples={SOURCE: tensors(source), TARGET: tensors(target)},
         validation=validation,
         histories=ModelData(has_source_history=has_source, has_target_history=has_target,
-                            history_offsets=offsets, history_items=history),
+                            history_offsets=offsets, history_items=history,
+                            training_offsets=training_offsets, training_items=training_items),
         target_train=target_train,
     )
 

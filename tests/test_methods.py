@@ -16,8 +16,8 @@ from xdrec.config import METHODS, TrainConfig, load_config
 from xdrec.errors import XdrecError
 from xdrec.training import artifact, loop
 from xdrec.modeling.methods import (GradientReversal, StepContext, adversarial_schedule, batch_softmax_loss,
-                                    distill_loss, known_positive_mask, labelled_loss, model_options, phases_for,
-                                    sampled_softmax_loss, soft_loss)
+                                    distill_loss, known_positive_mask, labelled_loss, model_options,
+                                    needs_histories, phases_for, sampled_softmax_loss, soft_loss)
 from xdrec.modeling.model import BRIDGED_VIEW, TwoTower, csr
 from xdrec.training.loop import Collective
 from xdrec.training.validation import ranking_figures
@@ -179,6 +179,35 @@ def test_personalised_bridge_pools_each_users_own_history():
             torch.testing.assert_close(got[row], model.user_embedding.weight[user] @ matrix)
 
 
+def test_history_encoder_pools_the_users_items_and_leaves_the_scored_item_out(tmp_path):
+    torch.manual_seed(3)
+    model = TwoTower(3, 5, 4, 8, history_size=4, user_encoder="history")
+    offsets, items = csr(np.array([0, 0, 0, 2]), np.array([1, 3, 4, 0]), num_users=3)  # user 1 has no history
+    model.set_history(offsets, items)
+    table = model.history_embedding.weight
+    with torch.no_grad():
+        pooled = model.user_embeddings(torch.tensor([0, 1, 2]))
+        torch.testing.assert_close(pooled[0], table[[1, 3, 4]].sum(0) / 3 ** 0.5)
+        torch.testing.assert_close(pooled[1], torch.zeros(4))
+        torch.testing.assert_close(pooled[2], table[0])
+        # Scoring (user 0, item 3) reads the history without item 3; an item outside it changes nothing.
+        users, pair_items = torch.tensor([0, 0]), torch.tensor([3, 2])
+        without_3 = model.scaled(model.user_tower(table[[1, 4]].sum(0) / 2 ** 0.5))
+        full = model.user_vectors(torch.tensor([0]))[0]
+        expected = torch.stack([without_3 @ model.item_vectors(torch.tensor([3]))[0],
+                                full @ model.item_vectors(torch.tensor([2]))[0]]) + model.item_bias(pair_items).squeeze(-1)
+        torch.testing.assert_close(model(users, pair_items), expected)
+    user_index = pd.DataFrame({"user_id": ["u0", "u1", "u2"], "user_idx": [0, 1, 2]})
+    item_index = pd.DataFrame({"domain": [TARGET] * 5, "item_id": list("abcde"), "item_idx": np.arange(5)})
+    path = artifact.save(os.path.join(tmp_path, "joint", "v1"), model, {"method": "joint", "model_version": "v1"},
+                         user_index, item_index)
+    with torch.no_grad():
+        torch.testing.assert_close(artifact.load(path).model.score_matrix(torch.arange(3), torch.arange(5)),
+                                   model.eval().score_matrix(torch.arange(3), torch.arange(5)))
+    with pytest.raises(ValueError, match="needs user_encoder 'embedding'"):
+        TwoTower(3, 5, 4, 8, bridge="emcdr", user_encoder="history")
+
+
 def text_model(item_ids_with_text: bool) -> TwoTower:
     torch.manual_seed(2)
     model = TwoTower(10, 6, 4, 8, text_dim=5, item_ids_with_text=item_ids_with_text)
@@ -231,8 +260,8 @@ def test_artifact_round_trip_keeps_bridge_text_and_scores(tmp_path):
     model = TwoTower(NUM_USERS, NUM_ITEMS, 6, 12, text_dim=5, bridge="ptupcdr",
                      history_size=len(world.histories.history_items))
     histories = world.histories
-    model.set_histories(histories.has_source_history, histories.has_target_history, histories.history_offsets,
-                        histories.history_items)
+    model.set_histories(histories.has_source_history, histories.has_target_history)
+    model.set_history(histories.history_offsets, histories.history_items)
     has_text = np.arange(NUM_ITEMS) % 2 == 0
     model.set_item_text(np.random.default_rng(0).normal(size=(NUM_ITEMS, 5)).astype(np.float32), has_text)
     user_index = pd.DataFrame({"user_id": [f"u{u}" for u in range(NUM_USERS)], "user_idx": np.arange(NUM_USERS)})
@@ -274,13 +303,17 @@ CONFIG_OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
                     "train.learning_rate=0.03", "train.patience=0"]
 
 
-def train_method(method: str, world, loss: str) -> dict[str, float]:
+HISTORY_JOINT = "joint, history encoder"
+
+
+def train_method(method: str, world, loss: str, user_encoder: str = "embedding") -> dict[str, float]:
     config = load_config("synthetic", [*CONFIG_OVERRIDES, f"train.loss={loss}"])
-    options = model_options(method)
+    options = model_options(method, user_encoder)
     torch.manual_seed(0)
-    model = TwoTower(NUM_USERS, NUM_ITEMS, 8, 16, history_size=len(world.histories.history_items)
-                     if options["bridge"] == "ptupcdr" else 0, **options)
-    if options["bridge"] != "none":
+    history_size = (len(world.histories.history_items) if options["bridge"] == "ptupcdr"
+                    else len(world.histories.training_items) if options["user_encoder"] == "history" else 0)
+    model = TwoTower(NUM_USERS, NUM_ITEMS, 8, 16, history_size=history_size, **options)
+    if needs_histories(method, user_encoder):
         world.histories.apply(model)
     batches, steps = in_memory_batches(world.examples, 32)
     history = loop.train(model, phases_for(method, config), batches, steps,
@@ -295,7 +328,8 @@ def train_method(method: str, world, loss: str) -> dict[str, float]:
 @pytest.fixture(scope="module", params=["bce", "softmax", "sampled_softmax"])
 def method_figures(request):
     world = make_world(0)
-    return {method: train_method(method, world, request.param) for method in METHODS}
+    return {**{method: train_method(method, world, request.param) for method in METHODS},
+            HISTORY_JOINT: train_method("joint", world, request.param, user_encoder="history")}
 
 
 def test_every_method_learns_the_warm_users(method_figures):
@@ -304,7 +338,7 @@ def test_every_method_learns_the_warm_users(method_figures):
         assert figures["warm/NDCG@10"] > 0.5, (method, figures)
 
 
-@pytest.mark.parametrize("method", [method for method in METHODS if method != "target_only"])
+@pytest.mark.parametrize("method", [*[method for method in METHODS if method != "target_only"], HISTORY_JOINT])
 def test_transfer_methods_beat_target_only_on_cold_users(method_figures, method):
     # Cold users have no target examples: target_only ranks their items by chance, a transfer method by
     # the taste their source examples show.

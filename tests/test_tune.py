@@ -47,16 +47,17 @@ def test_a_search_whose_every_trial_failed_names_the_cause():
 
 def test_the_configs_own_settings_are_tried_first():
     own = inside(METHOD_SPACE, {"learning_rate": 0.5, "embedding_dim": 48, "loss": "bce", "temperature": 0.1,
-                                "table_update": "lazy"})
+                                "table_update": "lazy", "user_encoder": "history"})
     # A rate above the range is clamped to it; a dimension that is not a choice is left to the sampler.
-    assert own == {"learning_rate": 3e-2, "loss": "bce", "temperature": 0.1, "table_update": "lazy"}
+    assert own == {"learning_rate": 3e-2, "loss": "bce", "temperature": 0.1, "table_update": "lazy",
+                   "user_encoder": "history"}
     tried = []
 
     def objective(trial) -> float:
         tried.append(suggest(trial, METHOD_SPACE))
         return 0.0
 
-    run_search(seeded_study(0), objective, "finetune", trials=3, seconds=60, first=own)
+    run_search(seeded_study(0), objective, "finetune", trials=3, seconds=60, first=(own,))
     assert {key: tried[0][key] for key in own} == own and len(tried) == 3
 
 

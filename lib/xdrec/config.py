@@ -26,7 +26,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from xdrec import files
 from xdrec.data.contract import FORMATS, INTERACTIONS, ITEMS, USER_GROUPS, all_columns
 from xdrec.errors import XdrecError
-from xdrec.modeling.parts import PARTS
+from xdrec.modeling.parts import PARTS, USER_ENCODERS
 
 
 
@@ -272,6 +272,11 @@ class TrainConfig(_Section):
     """Size of the user and item embeddings (and of the vectors the towers output)."""
     hidden_dim: PositiveInt = 64
     """Width of the towers' hidden layer."""
+    user_encoder: Literal[USER_ENCODERS] = "embedding"
+    """How a user becomes a vector: "embedding", a learned embedding per user; "history", the pooled
+    embeddings of the items the user has in the training split of either domain (a row's own item left out
+    while training), so a cold-start user's vector is built from item embeddings that every user trains.
+    The bridge_* methods keep "embedding". See docs/methods.md, "The model"."""
     batch_size: PositiveInt = 4096
     """Examples per step (see ``batch_scope``), positive and negative rows together."""
     batch_scope: Literal["global", "process"] = "global"

@@ -91,7 +91,7 @@ def batch_softmax_loss(model: TwoTower, batch: Batch, view: str = TARGET_VIEW) -
     if not bool(positive.any()):
         return _no_loss(model)
     candidates, position, counts = torch.unique(items, return_inverse=True, return_counts=True)
-    logits = model.user_vectors(users[positive], view) @ model.item_vectors(candidates).T
+    logits = model.user_vectors(users[positive], view, leave_out=items[positive]) @ model.item_vectors(candidates).T
     logits = logits + model.item_bias(candidates).squeeze(-1) - torch.log(counts / len(items))
     return F.cross_entropy(logits, position[positive])
 
@@ -111,7 +111,7 @@ def sampled_softmax_loss(model: TwoTower, batch: Batch, candidates: torch.Tensor
         return _no_loss(model)
     users, items = users[positive], items[positive]
     drawn = candidates[torch.randint(len(candidates), (negatives,), generator=generator, device=candidates.device)]
-    user_vectors = model.user_vectors(users, view)
+    user_vectors = model.user_vectors(users, view, leave_out=items)
     own = (user_vectors * model.item_vectors(items)).sum(-1) + model.item_bias(items).squeeze(-1)
     others = user_vectors @ model.item_vectors(drawn).T + model.item_bias(drawn).squeeze(-1)
     others = others.masked_fill(drawn.unsqueeze(0) == items.unsqueeze(1), float("-inf"))
@@ -224,7 +224,7 @@ def _overlapping(model: TwoTower, users: torch.Tensor) -> torch.Tensor:
 
 def _no_loss(model: TwoTower) -> torch.Tensor:
     """A zero loss for a batch without overlapping users (every rank still takes its step)."""
-    return torch.zeros((), device=model.user_embedding.weight.device, requires_grad=True)
+    return torch.zeros((), device=model.item_embedding.weight.device, requires_grad=True)
 
 
 def mapping_loss(model, batches, train, context) -> torch.Tensor:
@@ -266,10 +266,19 @@ _ALL_BUT_BRIDGE = ["user_embedding", "target_user_embedding", "user_tower", "ite
                    "item_bias", "text_projection"]
 
 
-def model_options(method: str) -> dict:
-    """The model's method-specific constructor arguments (see :class:`xdrec.modeling.model.TwoTower`)."""
-    return {"bridge": method.removeprefix("bridge_") if method.startswith("bridge_") else "none",
-            "domain_classifier": method == "adversarial"}
+def model_options(method: str, user_encoder: str = "embedding") -> dict:
+    """The model's method-specific constructor arguments (see :class:`xdrec.modeling.model.TwoTower`):
+    the bridges map per-user embeddings, so they keep the embedding encoder whatever ``user_encoder`` says."""
+    bridge = method.removeprefix("bridge_") if method.startswith("bridge_") else "none"
+    return {"bridge": bridge, "domain_classifier": method == "adversarial",
+            "user_encoder": user_encoder if bridge == "none" else "embedding"}
+
+
+def needs_histories(method: str, user_encoder: str = "embedding") -> bool:
+    """Whether ``method``'s model carries which users have history in each domain (the bridges) or their
+    items (the history encoder)."""
+    options = model_options(method, user_encoder)
+    return options["bridge"] != "none" or options["user_encoder"] == "history"
 
 
 def phases_for(method: str, config: "Config") -> list[Phase]:

@@ -12,10 +12,13 @@ score(user, item) = <user_vector(user), item_vector(item)> + item_bias[item], wh
 - user_vector = user_tower(user_embedding[user]), or, for a bridge model (``bridge`` "emcdr" or
   "ptupcdr"), user_tower(target_user_embedding[user]) for users with target history and
   user_tower(bridge(source embedding, source history)) for the cold ones: users with source history only;
+  with the history encoder (``user_encoder`` "history") user_tower(sum of history_embedding[j] over the
+  user's training items j, both domains, / sqrt(their number)), leaving out the item being scored when
+  the model scores (user, item) pairs, as in training: a user's vector never holds the answer;
 - with a ``temperature`` t > 0 both vectors are scaled to length 1/sqrt(t), so their product is their
   cosine similarity / t (bounded scores, one learned sharpness: see docs/methods.md, "Training").
 
-Everything a model needs at scoring time (item text, which users are cold, their source histories) is
+Everything a model needs at scoring time (item text, which users are cold, their histories) is
 in its state dict, so ``TwoTower(**hyperparameters()).load_state_dict(...)`` restores a working model and
 a scorer can call :meth:`TwoTower.user_vectors` / :meth:`TwoTower.score_matrix` without knowing the method.
 """
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xdrec.modeling.parts import BRIDGES, PARTS
+from xdrec.modeling.parts import BRIDGES, PARTS, USER_ENCODERS
 
 # Views of a user: what the target domain sees (with the bridge for cold users), the source domain's
 # own embedding, or the bridge forced for everyone (to train it).
@@ -108,17 +111,26 @@ class PersonalisedBridge(nn.Module):
 class TwoTower(nn.Module):
     def __init__(self, num_users: int, num_items: int, embedding_dim: int = 32, hidden_dim: int = 64,
                  text_dim: int = 0, item_ids_with_text: bool = True, bridge: str = "none",
-                 history_size: int = 0, domain_classifier: bool = False, temperature: float = 0.0):
+                 history_size: int = 0, domain_classifier: bool = False, temperature: float = 0.0,
+                 user_encoder: str = "embedding"):
         super().__init__()
         if bridge not in BRIDGES:
             raise ValueError(f"unknown bridge {bridge!r}; known: {', '.join(BRIDGES)}")
+        if user_encoder not in USER_ENCODERS:
+            raise ValueError(f"unknown user encoder {user_encoder!r}; known: {', '.join(USER_ENCODERS)}")
+        if user_encoder == "history" and bridge != "none":
+            raise ValueError(f"the {bridge} bridge maps per-user embeddings: it needs user_encoder 'embedding'")
         self.num_users, self.num_items = num_users, num_items
         self.embedding_dim, self.hidden_dim = embedding_dim, hidden_dim
         self.text_dim, self.item_ids_with_text = text_dim, item_ids_with_text
         self.bridge_kind, self.history_size = bridge, history_size
         self.has_domain_classifier = domain_classifier
         self.temperature = temperature
-        self.user_embedding = nn.Embedding(num_users, embedding_dim)
+        self.user_encoder = user_encoder
+        if user_encoder == "embedding":
+            self.user_embedding = nn.Embedding(num_users, embedding_dim)
+        else:
+            self.history_embedding = nn.Embedding(num_items, embedding_dim)
         self.item_embedding = nn.Embedding(num_items, embedding_dim)
         self.item_bias = nn.Embedding(num_items, 1)
         self.user_tower = Tower(embedding_dim, hidden_dim)
@@ -135,9 +147,11 @@ class TwoTower(nn.Module):
                 self.bridge = Tower(embedding_dim, hidden_dim)
             else:
                 self.bridge = PersonalisedBridge(embedding_dim, hidden_dim)
-                # The source history as CSR: user u's items are history_items[history_offsets[u]:...[u + 1]].
-                self.register_buffer("history_offsets", torch.zeros(num_users + 1, dtype=torch.long))
-                self.register_buffer("history_items", torch.zeros(history_size, dtype=torch.long))
+        if bridge == "ptupcdr" or user_encoder == "history":
+            # The histories the model reads as CSR, user u's items at history_items[history_offsets[u]:...[u + 1]]:
+            # the source items for the personalised bridge, every training item for the history encoder.
+            self.register_buffer("history_offsets", torch.zeros(num_users + 1, dtype=torch.long))
+            self.register_buffer("history_items", torch.zeros(history_size, dtype=torch.long))
         if domain_classifier:
             self.domain_classifier = nn.Sequential(nn.Linear(embedding_dim, hidden_dim), nn.ReLU(),
                                                    nn.Linear(hidden_dim, 1))
@@ -149,12 +163,13 @@ class TwoTower(nn.Module):
                 "embedding_dim": self.embedding_dim, "hidden_dim": self.hidden_dim,
                 "text_dim": self.text_dim, "item_ids_with_text": self.item_ids_with_text,
                 "bridge": self.bridge_kind, "history_size": self.history_size,
-                "domain_classifier": self.has_domain_classifier, "temperature": self.temperature}
+                "domain_classifier": self.has_domain_classifier, "temperature": self.temperature,
+                "user_encoder": self.user_encoder}
 
     def reset_parameters(self) -> None:
         """Fresh weights for every trainable part; buffers (text, histories) are kept."""
-        for embedding in (self.user_embedding, self.item_embedding, getattr(self, "target_user_embedding", None)):
-            if embedding is not None:
+        for name in ("user_embedding", "history_embedding", "item_embedding", "target_user_embedding"):
+            if (embedding := getattr(self, name, None)) is not None:
                 nn.init.normal_(embedding.weight, std=0.1)
         nn.init.zeros_(self.item_bias.weight)
         for module in self.modules():
@@ -170,15 +185,16 @@ class TwoTower(nn.Module):
         self.item_text.copy_(torch.as_tensor(embeddings, dtype=torch.float32))
         self.item_has_text.copy_(torch.as_tensor(has_text, dtype=torch.bool))
 
-    def set_histories(self, has_source: np.ndarray, has_target: np.ndarray,
-                      history_offsets: np.ndarray | None = None, history_items: np.ndarray | None = None) -> None:
-        """Which users have training history in the source and target domains (bridge models), and for
-        the personalised bridge each user's source items as CSR (``offsets [num_users + 1]``, ``items``)."""
+    def set_histories(self, has_source: np.ndarray, has_target: np.ndarray) -> None:
+        """Which users have training history in the source and target domains (bridge models)."""
         self.has_source_history.copy_(torch.as_tensor(has_source, dtype=torch.bool))
         self.has_target_history.copy_(torch.as_tensor(has_target, dtype=torch.bool))
-        if self.bridge_kind == "ptupcdr":
-            self.history_offsets.copy_(torch.as_tensor(history_offsets, dtype=torch.long))
-            self.history_items.copy_(torch.as_tensor(history_items, dtype=torch.long))
+
+    def set_history(self, history_offsets: np.ndarray, history_items: np.ndarray) -> None:
+        """The users' items as CSR (``offsets [num_users + 1]``, ``items``): the source items for the
+        personalised bridge, every training item for the history encoder."""
+        self.history_offsets.copy_(torch.as_tensor(history_offsets, dtype=torch.long))
+        self.history_items.copy_(torch.as_tensor(history_items, dtype=torch.long))
 
     # ----- representations ---------------------------------------------------------------------------
 
@@ -208,7 +224,23 @@ class TwoTower(nn.Module):
         # A user without source history has no bridge: keep the source embedding.
         return torch.where((lengths > 0).unsqueeze(-1), bridged, source)
 
-    def user_embeddings(self, users: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
+    def pooled_history(self, users: torch.Tensor, leave_out: torch.Tensor | None = None) -> torch.Tensor:
+        """The sum of the users' history item embeddings over the square root of their number; with
+        ``leave_out`` (an item per user), without that item. A user with no history gets zeros."""
+        owners, positions, _ = csr_entries(self.history_offsets, users)
+        items = self.history_items[positions]
+        if leave_out is not None:
+            kept = items != leave_out[owners]
+            owners, items = owners[kept], items[kept]
+        pooled = torch.zeros(len(users), self.embedding_dim, device=users.device)
+        pooled = pooled.index_add(0, owners, self.history_embedding(items))
+        counts = torch.bincount(owners, minlength=len(users)).clamp(min=1)
+        return pooled / counts.sqrt().unsqueeze(-1)
+
+    def user_embeddings(self, users: torch.Tensor, view: str = TARGET_VIEW,
+                        leave_out: torch.Tensor | None = None) -> torch.Tensor:
+        if self.user_encoder == "history":
+            return self.pooled_history(users, leave_out)
         if self.bridge_kind == "none" or view == SOURCE_VIEW:
             return self.user_embedding(users)
         if view == BRIDGED_VIEW:
@@ -220,13 +252,16 @@ class TwoTower(nn.Module):
         bridged = self.bridged_embeddings(users[cold])
         return own.index_put((cold.nonzero().squeeze(-1),), bridged)
 
-    def user_vectors(self, users: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
-        """User vectors; the default target view applies the bridge to cold users of a bridge model."""
-        return self.scaled(self.user_tower(self.user_embeddings(users, view)))
+    def user_vectors(self, users: torch.Tensor, view: str = TARGET_VIEW,
+                     leave_out: torch.Tensor | None = None) -> torch.Tensor:
+        """User vectors; the default target view applies the bridge to cold users of a bridge model.
+        ``leave_out``: an item per user that the history encoder leaves out of that user's history."""
+        return self.scaled(self.user_tower(self.user_embeddings(users, view, leave_out)))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
-        """Logits for (user, item) pairs, shape ``[batch]``."""
-        user_vectors = self.user_vectors(users, view)
+        """Logits for (user, item) pairs, shape ``[batch]``; a history-encoded user's vector leaves the
+        pair's item out of the history."""
+        user_vectors = self.user_vectors(users, view, leave_out=items)
         item_vectors = self.item_vectors(items)
         return (user_vectors * item_vectors).sum(-1) + self.item_bias(items).squeeze(-1)
 

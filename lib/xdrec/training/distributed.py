@@ -59,15 +59,20 @@ class ModelData:
     item_has_text: np.ndarray | None = None  # bool [num_items]
     has_source_history: np.ndarray | None = None  # bool [num_users]
     has_target_history: np.ndarray | None = None  # bool [num_users]
-    history_offsets: np.ndarray | None = None  # int64 [num_users + 1], CSR of source items
+    history_offsets: np.ndarray | None = None  # int64 [num_users + 1], CSR of source items (the personalised bridge)
     history_items: np.ndarray | None = None  # int64 [history_size]
+    training_offsets: np.ndarray | None = None  # int64 [num_users + 1], CSR of every training item (the history encoder)
+    training_items: np.ndarray | None = None  # int64
 
     def apply(self, model: nn.Module) -> None:
         if model.text_dim:
             model.set_item_text(self.item_text, self.item_has_text)
         if model.bridge_kind != "none":
-            model.set_histories(self.has_source_history, self.has_target_history, self.history_offsets,
-                                self.history_items)
+            model.set_histories(self.has_source_history, self.has_target_history)
+        if model.bridge_kind == "ptupcdr":
+            model.set_history(self.history_offsets, self.history_items)
+        if model.user_encoder == "history":
+            model.set_history(self.training_offsets, self.training_items)
 
 
 @dataclass

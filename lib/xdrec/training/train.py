@@ -29,7 +29,7 @@ from xdrec import files
 from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
 from xdrec.logs import get_logger
-from xdrec.modeling.methods import model_options, phases_for
+from xdrec.modeling.methods import model_options, needs_histories, phases_for
 from xdrec.modeling.model import TwoTower, csr
 from xdrec.training import artifact, distributed, factors, loop, selection, tracking
 from xdrec.training.validation import ValidationSet
@@ -94,7 +94,8 @@ def stage_examples(spark: SparkSession, config: Config, domain: str, version: in
 
 
 def user_histories(train_rows: pd.DataFrame, num_users: int) -> distributed.ModelData:
-    """Which users have training interactions in each domain, and every user's source items (CSR).
+    """Which users have training interactions in each domain, every user's source items and every user's
+    training items of both domains (CSR).
 
     ``train_rows``: in_source (bool: the source domain, else the target), user_idx, item_idx of the
     training split.
@@ -105,8 +106,10 @@ def user_histories(train_rows: pd.DataFrame, num_users: int) -> distributed.Mode
     has_source[users[in_source]] = True
     has_target[users[~in_source]] = True
     offsets, source_items = csr(users[in_source], items[in_source], num_users)
+    training_offsets, training_items = csr(users, items, num_users)
     return distributed.ModelData(has_source_history=has_source, has_target_history=has_target,
-                                 history_offsets=offsets, history_items=source_items)
+                                 history_offsets=offsets, history_items=source_items,
+                                 training_offsets=training_offsets, training_items=training_items)
 
 
 def validation_users(interactions: DataFrame, target: str, max_users: int, seed: int) -> DataFrame:
@@ -142,7 +145,7 @@ class TrainingInputs:
     versions: dict[str, int]
     user_index: pd.DataFrame
     item_index: pd.DataFrame
-    histories: distributed.ModelData  # empty unless a bridge method is trained
+    histories: distributed.ModelData  # empty unless a model reads histories (bridges, the history encoder)
     validation: ValidationSet
     item_text: tuple[np.ndarray, np.ndarray] | None  # (embeddings [num_items, dim], has_text [num_items])
 
@@ -188,7 +191,7 @@ def read_item_text(spark: SparkSession, config: Config, num_items: int,
 
 def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> TrainingInputs:
     """Pin the input tables' versions and read what the workers need besides the training examples: the
-    index tables, item text, the validation users, and the histories of the bridge models only ``with_histories``."""
+    index tables, item text, the validation users, and the users' histories only ``with_histories``."""
     versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
 
     def read(name: str) -> DataFrame:
@@ -205,7 +208,8 @@ def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> Tr
              f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items")
     histories = distributed.ModelData()
     if with_histories:
-        # The bridges' model state holds every user's source items, so their training pairs come to the driver.
+        # The bridges' and the history encoder's model state holds users' items, so the training pairs come to
+        # the driver.
         train_rows = (interactions.where((F.col("split") == "train")
                                          & F.col("domain").isin(data.source_domain, data.target_domain))
                       .select((F.col("domain") == data.source_domain).alias("in_source"),
@@ -218,12 +222,13 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
                checkpoint_dir: str) -> distributed.TrainSpec:
     """The workers' spec of one method: model settings, phases, data, what the model carries."""
     train = config.train
-    options = model_options(method)
+    options = model_options(method, train.user_encoder)
     text_dim = 0 if inputs.item_text is None else inputs.item_text[0].shape[1]
     histories = inputs.histories
+    history_size = (len(histories.history_items) if options["bridge"] == "ptupcdr"
+                    else len(histories.training_items) if options["user_encoder"] == "history" else 0)
     model = TwoTower(inputs.num_users, inputs.num_items, train.embedding_dim, train.hidden_dim, text_dim=text_dim,
-                     item_ids_with_text=train.item_ids_with_text,
-                     history_size=len(histories.history_items) if options["bridge"] == "ptupcdr" else 0,
+                     item_ids_with_text=train.item_ids_with_text, history_size=history_size,
                      temperature=train.temperature, **options).hyperparameters()
     model_data = distributed.ModelData()
     if inputs.item_text is not None:
@@ -233,6 +238,8 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
         model_data.has_target_history = histories.has_target_history
     if options["bridge"] == "ptupcdr":
         model_data.history_offsets, model_data.history_items = histories.history_offsets, histories.history_items
+    if options["user_encoder"] == "history":
+        model_data.training_offsets, model_data.training_items = histories.training_offsets, histories.training_items
     domain_items = {domain: np.sort(inputs.item_index.loc[inputs.item_index["domain"] == domain, "item_idx"]
                                     .to_numpy(np.int64)) for domain in data}
     return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data, train=train,
@@ -370,7 +377,8 @@ def run_train(spark: SparkSession, config: Config, methods: list[str] | None = N
     ``{"models": {name: artifact meta}, "selected": record}``."""
     started, run_id = time.time(), lineage.new_run_id()
     methods = methods or config.train.methods
-    inputs = read_inputs(spark, config, with_histories=any(model_options(m)["bridge"] != "none" for m in methods))
+    inputs = read_inputs(spark, config, with_histories=any(
+        needs_histories(method, config.train.user_encoder) for method in methods))
     models = {method: train_method(spark, config, method, inputs) for method in methods}
     train_rows = training_rows(spark, config, inputs.versions).cache()
     try:

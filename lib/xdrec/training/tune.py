@@ -34,7 +34,7 @@ from xdrec.data import tables
 from xdrec import files
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
-from xdrec.modeling.methods import model_options, phases_for
+from xdrec.modeling.methods import needs_histories, phases_for
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, below_median, selecting_key
 from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_examples,
@@ -50,7 +50,7 @@ ALS_SPACE = {"rank": (16, 32, 64, 128, 256), "regularization": (1e-3, 10.0), "al
 METHOD_SPACE = {"learning_rate": (1e-4, 3e-2), "embedding_dim": (16, 32, 64, 128, 256),
                 "loss": ("bce", "softmax", "sampled_softmax"),
                 "temperature": (0.0, 0.05, 0.1, 0.2, 0.5),  # 0: dot products; else cosine / temperature
-                "table_update": ("dense", "lazy")}
+                "table_update": ("dense", "lazy"), "user_encoder": ("embedding", "history")}
 
 
 def _is_range(choices: tuple) -> bool:
@@ -104,14 +104,14 @@ def seeded_study(seed: int):
     return optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
 
 
-def run_search(study, objective, family: str, trials: int, seconds: float, first: dict[str, Any] | None = None):
-    """Run the search, trying ``first`` first when given; a failed trial (a diverged run, a lost worker) is
-    recorded and the search goes on, but a search whose every trial failed stops the stage with the first
-    failure's cause."""
+def run_search(study, objective, family: str, trials: int, seconds: float, first: tuple[dict[str, Any], ...] = ()):
+    """Run the search, trying the points of ``first`` first, in order; a failed trial (a diverged run, a lost
+    worker) is recorded and the search goes on, but a search whose every trial failed stops the stage with
+    the first failure's cause."""
     import optuna
 
-    if first:
-        study.enqueue_trial(first)
+    for point in first:
+        study.enqueue_trial(point)
 
     failures: list[Exception] = []
 
@@ -154,7 +154,7 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
 
     try:
         return run_search(seeded_study(config.tune.seed), objective, "als", config.tune.als_trials, seconds,
-                          first=inside(ALS_SPACE, config.als.model_dump()))
+                          first=(inside(ALS_SPACE, config.als.model_dump()),))
     finally:
         train_rows.unpersist()
 
@@ -197,8 +197,12 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         curves.append(curve)
         return max(curve)
 
+    # The config's own settings first, then the same with the other user encoder: the choice between them
+    # is the largest one on the sparse sets (docs/methods.md), so it is not left to the sampler.
+    own = inside(METHOD_SPACE, config.train.model_dump())
+    other = next(encoder for encoder in METHOD_SPACE["user_encoder"] if encoder != own["user_encoder"])
     return run_search(seeded_study(config.tune.seed + 1), objective, method, config.tune.method_trials, seconds,
-                      first=inside(METHOD_SPACE, config.train.model_dump()))
+                      first=(own, {**own, "user_encoder": other}))
 
 
 def epoch_medians(curves: list[list[float]]) -> list[float]:
@@ -235,7 +239,9 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
             return previous
     started = time.perf_counter()
     budget = config.tune.minutes * 60
-    inputs = read_inputs(spark, config, with_histories=method is not None and model_options(method)["bridge"] != "none")
+    # The search tries both user encoders, and the history encoder reads the histories.
+    inputs = read_inputs(spark, config, with_histories=method is not None and (
+        config.tune.method_trials > 0 or needs_histories(method, config.train.user_encoder)))
     record: dict[str, Any] = {"search": search_key, "als": {}, "train": {}, "searches": {}, "inputs": inputs.versions,
                               "selected_on": f"validation {config.train.validation_group}/"
                                              f"{config.train.validation_metric}@{config.train.validation_k}"}
