@@ -208,6 +208,14 @@ def test_history_encoder_pools_the_users_items_and_leaves_the_scored_item_out(tm
         TwoTower(3, 5, 4, 8, bridge="emcdr", user_encoder="history")
 
 
+def test_the_yardstick_and_the_bridges_keep_per_user_embeddings():
+    # target_only must learn nothing from the source domain, and a history holds source items.
+    assert model_options("joint", "history")["user_encoder"] == "history" and needs_histories("joint", "history")
+    for method in ("target_only", "bridge_emcdr", "bridge_ptupcdr"):
+        assert model_options(method, "history")["user_encoder"] == "embedding", method
+    assert not needs_histories("target_only", "history")
+
+
 def text_model(item_ids_with_text: bool) -> TwoTower:
     torch.manual_seed(2)
     model = TwoTower(10, 6, 4, 8, text_dim=5, item_ids_with_text=item_ids_with_text)

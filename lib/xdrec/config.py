@@ -276,7 +276,7 @@ class TrainConfig(_Section):
     """How a user becomes a vector: "embedding", a learned embedding per user; "history", the pooled
     embeddings of the items the user has in the training split of either domain (a row's own item left out
     while training), so a cold-start user's vector is built from item embeddings that every user trains.
-    The bridge_* methods keep "embedding". See docs/methods.md, "The model"."""
+    The bridge_* methods and target_only keep "embedding". See docs/methods.md, "The model"."""
     batch_size: PositiveInt = 4096
     """Examples per step (see ``batch_scope``), positive and negative rows together."""
     batch_scope: Literal["global", "process"] = "global"

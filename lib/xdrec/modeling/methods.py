@@ -267,11 +267,14 @@ _ALL_BUT_BRIDGE = ["user_embedding", "target_user_embedding", "user_tower", "ite
 
 
 def model_options(method: str, user_encoder: str = "embedding") -> dict:
-    """The model's method-specific constructor arguments (see :class:`xdrec.modeling.model.TwoTower`):
-    the bridges map per-user embeddings, so they keep the embedding encoder whatever ``user_encoder`` says."""
+    """The model's method-specific constructor arguments (see :class:`xdrec.modeling.model.TwoTower`).
+    The bridges map per-user embeddings, and target_only is the yardstick that learns nothing from the
+    source domain (a history holds source items), so both keep the embedding encoder whatever
+    ``user_encoder`` says."""
     bridge = method.removeprefix("bridge_") if method.startswith("bridge_") else "none"
+    keeps_embedding = bridge != "none" or method == "target_only"
     return {"bridge": bridge, "domain_classifier": method == "adversarial",
-            "user_encoder": user_encoder if bridge == "none" else "embedding"}
+            "user_encoder": "embedding" if keeps_embedding else user_encoder}
 
 
 def needs_histories(method: str, user_encoder: str = "embedding") -> bool:
