@@ -49,7 +49,7 @@ def run_row(spark, conf: str, method: str, overrides: list[str]) -> dict:
     from xdrec.training.validation import ranking_figures
 
     config = load_config(conf, [*overrides, "train.mlflow=false"])
-    inputs = read_inputs(spark, config, with_histories=needs_histories(method, config.train.user_encoder))
+    inputs = read_inputs(spark, config, with_histories=needs_histories(method))
     started = time.perf_counter()
     meta = train_method(spark, config, method, inputs)
     seconds = time.perf_counter() - started

@@ -28,8 +28,9 @@ SOURCE, TARGET = "source", "target"
 class World:
     examples: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     validation: ValidationSet
-    histories: ModelData
+    histories: ModelData  # what the driver gives a bridge model
     target_train: dict[int, np.ndarray]  # warm user -> target training positives
+    training_history: tuple[np.ndarray, np.ndarray]  # every user's training positives, both domains (CSR)
 
 
 def _examples(rng: np.random.Generator, users: np.ndarray, items: np.ndarray, positives: int,
@@ -78,15 +79,13 @@ def make_world(seed: int = 0) -> World:
     history = np.concatenate([source_positive[u] for u in users]).astype(np.int64)
     liked = [(np.asarray(rows[0])[np.asarray(rows[2]) > 0.5], np.asarray(rows[1])[np.asarray(rows[2]) > 0.5])
              for rows in (source, target)]
-    training_offsets, training_items = csr(np.concatenate([u for u, _ in liked]), np.concatenate([i for _, i in liked]),
-                                           NUM_USERS)
     return World(
         examples={SOURCE: tensors(source), TARGET: tensors(target)},
         validation=validation,
         histories=ModelData(has_source_history=has_source, has_target_history=has_target,
-                            history_offsets=offsets, history_items=history,
-                            training_offsets=training_offsets, training_items=training_items),
+                            history_offsets=offsets, history_items=history),
         target_train=target_train,
+        training_history=csr(np.concatenate([u for u, _ in liked]), np.concatenate([i for _, i in liked]), NUM_USERS),
     )
 
 

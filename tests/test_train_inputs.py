@@ -20,15 +20,13 @@ def test_csr_lists_each_users_items_in_order():
     assert items[offsets[0]:offsets[1]].tolist() == [3, 4] and items[offsets[2]:offsets[3]].tolist() == [1, 5, 9]
 
 
-def test_user_histories_flag_domains_and_keep_source_items_and_every_training_item():
+def test_user_histories_flag_domains_and_keep_source_items():
     rows = pd.DataFrame({"in_source": [True, True, False, False],  # books, books, movies, movies
                          "user_idx": [0, 1, 1, 2], "item_idx": [10, 11, 20, 21]}).astype({"user_idx": "int32"})
     histories = user_histories(rows, num_users=5)
     assert histories.has_source_history.tolist() == [True, True, False, False, False]
     assert histories.has_target_history.tolist() == [False, True, True, False, False]
     assert histories.history_offsets.tolist() == [0, 1, 2, 2, 2, 2] and histories.history_items.tolist() == [10, 11]
-    assert histories.training_offsets.tolist() == [0, 1, 3, 4, 4, 4]
-    assert histories.training_items.tolist() == [10, 11, 20, 21]
 
 
 def test_item_text_matrix_places_vectors_by_item_and_flags_the_rest():

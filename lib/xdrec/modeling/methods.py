@@ -277,11 +277,10 @@ def model_options(method: str, user_encoder: str = "embedding") -> dict:
             "user_encoder": "embedding" if keeps_embedding else user_encoder}
 
 
-def needs_histories(method: str, user_encoder: str = "embedding") -> bool:
-    """Whether ``method``'s model carries which users have history in each domain (the bridges) or their
-    items (the history encoder)."""
-    options = model_options(method, user_encoder)
-    return options["bridge"] != "none" or options["user_encoder"] == "history"
+def needs_histories(method: str) -> bool:
+    """Whether ``method``'s model carries which users have history in each domain and their source items,
+    which the driver gives it (the bridges; the history encoder's processes read their histories)."""
+    return model_options(method)["bridge"] != "none"
 
 
 def phases_for(method: str, config: "Config") -> list[Phase]:

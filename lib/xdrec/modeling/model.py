@@ -190,11 +190,14 @@ class TwoTower(nn.Module):
         self.has_source_history.copy_(torch.as_tensor(has_source, dtype=torch.bool))
         self.has_target_history.copy_(torch.as_tensor(has_target, dtype=torch.bool))
 
-    def set_history(self, history_offsets: np.ndarray, history_items: np.ndarray) -> None:
+    def set_history(self, history_offsets: np.ndarray | torch.Tensor, history_items: np.ndarray | torch.Tensor) -> None:
         """The users' items as CSR (``offsets [num_users + 1]``, ``items``): the source items for the
-        personalised bridge, every training item for the history encoder."""
+        personalised bridge, every training item for the history encoder. Its size may differ from the
+        constructor's ``history_size`` (a training process reads the history itself); ``hyperparameters``
+        then reports the new size."""
         self.history_offsets.copy_(torch.as_tensor(history_offsets, dtype=torch.long))
-        self.history_items.copy_(torch.as_tensor(history_items, dtype=torch.long))
+        self.history_items = torch.as_tensor(history_items, dtype=torch.long).to(self.history_offsets.device)
+        self.history_size = len(self.history_items)
 
     # ----- representations ---------------------------------------------------------------------------
 

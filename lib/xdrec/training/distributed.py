@@ -61,8 +61,6 @@ class ModelData:
     has_target_history: np.ndarray | None = None  # bool [num_users]
     history_offsets: np.ndarray | None = None  # int64 [num_users + 1], CSR of source items (the personalised bridge)
     history_items: np.ndarray | None = None  # int64 [history_size]
-    training_offsets: np.ndarray | None = None  # int64 [num_users + 1], CSR of every training item (the history encoder)
-    training_items: np.ndarray | None = None  # int64
 
     def apply(self, model: nn.Module) -> None:
         if model.text_dim:
@@ -71,8 +69,6 @@ class ModelData:
             model.set_histories(self.has_source_history, self.has_target_history)
         if model.bridge_kind == "ptupcdr":
             model.set_history(self.history_offsets, self.history_items)
-        if model.user_encoder == "history":
-            model.set_history(self.training_offsets, self.training_items)
 
 
 @dataclass
@@ -143,7 +139,8 @@ class HorovodCollective(Collective):
                 table.grad = table_gradient(table, index, value, self.size)
 
     def broadcast_model(self, model: nn.Module) -> None:
-        # Parameters only: buffers (item text, histories) come from the spec, the same on every rank.
+        # Parameters only: buffers (item text, histories) are the same on every rank, from the spec or read
+        # by each rank from the staged examples.
         self.hvd.broadcast_parameters(dict(model.named_parameters()), root_rank=0)
 
     def average(self, value: float, name: str) -> float:
@@ -302,9 +299,10 @@ def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, to
 
 def read_known_positives(urls: list[str], num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every user's positive items in the staged examples of ``urls``, all shards, as CSR (offsets
-    ``[num_users + 1]``, items): what the sampled softmax leaves out of a user's negatives. Each process
-    reads them itself, so no training pair passes through the driver; a domain's candidates are its own
-    items, so the domains a method stages are all its mask needs."""
+    ``[num_users + 1]``, items): what the sampled softmax leaves out of a user's negatives, and the history
+    encoder's histories. Each process reads them itself, in the same order, so no training pair passes
+    through the driver; a domain's candidates are its own items, so the domains a method stages are all
+    its mask needs."""
     users, items = [], []
     for url in urls:
         for group in parquet_row_groups(url, SHARD_COLUMNS):
@@ -360,6 +358,14 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
     torch.manual_seed(spec.train.seed)
     model = TwoTower(**spec.model)
     spec.model_data.apply(model)
+    masked = spec.train.mask_known_positives and spec.train.loss == "sampled_softmax"
+    known_positives = None
+    if masked or model.user_encoder == "history":
+        known_positives = read_known_positives([domain.url for domain in spec.data.values()], spec.model["num_users"])
+    if model.user_encoder == "history":
+        # The history encoder's histories are every user's training items: the mask's CSR, which this
+        # process has read itself, so no training pair passes through the driver.
+        model.set_history(*known_positives)
     rank_batch = spec.rank_batch_size(collective.size)
     phases = spec.scaled_phases(collective.size)
     shards: dict[str, tuple[torch.Tensor, ...]] = {}  # domain -> this rank's shard, when read into memory
@@ -396,8 +402,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
         log=lambda message: log.info(f"rank {collective.rank}: {message}"),
         prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
                or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
-        known_positives=(read_known_positives([domain.url for domain in spec.data.values()], spec.model["num_users"])
-                         if spec.train.mask_known_positives and spec.train.loss == "sampled_softmax" else None),
+        known_positives=known_positives if masked else None,
     )
     return model, history
 

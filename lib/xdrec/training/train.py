@@ -93,9 +93,17 @@ def stage_examples(spark: SparkSession, config: Config, domain: str, version: in
     return distributed.DomainData(url=folder if not files.is_local(folder) else "file://" + folder, rows=rows)
 
 
+def stage_method_examples(spark: SparkSession, config: Config, method: str, version: int) -> dict[str, distributed.DomainData]:
+    """The staged examples ``method``'s processes read (:func:`stage_examples`), by domain: those its phases
+    train on, and both domains for the history encoder, whose processes read every user's history from them."""
+    domains = list(dict.fromkeys(domain for phase in phases_for(method, config) for domain in phase.domains))
+    if model_options(method, config.train.user_encoder)["user_encoder"] == "history":
+        domains = list(dict.fromkeys([*domains, config.data.source_domain, config.data.target_domain]))
+    return {domain: stage_examples(spark, config, domain, version, config.train.num_proc * 4) for domain in domains}
+
+
 def user_histories(train_rows: pd.DataFrame, num_users: int) -> distributed.ModelData:
-    """Which users have training interactions in each domain, every user's source items and every user's
-    training items of both domains (CSR).
+    """Which users have training interactions in each domain, and every user's source items (CSR).
 
     ``train_rows``: in_source (bool: the source domain, else the target), user_idx, item_idx of the
     training split.
@@ -106,10 +114,8 @@ def user_histories(train_rows: pd.DataFrame, num_users: int) -> distributed.Mode
     has_source[users[in_source]] = True
     has_target[users[~in_source]] = True
     offsets, source_items = csr(users[in_source], items[in_source], num_users)
-    training_offsets, training_items = csr(users, items, num_users)
     return distributed.ModelData(has_source_history=has_source, has_target_history=has_target,
-                                 history_offsets=offsets, history_items=source_items,
-                                 training_offsets=training_offsets, training_items=training_items)
+                                 history_offsets=offsets, history_items=source_items)
 
 
 def validation_users(interactions: DataFrame, target: str, max_users: int, seed: int) -> DataFrame:
@@ -191,7 +197,7 @@ def read_item_text(spark: SparkSession, config: Config, num_items: int,
 
 def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> TrainingInputs:
     """Pin the input tables' versions and read what the workers need besides the training examples: the
-    index tables, item text, the validation users, and the users' histories only ``with_histories``."""
+    index tables, item text, the validation users, and only ``with_histories`` the bridges' user histories."""
     versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
 
     def read(name: str) -> DataFrame:
@@ -208,8 +214,8 @@ def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> Tr
              f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items")
     histories = distributed.ModelData()
     if with_histories:
-        # The bridges' and the history encoder's model state holds users' items, so the training pairs come to
-        # the driver.
+        # The bridges' model state holds which users have history in each domain and their source items, so
+        # the training pairs come to the driver. (The history encoder's processes read theirs themselves.)
         train_rows = (interactions.where((F.col("split") == "train")
                                          & F.col("domain").isin(data.source_domain, data.target_domain))
                       .select((F.col("domain") == data.source_domain).alias("in_source"),
@@ -225,8 +231,7 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
     options = model_options(method, train.user_encoder)
     text_dim = 0 if inputs.item_text is None else inputs.item_text[0].shape[1]
     histories = inputs.histories
-    history_size = (len(histories.history_items) if options["bridge"] == "ptupcdr"
-                    else len(histories.training_items) if options["user_encoder"] == "history" else 0)
+    history_size = len(histories.history_items) if options["bridge"] == "ptupcdr" else 0
     model = TwoTower(inputs.num_users, inputs.num_items, train.embedding_dim, train.hidden_dim, text_dim=text_dim,
                      item_ids_with_text=train.item_ids_with_text, history_size=history_size,
                      temperature=train.temperature, **options).hyperparameters()
@@ -238,8 +243,6 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
         model_data.has_target_history = histories.has_target_history
     if options["bridge"] == "ptupcdr":
         model_data.history_offsets, model_data.history_items = histories.history_offsets, histories.history_items
-    if options["user_encoder"] == "history":
-        model_data.training_offsets, model_data.training_items = histories.training_offsets, histories.training_items
     domain_items = {domain: np.sort(inputs.item_index.loc[inputs.item_index["domain"] == domain, "item_idx"]
                                     .to_numpy(np.int64)) for domain in data}
     return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data, train=train,
@@ -285,10 +288,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
         return reused
 
     phases = phases_for(method, config)
-    parts = config.train.num_proc * 4
-    domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
-    data = {domain: stage_examples(spark, config, domain, inputs.versions[tables.TRAINING_EXAMPLES], parts)
-            for domain in domains}
+    data = stage_method_examples(spark, config, method, inputs.versions[tables.TRAINING_EXAMPLES])
     checkpoint_dir = files.join(config.warehouse, "checkpoints", method, version)
     spec = train_spec(config, method, inputs, data, checkpoint_dir)
     processes = {"horovod": f"{config.train.num_proc} Horovod processes",
@@ -296,15 +296,17 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
                  "local": "1 local process"}[config.train.launcher]
     log.info(f"{method}: model {version}, {processes}, phases "
              + ", ".join(f"{phase.name} ({'+'.join(phase.domains)}, {phase.epochs} epochs)" for phase in phases)
-             + "; examples " + ", ".join(f"{domain} {data[domain].rows:,}" for domain in domains))
+             + "; examples " + ", ".join(f"{domain} {staged.rows:,}" for domain, staged in data.items()))
     with tracking.run(config, method, version) as run_id:
         started = time.perf_counter()
         history = distributed.run_spec(spec)
         seconds = time.perf_counter() - started
 
-        model = TwoTower(**spec.model)
-        weights = files.read_bytes(files.join(checkpoint_dir, distributed.FINAL_WEIGHTS))
-        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+        weights = torch.load(io.BytesIO(files.read_bytes(files.join(checkpoint_dir, distributed.FINAL_WEIGHTS))),
+                             weights_only=True)
+        # The history encoder's processes read the histories themselves: the weights carry their size.
+        model = TwoTower(**{**spec.model, "history_size": len(weights.get("history_items", ()))})
+        model.load_state_dict(weights)
         meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)
@@ -377,8 +379,7 @@ def run_train(spark: SparkSession, config: Config, methods: list[str] | None = N
     ``{"models": {name: artifact meta}, "selected": record}``."""
     started, run_id = time.time(), lineage.new_run_id()
     methods = methods or config.train.methods
-    inputs = read_inputs(spark, config, with_histories=any(
-        needs_histories(method, config.train.user_encoder) for method in methods))
+    inputs = read_inputs(spark, config, with_histories=any(needs_histories(method) for method in methods))
     models = {method: train_method(spark, config, method, inputs) for method in methods}
     train_rows = training_rows(spark, config, inputs.versions).cache()
     try:

@@ -34,10 +34,10 @@ from xdrec.data import tables
 from xdrec import files
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
-from xdrec.modeling.methods import needs_histories, phases_for
+from xdrec.modeling.methods import needs_histories
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, below_median, selecting_key
-from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_examples,
+from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_method_examples,
                                   train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
 
@@ -164,7 +164,6 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
     loop; its figure is that of the model the run keeps (its last validated phase's best epoch)."""
     import optuna
 
-    shards = config.train.num_proc * 4
     curves: list[list[float]] = []  # the finished trials' figures per epoch of the last validated phase
     deadline = time.time() + seconds  # a trial running past it stops after its epoch and keeps its best
 
@@ -172,10 +171,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         started = time.perf_counter()
         train = config.train.model_copy(update=suggest(trial, METHOD_SPACE))
         trial_config = config.model_copy(update={"train": train})
-        phases = phases_for(method, trial_config)
-        domains = list(dict.fromkeys(domain for phase in phases for domain in phase.domains))
-        data = {domain: stage_examples(spark, trial_config, domain, inputs.versions[tables.TRAINING_EXAMPLES], shards)
-                for domain in domains}
+        data = stage_method_examples(spark, trial_config, method, inputs.versions[tables.TRAINING_EXAMPLES])
         checkpoint_dir = files.join(files.parent(tuning_path(config.warehouse)), "trials",
                                     f"{method}-{trial.number}-{time.time_ns()}")
         spec = train_spec(trial_config, method, inputs, data, checkpoint_dir)
@@ -239,9 +235,7 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
             return previous
     started = time.perf_counter()
     budget = config.tune.minutes * 60
-    # The search tries both user encoders, and the history encoder reads the histories.
-    inputs = read_inputs(spark, config, with_histories=method is not None and (
-        config.tune.method_trials > 0 or needs_histories(method, config.train.user_encoder)))
+    inputs = read_inputs(spark, config, with_histories=method is not None and needs_histories(method))
     record: dict[str, Any] = {"search": search_key, "als": {}, "train": {}, "searches": {}, "inputs": inputs.versions,
                               "selected_on": f"validation {config.train.validation_group}/"
                                              f"{config.train.validation_metric}@{config.train.validation_k}"}
