@@ -205,6 +205,11 @@ def test_history_encoder_pools_the_users_items_and_leaves_the_scored_item_out(tm
     with torch.no_grad():
         torch.testing.assert_close(artifact.load(path).model.score_matrix(torch.arange(3), torch.arange(5)),
                                    model.eval().score_matrix(torch.arange(3), torch.arange(5)))
+        # What the driver does with a process's weights: a model built without the history's size loads them.
+        restored = TwoTower(3, 5, 4, 8, user_encoder="history")
+        restored.load_state_dict(model.state_dict())
+        torch.testing.assert_close(restored.eval().score_matrix(torch.arange(3), torch.arange(5)),
+                                   model.score_matrix(torch.arange(3), torch.arange(5)))
     with pytest.raises(ValueError, match="needs user_encoder 'embedding'"):
         TwoTower(3, 5, 4, 8, bridge="emcdr", user_encoder="history")
 

@@ -193,11 +193,19 @@ class TwoTower(nn.Module):
     def set_history(self, history_offsets: np.ndarray | torch.Tensor, history_items: np.ndarray | torch.Tensor) -> None:
         """The users' items as CSR (``offsets [num_users + 1]``, ``items``): the source items for the
         personalised bridge, every training item for the history encoder. Its size may differ from the
-        constructor's ``history_size`` (a training process reads the history itself); ``hyperparameters``
-        then reports the new size."""
+        constructor's ``history_size`` (a training process reads the history itself): ``hyperparameters``
+        then reports the new size, and ``load_state_dict`` takes a saved history of any size."""
         self.history_offsets.copy_(torch.as_tensor(history_offsets, dtype=torch.long))
         self.history_items = torch.as_tensor(history_items, dtype=torch.long).to(self.history_offsets.device)
         self.history_size = len(self.history_items)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A history's size is known only once read (a training process reads its own), so loading takes
+        # the saved one rather than failing on the constructor's.
+        if (saved := state_dict.get(prefix + "history_items")) is not None and hasattr(self, "history_items"):
+            self.history_items = torch.empty_like(saved, device=self.history_items.device)
+            self.history_size = len(saved)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----- representations ---------------------------------------------------------------------------
 

@@ -287,7 +287,6 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
     if reused is not None:
         return reused
 
-    phases = phases_for(method, config)
     data = stage_method_examples(spark, config, method, inputs.versions[tables.TRAINING_EXAMPLES])
     checkpoint_dir = files.join(config.warehouse, "checkpoints", method, version)
     spec = train_spec(config, method, inputs, data, checkpoint_dir)
@@ -295,7 +294,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
                  "torch_distributor": f"{config.train.num_proc} TorchDistributor processes",
                  "local": "1 local process"}[config.train.launcher]
     log.info(f"{method}: model {version}, {processes}, phases "
-             + ", ".join(f"{phase.name} ({'+'.join(phase.domains)}, {phase.epochs} epochs)" for phase in phases)
+             + ", ".join(f"{phase.name} ({'+'.join(phase.domains)}, {phase.epochs} epochs)" for phase in spec.phases)
              + "; examples " + ", ".join(f"{domain} {staged.rows:,}" for domain, staged in data.items()))
     with tracking.run(config, method, version) as run_id:
         started = time.perf_counter()
@@ -304,8 +303,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
 
         weights = torch.load(io.BytesIO(files.read_bytes(files.join(checkpoint_dir, distributed.FINAL_WEIGHTS))),
                              weights_only=True)
-        # The history encoder's processes read the histories themselves: the weights carry their size.
-        model = TwoTower(**{**spec.model, "history_size": len(weights.get("history_items", ()))})
+        model = TwoTower(**spec.model)
         model.load_state_dict(weights)
         meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
