@@ -42,14 +42,13 @@ ROWS = [
 
 def run_row(spark, conf: str, method: str, overrides: list[str]) -> dict:
     """Train ``method`` with ``overrides`` (or reuse that exact model) and rank the validation users with it."""
-    from xdrec.modeling.methods import needs_histories
     from xdrec.training import artifact
     from xdrec.training.loop import Collective, selecting_key
     from xdrec.training.train import read_inputs, train_method
     from xdrec.training.validation import ranking_figures
 
     config = load_config(conf, [*overrides, "train.mlflow=false"])
-    inputs = read_inputs(spark, config, with_histories=needs_histories(method))
+    inputs = read_inputs(spark, config)
     started = time.perf_counter()
     meta = train_method(spark, config, method, inputs)
     seconds = time.perf_counter() - started

@@ -186,7 +186,7 @@ def measure(args, data: distributed.DomainData, users: int, items: int, source: 
     spec = distributed.TrainSpec(
         model=TwoTower(users, items, args.embedding_dim, args.hidden_dim).hyperparameters(),
         phases=[Phase("target", [DOMAIN], args.epochs, learning_rate=0.005)],
-        data={DOMAIN: data}, train=train, domain_items={DOMAIN: np.arange(items, dtype=np.int64)},
+        data={DOMAIN: data}, source_domain=DOMAIN, train=train, domain_items={DOMAIN: np.arange(items, dtype=np.int64)},
         checkpoint_dir=os.path.join(args.workdir, f"checkpoints-{time.time_ns()}"))
     steps = spec.steps_per_epoch(spec.phases[0], args.num_proc)
     print(f"[bench] {data.rows:,} examples ({source}), {users:,} users, {items:,} items; dim {args.embedding_dim}; "

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from xdrec.modeling.model import csr
-from xdrec.training.distributed import ModelData
+from xdrec.training.distributed import ModelData, user_histories
 from xdrec.training.validation import ValidationSet
 
 GROUPS = 4
@@ -28,7 +28,7 @@ SOURCE, TARGET = "source", "target"
 class World:
     examples: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     validation: ValidationSet
-    histories: ModelData  # what the driver gives a bridge model
+    histories: ModelData  # what a bridge model's process reads of its users
     target_train: dict[int, np.ndarray]  # warm user -> target training positives
     training_history: tuple[np.ndarray, np.ndarray]  # every user's training positives, both domains (CSR)
 
@@ -71,19 +71,12 @@ def make_world(seed: int = 0) -> World:
         return (torch.tensor(rows[0], dtype=torch.long), torch.tensor(rows[1], dtype=torch.long),
                 torch.tensor(rows[2], dtype=torch.float32))
 
-    has_source = np.ones(NUM_USERS, dtype=bool)
-    has_target = ~np.isin(users, COLD_USERS)
-    source_positive = {u: items for u, items in source[3].items()}
-    offsets = np.zeros(NUM_USERS + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(source_positive[u]) for u in users])
-    history = np.concatenate([source_positive[u] for u in users]).astype(np.int64)
     liked = [(np.asarray(rows[0])[np.asarray(rows[2]) > 0.5], np.asarray(rows[1])[np.asarray(rows[2]) > 0.5])
              for rows in (source, target)]
     return World(
         examples={SOURCE: tensors(source), TARGET: tensors(target)},
         validation=validation,
-        histories=ModelData(has_source_history=has_source, has_target_history=has_target,
-                            history_offsets=offsets, history_items=history),
+        histories=user_histories(*liked, NUM_USERS),
         target_train=target_train,
         training_history=csr(np.concatenate([u for u, _ in liked]), np.concatenate([i for _, i in liked]), NUM_USERS),
     )

@@ -3,9 +3,9 @@ inside Spark -> artifact and MLflow run (each process reading its shard into mem
 reader is checked once too). Distillation exercises the most: two domains read at every step,
 a teacher phase, then a student phase that must get its teacher back after a crash.
 
-Five Horovod launches: the train stage with 2 processes (the reference), then the same worker spec
+Six Horovod launches: the train stage with 2 processes (the reference), then the same worker spec
 with 1 process, and with 2 processes killed mid-run and resumed; one single-process run with the
-streaming reader; and a history-encoder model with 2 processes."""
+streaming reader; a history-encoder model and a personalised-bridge model with 2 processes."""
 from __future__ import annotations
 
 import os
@@ -45,7 +45,7 @@ def trained(spark, make_config, tmp_path_factory):
     write_tables(spark, warehouse, make_world(0))
     config = make_config(warehouse, *OVERRIDES)
     meta = run_train(spark, config)["models"][METHOD]
-    inputs = read_inputs(spark, config, with_histories=False)
+    inputs = read_inputs(spark, config)
     data = {domain: stage_examples(spark, config, domain, inputs.versions[tables.TRAINING_EXAMPLES], 8)
             for domain in ("source", "target")}
     spec = train_spec(config, METHOD, inputs, data, checkpoint_dir="")
@@ -83,17 +83,27 @@ def test_pyarrow_reads_the_shards_petastorm_reads(trained):
             assert all(torch.equal(a, b) for a, b in zip(arrow, petastorm)), (domain.url, rank)
 
 
+def training_pairs(spark, warehouse: str, domains: list[str]) -> set[tuple[int, int]]:
+    """The (user, item) pairs of the training split in ``domains``."""
+    rows = (tables.read(spark, warehouse, tables.INDEXED_INTERACTIONS)
+            .where((F.col("split") == "train") & F.col("domain").isin(domains)).select("user_idx", "item_idx").toPandas())
+    assert not rows.duplicated().any()
+    return set(zip(rows["user_idx"], rows["item_idx"]))
+
+
+def csr_pairs(offsets: torch.Tensor, items: torch.Tensor) -> list[tuple[int, int]]:
+    offsets, items = offsets.tolist(), items.tolist()
+    return [(user, items[at]) for user in range(len(offsets) - 1) for at in range(offsets[user], offsets[user + 1])]
+
+
 def test_each_process_reads_every_users_training_items_from_the_staged_examples(spark, trained):
     """The negative mask's CSR comes from the staged examples, each process reading it itself: it holds
     exactly the training split's pairs of the staged domains, so the driver need not collect them."""
     config, _, spec = trained
-    offsets, items = distributed.read_known_positives([domain.url for domain in spec.data.values()],
-                                                      spec.model["num_users"])
-    expected = (tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS)
-                .where((F.col("split") == "train") & F.col("domain").isin(list(spec.data)))
-                .select("user_idx", "item_idx").toPandas())
-    read = {(user, int(item)) for user in range(len(offsets) - 1) for item in items[offsets[user]:offsets[user + 1]]}
-    assert len(items) == len(expected) and read == set(zip(expected["user_idx"], expected["item_idx"]))
+    read = csr_pairs(*distributed.known_positives([distributed.read_positives(domain.url) for domain in spec.data.values()],
+                                                  spec.model["num_users"]))
+    expected = training_pairs(spark, config.warehouse, list(spec.data))
+    assert len(read) == len(expected) and set(read) == expected
 
 
 def test_history_encoder_processes_read_the_histories_the_artifact_keeps(spark, make_config, trained):
@@ -103,17 +113,32 @@ def test_history_encoder_processes_read_the_histories_the_artifact_keeps(spark, 
     warehouse = trained[0].warehouse
     config = make_config(warehouse, *OVERRIDES, "train.source_epochs=0", "train.target_epochs=2",
                          "train.user_encoder=history")
-    meta = train_method(spark, config, "finetune", read_inputs(spark, config, with_histories=False))
+    meta = train_method(spark, config, "finetune", read_inputs(spark, config))
     model = artifact.load(artifact.latest_path(warehouse, "finetune")).model
-    expected = (tables.read(spark, warehouse, tables.INDEXED_INTERACTIONS).where(F.col("split") == "train")
-                .select("user_idx", "item_idx").toPandas())
-    offsets, items = model.history_offsets.tolist(), model.history_items.tolist()
-    kept = {(user, items[at]) for user in range(len(offsets) - 1) for at in range(offsets[user], offsets[user + 1])}
+    kept = csr_pairs(model.history_offsets, model.history_items)
+    expected = training_pairs(spark, warehouse, ["source", "target"])
     assert model.user_encoder == "history" and meta["num_proc"] == 2
-    assert len(items) == len(expected) and kept == set(zip(expected["user_idx"], expected["item_idx"]))
+    assert len(kept) == len(expected) and set(kept) == expected
     # Cold users' vectors come from their source items alone: chance is about 0.2, the two epochs gave
     # 0.70 and 0.66 here.
     assert max(epoch["validation"]["cold/NDCG@10"] for epoch in meta["history"]) > 0.5
+
+
+def test_bridge_processes_read_which_users_have_history_and_their_source_items(spark, make_config, trained):
+    """The personalised bridge carries which users have training history in each domain and their source
+    items: each of 2 processes reads them from the staged examples (without source epochs its phases
+    train on the target alone, yet both domains are staged), and the artifact keeps the training split's."""
+    warehouse = trained[0].warehouse
+    config = make_config(warehouse, *OVERRIDES, "train.source_epochs=0", "train.target_epochs=1",
+                         "train.bridge_epochs=1")
+    meta = train_method(spark, config, "bridge_ptupcdr", read_inputs(spark, config))
+    model = artifact.load(artifact.latest_path(warehouse, "bridge_ptupcdr")).model
+    source, target = (training_pairs(spark, warehouse, [domain]) for domain in ("source", "target"))
+    assert meta["num_proc"] == 2
+    assert set(model.has_source_history.nonzero().squeeze(1).tolist()) == {user for user, _ in source}
+    assert set(model.has_target_history.nonzero().squeeze(1).tolist()) == {user for user, _ in target}
+    kept = csr_pairs(model.history_offsets, model.history_items)
+    assert len(kept) == len(source) and set(kept) == source
 
 
 def test_torch_distributor_trains_what_horovod_trains(trained, tmp_path):

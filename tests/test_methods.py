@@ -17,7 +17,7 @@ from xdrec.errors import XdrecError
 from xdrec.training import artifact, loop
 from xdrec.modeling.methods import (GradientReversal, StepContext, adversarial_schedule, batch_softmax_loss,
                                     distill_loss, known_positive_mask, labelled_loss, model_options,
-                                    needs_histories, phases_for, sampled_softmax_loss, soft_loss)
+                                    phases_for, sampled_softmax_loss, soft_loss)
 from xdrec.modeling.model import BRIDGED_VIEW, TwoTower, csr
 from xdrec.training.loop import Collective
 from xdrec.training.validation import ranking_figures
@@ -147,7 +147,7 @@ def test_sampled_softmax_leaves_out_draws_the_user_already_has():
 def bridge_model(kind: str) -> TwoTower:
     world = make_world(0)
     torch.manual_seed(1)
-    model = TwoTower(NUM_USERS, NUM_ITEMS, 6, 12, bridge=kind, history_size=len(world.histories.history_items))
+    model = TwoTower(NUM_USERS, NUM_ITEMS, 6, 12, bridge=kind)
     world.histories.apply(model)
     return model
 
@@ -219,8 +219,6 @@ def test_the_yardstick_and_the_bridges_keep_per_user_embeddings():
     assert model_options("joint", "history")["user_encoder"] == "history"
     for method in ("target_only", "bridge_emcdr", "bridge_ptupcdr"):
         assert model_options(method, "history")["user_encoder"] == "embedding", method
-    # Only the bridges' histories come from the driver; the history encoder's processes read their own.
-    assert [method for method in METHODS if needs_histories(method)] == ["bridge_emcdr", "bridge_ptupcdr"]
 
 
 def text_model(item_ids_with_text: bool) -> TwoTower:
@@ -272,11 +270,8 @@ def test_unseen_text_item_is_recommended_through_its_text():
 def test_artifact_round_trip_keeps_bridge_text_and_scores(tmp_path):
     world = make_world(0)
     torch.manual_seed(4)
-    model = TwoTower(NUM_USERS, NUM_ITEMS, 6, 12, text_dim=5, bridge="ptupcdr",
-                     history_size=len(world.histories.history_items))
-    histories = world.histories
-    model.set_histories(histories.has_source_history, histories.has_target_history)
-    model.set_history(histories.history_offsets, histories.history_items)
+    model = TwoTower(NUM_USERS, NUM_ITEMS, 6, 12, text_dim=5, bridge="ptupcdr")
+    world.histories.apply(model)
     has_text = np.arange(NUM_ITEMS) % 2 == 0
     model.set_item_text(np.random.default_rng(0).normal(size=(NUM_ITEMS, 5)).astype(np.float32), has_text)
     user_index = pd.DataFrame({"user_id": [f"u{u}" for u in range(NUM_USERS)], "user_idx": np.arange(NUM_USERS)})
@@ -325,9 +320,8 @@ def train_method(method: str, world, loss: str, user_encoder: str = "embedding")
     config = load_config("synthetic", [*CONFIG_OVERRIDES, f"train.loss={loss}"])
     options = model_options(method, user_encoder)
     torch.manual_seed(0)
-    history_size = len(world.histories.history_items) if options["bridge"] == "ptupcdr" else 0
-    model = TwoTower(NUM_USERS, NUM_ITEMS, 8, 16, history_size=history_size, **options)
-    if needs_histories(method):
+    model = TwoTower(NUM_USERS, NUM_ITEMS, 8, 16, **options)
+    if options["bridge"] != "none":
         world.histories.apply(model)
     if options["user_encoder"] == "history":
         model.set_history(*world.training_history)

@@ -23,7 +23,7 @@ def test_a_features_rerun_between_trains_start_and_its_read_does_not_reach_the_m
                                                                                     featured_copy):
     config = make_config(featured_copy(tmp_path), "tune.enabled=false", "train.launcher=local", "train.num_proc=1",
                          "train.target_epochs=1", f"train.methods=[{METHOD}]", "train.factor_models=[]")
-    pinned = read_inputs(spark, config, with_histories=False)  # train's start: every input version pinned
+    pinned = read_inputs(spark, config)  # train's start: every input version pinned
 
     # Features again, with another split: new versions of every table, committed one at a time.
     reseeded = config.model_copy(update={"features": config.features.model_copy(update={"seed": 43})})

@@ -11,7 +11,8 @@ import xdrec
 from xdrec.config import load_config
 from xdrec.modeling.model import csr
 from xdrec.training import train
-from xdrec.training.train import code_version, item_text_matrix, model_version, user_histories
+from xdrec.training.distributed import user_histories
+from xdrec.training.train import code_version, item_text_matrix, model_version
 
 
 def test_csr_lists_each_users_items_in_order():
@@ -21,9 +22,8 @@ def test_csr_lists_each_users_items_in_order():
 
 
 def test_user_histories_flag_domains_and_keep_source_items():
-    rows = pd.DataFrame({"in_source": [True, True, False, False],  # books, books, movies, movies
-                         "user_idx": [0, 1, 1, 2], "item_idx": [10, 11, 20, 21]}).astype({"user_idx": "int32"})
-    histories = user_histories(rows, num_users=5)
+    books, movies = (np.array([0, 1]), np.array([10, 11])), (np.array([1, 2]), np.array([20, 21]))
+    histories = user_histories(books, movies, num_users=5)
     assert histories.has_source_history.tolist() == [True, True, False, False, False]
     assert histories.has_target_history.tolist() == [False, True, True, False, False]
     assert histories.history_offsets.tolist() == [0, 1, 2, 2, 2, 2] and histories.history_items.tolist() == [10, 11]

@@ -182,17 +182,17 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
 def test_global_batch_keeps_steps_and_rate_while_per_process_batch_scales_them():
     phases = [Phase("target", [TARGET], 1, 0.01, part_learning_rates={"item_bias": 0.001})]
     data = {TARGET: DomainData("file:///unused", rows=10_000)}
-    global_spec = TrainSpec(model={}, phases=phases, data=data, train=TrainConfig(batch_size=1000, seed=0),
-                            checkpoint_dir="")
+    global_spec = TrainSpec(model={}, phases=phases, data=data, source_domain=SOURCE, checkpoint_dir="",
+                            train=TrainConfig(batch_size=1000, seed=0))
     assert [global_spec.rank_batch_size(size) for size in (1, 2, 4)] == [1000, 500, 250]
     assert {global_spec.steps_per_epoch(phases[0], size) for size in (1, 2, 4)} == {10}
     assert global_spec.scaled_phases(4)[0].learning_rate == 0.01
-    per_process = TrainSpec(model={}, phases=phases, data=data, checkpoint_dir="",
+    per_process = TrainSpec(model={}, phases=phases, data=data, source_domain=SOURCE, checkpoint_dir="",
                             train=TrainConfig(batch_size=1000, seed=0, batch_scope="process", lr_scaling="linear"))
     assert [per_process.steps_per_epoch(phases[0], size) for size in (1, 2, 4)] == [10, 5, 2]
     scaled = per_process.scaled_phases(4)[0]
     assert scaled.learning_rate == pytest.approx(0.04) and scaled.part_learning_rates["item_bias"] == pytest.approx(0.004)
-    assert TrainSpec(model={}, phases=phases, data=data, checkpoint_dir="",
+    assert TrainSpec(model={}, phases=phases, data=data, source_domain=SOURCE, checkpoint_dir="",
                      train=TrainConfig(batch_size=1000, seed=0, lr_scaling="sqrt")).learning_rate_factor(4) == 2.0
 
 

@@ -277,12 +277,6 @@ def model_options(method: str, user_encoder: str = "embedding") -> dict:
             "user_encoder": "embedding" if keeps_embedding else user_encoder}
 
 
-def needs_histories(method: str) -> bool:
-    """Whether ``method``'s model carries which users have history in each domain and their source items,
-    which the driver gives it (the bridges; the history encoder's processes read their histories)."""
-    return model_options(method)["bridge"] != "none"
-
-
 def phases_for(method: str, config: "Config") -> list[Phase]:
     """The training phases of a method (see docs/methods.md)."""
     train, source_domain, target_domain = config.train, config.data.source_domain, config.data.target_domain

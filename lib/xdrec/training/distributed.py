@@ -53,7 +53,8 @@ class DomainData:
 
 @dataclass
 class ModelData:
-    """What a model carries besides weights (see :class:`xdrec.modeling.model.TwoTower`); None where unused."""
+    """What a model carries besides weights (see :class:`xdrec.modeling.model.TwoTower`); None where unused.
+    The driver gives the item text; a process reads the users' histories from the staged examples."""
 
     item_text: np.ndarray | None = None  # float32 [num_items, text_dim]
     item_has_text: np.ndarray | None = None  # bool [num_items]
@@ -63,12 +64,27 @@ class ModelData:
     history_items: np.ndarray | None = None  # int64 [history_size]
 
     def apply(self, model: nn.Module) -> None:
-        if model.text_dim:
+        """Give ``model`` the parts this holds that it uses (the personalised bridge alone reads source items)."""
+        if self.item_text is not None:
             model.set_item_text(self.item_text, self.item_has_text)
-        if model.bridge_kind != "none":
+        if self.has_source_history is not None:
             model.set_histories(self.has_source_history, self.has_target_history)
-        if model.bridge_kind == "ptupcdr":
+        if self.history_offsets is not None and model.bridge_kind == "ptupcdr":
             model.set_history(self.history_offsets, self.history_items)
+
+
+Pairs = tuple[np.ndarray, np.ndarray]  # (user_idx, item_idx), int64
+
+
+def user_histories(source: Pairs, target: Pairs, num_users: int) -> ModelData:
+    """What a bridge model carries of its users, from the training pairs of each domain: which users have
+    history in the source and in the target domain, and every user's source items (CSR)."""
+    has_source, has_target = np.zeros(num_users, dtype=bool), np.zeros(num_users, dtype=bool)
+    has_source[source[0]] = True
+    has_target[target[0]] = True
+    offsets, source_items = csr(*source, num_users)
+    return ModelData(has_source_history=has_source, has_target_history=has_target,
+                     history_offsets=offsets, history_items=source_items)
 
 
 @dataclass
@@ -79,6 +95,7 @@ class TrainSpec:
     model: dict
     phases: list[Phase]
     data: dict[str, DomainData]
+    source_domain: str  # which domain of ``data`` is the source: a bridge model's histories tell them apart
     train: TrainConfig
     checkpoint_dir: str
     model_data: ModelData = field(default_factory=ModelData)
@@ -297,20 +314,25 @@ def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, to
     return shard_tensors(columns, url, rank, size)
 
 
-def read_known_positives(urls: list[str], num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every user's positive items in the staged examples of ``urls``, all shards, as CSR (offsets
-    ``[num_users + 1]``, items): what the sampled softmax leaves out of a user's negatives, and the history
-    encoder's histories. Each process reads them itself, in the same order, so no training pair passes
-    through the driver; a domain's candidates are its own items, so the domains a method stages are all
-    its mask needs."""
+def read_positives(url: str) -> Pairs:
+    """The (user, item) pairs of the positive rows of one domain's staged examples, all shards: that
+    domain's training split. Each process reads them itself, in the same order, so no training pair
+    passes through the driver."""
     users, items = [], []
-    for url in urls:
-        for group in parquet_row_groups(url, SHARD_COLUMNS):
-            positive = group["label"] > 0.5
-            users.append(group["user_idx"][positive].astype(np.int64))
-            items.append(group["item_idx"][positive].astype(np.int64))
-    offsets, known_items = csr(np.concatenate(users), np.concatenate(items), num_users)
-    return torch.from_numpy(offsets), torch.from_numpy(known_items)
+    for group in parquet_row_groups(url, SHARD_COLUMNS):
+        positive = group["label"] > 0.5
+        users.append(group["user_idx"][positive].astype(np.int64))
+        items.append(group["item_idx"][positive].astype(np.int64))
+    return np.concatenate(users), np.concatenate(items)
+
+
+def known_positives(positives: list[Pairs], num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every user's positive items of the given domains as CSR (offsets ``[num_users + 1]``, items): what
+    the sampled softmax leaves out of a user's negatives (a domain's candidates are its own items, so the
+    domains a method stages are all its mask needs), and the history encoder's histories."""
+    offsets, items = csr(np.concatenate([users for users, _ in positives]),
+                         np.concatenate([items for _, items in positives]), num_users)
+    return torch.from_numpy(offsets), torch.from_numpy(items)
 
 
 def memory_batches(shard: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> Iterator[Batch]:
@@ -359,13 +381,17 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
     model = TwoTower(**spec.model)
     spec.model_data.apply(model)
     masked = spec.train.mask_known_positives and spec.train.loss == "sampled_softmax"
-    known_positives = None
+    positives: dict[str, Pairs] = {}  # domain -> its training pairs, read here: none passes through the driver
+    if masked or model.user_encoder == "history" or model.bridge_kind != "none":
+        positives = {domain: read_positives(data.url) for domain, data in spec.data.items()}
+    known = None
     if masked or model.user_encoder == "history":
-        known_positives = read_known_positives([domain.url for domain in spec.data.values()], spec.model["num_users"])
+        known = known_positives(list(positives.values()), model.num_users)
     if model.user_encoder == "history":
-        # The history encoder's histories are every user's training items: the mask's CSR, which this
-        # process has read itself, so no training pair passes through the driver.
-        model.set_history(*known_positives)
+        model.set_history(*known)  # every user's training items, both domains
+    if model.bridge_kind != "none":
+        target_domain, = set(spec.data) - {spec.source_domain}
+        user_histories(positives[spec.source_domain], positives[target_domain], model.num_users).apply(model)
     rank_batch = spec.rank_batch_size(collective.size)
     phases = spec.scaled_phases(collective.size)
     shards: dict[str, tuple[torch.Tensor, ...]] = {}  # domain -> this rank's shard, when read into memory
@@ -402,7 +428,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
         log=lambda message: log.info(f"rank {collective.rank}: {message}"),
         prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
                or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
-        known_positives=known_positives if masked else None,
+        known_positives=known if masked else None,
     )
     return model, history
 

@@ -2,8 +2,8 @@
 
 For each configured method it pins the versions of the feature tables, stages the training examples
 of that version as plain Parquet for Petastorm (Delta's folder also holds files of older versions,
-which a Parquet reader would read too), gathers what the model carries (item text embeddings, users'
-source histories) and the validation split, launches Horovod inside Spark (or one local process), and
+which a Parquet reader would read too), gathers the item text embeddings and the validation split,
+launches Horovod inside Spark (or one local process; the processes read users' histories themselves), and
 saves the artifact with the versions it was trained on. The model version is a hash of the method, its
 settings, those input versions and the modelling and training code, so a rerun with the same inputs and
 code resumes or reuses the same run instead of starting another.
@@ -29,8 +29,8 @@ from xdrec import files
 from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
 from xdrec.logs import get_logger
-from xdrec.modeling.methods import model_options, needs_histories, phases_for
-from xdrec.modeling.model import TwoTower, csr
+from xdrec.modeling.methods import model_options, phases_for
+from xdrec.modeling.model import TwoTower
 from xdrec.training import artifact, distributed, factors, loop, selection, tracking
 from xdrec.training.validation import ValidationSet
 
@@ -95,27 +95,13 @@ def stage_examples(spark: SparkSession, config: Config, domain: str, version: in
 
 def stage_method_examples(spark: SparkSession, config: Config, method: str, version: int) -> dict[str, distributed.DomainData]:
     """The staged examples ``method``'s processes read (:func:`stage_examples`), by domain: those its phases
-    train on, and both domains for the history encoder, whose processes read every user's history from them."""
+    train on, and both domains for a model that reads users' histories (the bridges, the history encoder),
+    whose processes read them from these examples."""
     domains = list(dict.fromkeys(domain for phase in phases_for(method, config) for domain in phase.domains))
-    if model_options(method, config.train.user_encoder)["user_encoder"] == "history":
+    options = model_options(method, config.train.user_encoder)
+    if options["user_encoder"] == "history" or options["bridge"] != "none":
         domains = list(dict.fromkeys([*domains, config.data.source_domain, config.data.target_domain]))
     return {domain: stage_examples(spark, config, domain, version, config.train.num_proc * 4) for domain in domains}
-
-
-def user_histories(train_rows: pd.DataFrame, num_users: int) -> distributed.ModelData:
-    """Which users have training interactions in each domain, and every user's source items (CSR).
-
-    ``train_rows``: in_source (bool: the source domain, else the target), user_idx, item_idx of the
-    training split.
-    """
-    in_source = train_rows["in_source"].to_numpy()
-    users, items = train_rows["user_idx"].to_numpy(), train_rows["item_idx"].to_numpy()
-    has_source, has_target = np.zeros(num_users, dtype=bool), np.zeros(num_users, dtype=bool)
-    has_source[users[in_source]] = True
-    has_target[users[~in_source]] = True
-    offsets, source_items = csr(users[in_source], items[in_source], num_users)
-    return distributed.ModelData(has_source_history=has_source, has_target_history=has_target,
-                                 history_offsets=offsets, history_items=source_items)
 
 
 def validation_users(interactions: DataFrame, target: str, max_users: int, seed: int) -> DataFrame:
@@ -151,7 +137,6 @@ class TrainingInputs:
     versions: dict[str, int]
     user_index: pd.DataFrame
     item_index: pd.DataFrame
-    histories: distributed.ModelData  # empty unless a model reads histories (bridges, the history encoder)
     validation: ValidationSet
     item_text: tuple[np.ndarray, np.ndarray] | None  # (embeddings [num_items, dim], has_text [num_items])
 
@@ -195,9 +180,9 @@ def read_item_text(spark: SparkSession, config: Config, num_items: int,
     return matrix, has_text
 
 
-def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> TrainingInputs:
+def read_inputs(spark: SparkSession, config: Config) -> TrainingInputs:
     """Pin the input tables' versions and read what the workers need besides the training examples: the
-    index tables, item text, the validation users, and only ``with_histories`` the bridges' user histories."""
+    index tables, item text and the validation users. (The processes read the training pairs themselves.)"""
     versions = {name: tables.version(spark, config.warehouse, name) for name in INPUT_TABLES}
 
     def read(name: str) -> DataFrame:
@@ -205,23 +190,13 @@ def read_inputs(spark: SparkSession, config: Config, with_histories: bool) -> Tr
 
     data, train = config.data, config.train
     user_index, item_index = read(tables.USER_INDEX).toPandas(), read(tables.ITEM_INDEX).toPandas()
-    num_users = int(user_index["user_idx"].max()) + 1
     item_text = read_item_text(spark, config, int(item_index["item_idx"].max()) + 1, versions)
     interactions = read(tables.INDEXED_INTERACTIONS)
     candidates = item_index.loc[item_index["domain"] == data.target_domain, "item_idx"].to_numpy(np.int64)
     validation = validation_set(interactions, data.target_domain, candidates, train.validation_max_users, train.seed)
     log.info(f"validation: {len(validation):,} {data.target_domain} users "
              f"({int(validation.cold.sum()):,} cold-start), ranked over {len(candidates):,} items")
-    histories = distributed.ModelData()
-    if with_histories:
-        # The bridges' model state holds which users have history in each domain and their source items, so
-        # the training pairs come to the driver. (The history encoder's processes read theirs themselves.)
-        train_rows = (interactions.where((F.col("split") == "train")
-                                         & F.col("domain").isin(data.source_domain, data.target_domain))
-                      .select((F.col("domain") == data.source_domain).alias("in_source"),
-                              F.col("user_idx").cast("int"), F.col("item_idx").cast("int")).toPandas())
-        histories = user_histories(train_rows, num_users)
-    return TrainingInputs(versions, user_index, item_index, histories, validation, item_text)
+    return TrainingInputs(versions, user_index, item_index, validation, item_text)
 
 
 def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[str, distributed.DomainData],
@@ -230,22 +205,16 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
     train = config.train
     options = model_options(method, train.user_encoder)
     text_dim = 0 if inputs.item_text is None else inputs.item_text[0].shape[1]
-    histories = inputs.histories
-    history_size = len(histories.history_items) if options["bridge"] == "ptupcdr" else 0
     model = TwoTower(inputs.num_users, inputs.num_items, train.embedding_dim, train.hidden_dim, text_dim=text_dim,
-                     item_ids_with_text=train.item_ids_with_text, history_size=history_size,
-                     temperature=train.temperature, **options).hyperparameters()
+                     item_ids_with_text=train.item_ids_with_text, temperature=train.temperature,
+                     **options).hyperparameters()
     model_data = distributed.ModelData()
     if inputs.item_text is not None:
         model_data.item_text, model_data.item_has_text = inputs.item_text
-    if options["bridge"] != "none":
-        model_data.has_source_history = histories.has_source_history
-        model_data.has_target_history = histories.has_target_history
-    if options["bridge"] == "ptupcdr":
-        model_data.history_offsets, model_data.history_items = histories.history_offsets, histories.history_items
     domain_items = {domain: np.sort(inputs.item_index.loc[inputs.item_index["domain"] == domain, "item_idx"]
                                     .to_numpy(np.int64)) for domain in data}
-    return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data, train=train,
+    return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data,
+                                 source_domain=config.data.source_domain, train=train,
                                  checkpoint_dir=checkpoint_dir, model_data=model_data, validation=inputs.validation,
                                  domain_items=domain_items)
 
@@ -377,7 +346,7 @@ def run_train(spark: SparkSession, config: Config, methods: list[str] | None = N
     ``{"models": {name: artifact meta}, "selected": record}``."""
     started, run_id = time.time(), lineage.new_run_id()
     methods = methods or config.train.methods
-    inputs = read_inputs(spark, config, with_histories=any(needs_histories(method) for method in methods))
+    inputs = read_inputs(spark, config)
     models = {method: train_method(spark, config, method, inputs) for method in methods}
     train_rows = training_rows(spark, config, inputs.versions).cache()
     try:

@@ -34,7 +34,6 @@ from xdrec.data import tables
 from xdrec import files
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
-from xdrec.modeling.methods import needs_histories
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, below_median, selecting_key
 from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_method_examples,
@@ -235,7 +234,7 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
             return previous
     started = time.perf_counter()
     budget = config.tune.minutes * 60
-    inputs = read_inputs(spark, config, with_histories=method is not None and needs_histories(method))
+    inputs = read_inputs(spark, config)
     record: dict[str, Any] = {"search": search_key, "als": {}, "train": {}, "searches": {}, "inputs": inputs.versions,
                               "selected_on": f"validation {config.train.validation_group}/"
                                              f"{config.train.validation_metric}@{config.train.validation_k}"}
