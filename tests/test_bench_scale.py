@@ -1,11 +1,17 @@
-"""benchmarks/bench_scale.py keeps working: its generator's shape, and a small run of every stage (the CI smoke)."""
+"""benchmarks/bench_scale.py keeps working: its generator's shape, its config, its memory sampler and its report.
+Its run through every stage is the pipeline's, which tests/test_pipeline_e2e.py runs; the benchmark itself
+runs it at the sizes docs/performance.md gives."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
+
+from xdrec.config import load_config
 
 _PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_scale.py")
 _SPEC = importlib.util.spec_from_file_location("bench_scale", _PATH)
@@ -35,12 +41,26 @@ def test_the_generator_has_a_long_tail_partial_overlap_and_titles(tmp_path):
     assert bench_scale.generate(str(tmp_path / "again"), 0.5, seed=3) == counts
 
 
-def test_a_small_run_measures_every_stage_and_writes_its_report(spark, tmp_path):
-    rows = bench_scale.run_size(spark, 0.02, str(tmp_path / "x0.02"), seed=0)
-    assert [row["stage"] for row in rows] == list(bench_scale.STAGES)
-    assert all(row["seconds"] > 0 and row["peak_rss_mib"]["spark_jvm"] > 0 for row in rows)
-    train = next(row for row in rows if row["stage"] == "train")
-    assert train["peak_rss_mib"]["other_python"] > 0  # Horovod's training processes were seen
+def test_its_config_loads_with_the_generated_domains_and_no_tuning(tmp_path):
+    counts = bench_scale.generate(str(tmp_path / "raw"), 0.02, seed=0)
+    config = load_config(bench_scale.config_for(str(tmp_path), str(tmp_path / "raw"), 0.02))
+    assert set(config.data.domains) == set(counts) and not config.tune.enabled
+    assert config.train.methods == ["joint"] and config.score.model == "joint"
+
+
+def test_the_sampler_sees_a_child_python_process_at_its_peak():
+    sampler = bench_scale.PeakMemory(period=0.05)
+    sampler.start()
+    # 300 MiB written, so resident, for a second.
+    subprocess.run([sys.executable, "-c", "import time; block = b'x' * (300 << 20); time.sleep(1)"], check=True)
+    peaks = sampler.stop()
+    assert peaks["other_python"] >= 300 and peaks["driver_python"] > 0
+
+
+def test_growth_and_the_report_from_two_sizes(tmp_path):
+    memory = {"driver_python": 600, "spark_jvm": 1200}
+    rows = [{"size": 0.02, "stage": stage, "interactions": 3000, "seconds": 10.0 + number, "rows_per_s": 300,
+             "peak_rss_mib": memory} for number, stage in enumerate(bench_scale.STAGES)]
     # A second size with twice the rows in twice the time: a constant cost per row.
     doubled = [dict(row, size=0.04, interactions=row["interactions"] * 2, seconds=row["seconds"] * 2) for row in rows]
     ratios = bench_scale.growth(rows + doubled)
