@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -103,6 +104,8 @@ def spark_submit(wheel_python: str, master: str, store, job: str, *arguments: st
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.executor.cores": "1", "spark.executor.memory": "2g", "spark.driver.memory": "2g",
         "spark.sql.shuffle.partitions": "4", "spark.driver.extraClassPath": class_path,
+        # Spark SQL's default database folder; it would be made in the working directory that the test watches.
+        "spark.sql.warehouse.dir": os.path.join(tempfile.gettempdir(), "xdrec-spark-sql-cluster"),
         "spark.executor.extraClassPath": class_path,
         **s3a_settings(store.endpoint),
         **{f"spark.executorEnv.{key}": os.environ[key]

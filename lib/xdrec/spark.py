@@ -6,10 +6,12 @@ that ``scripts/setup.sh`` cached (``$XDREC_CACHE/jars``), with quiet logs.
 """
 from __future__ import annotations
 
+import getpass
 import glob
 import importlib.metadata
 import os
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -83,6 +85,9 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         .config("spark.databricks.delta.optimizeWrite.enabled", "true")
         .config("spark.driver.extraClassPath", class_path)
         .config("spark.executor.extraClassPath", class_path)
+        # xdrec keeps no managed tables: Spark SQL's default database folder goes to the temporary folder
+        # instead of the working directory.
+        .config("spark.sql.warehouse.dir", os.path.join(tempfile.gettempdir(), f"xdrec-spark-sql-{getpass.getuser()}"))
     )
     for key, value in config.conf.items():
         builder = builder.config(key, value)
