@@ -104,8 +104,8 @@ def spark_submit(wheel_python: str, master: str, store, job: str, *arguments: st
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.executor.cores": "1", "spark.executor.memory": "2g", "spark.driver.memory": "2g",
         "spark.sql.shuffle.partitions": "4", "spark.driver.extraClassPath": class_path,
-        # The README's setting for xdrec's small Delta logs: Delta's default of 50 partitions to rebuild a
-        # table's snapshot made every read of a 100-row table on this cluster take 20 s instead of 9 s.
+        # The README's setting for xdrec's small Delta logs: with Delta's default of 50 partitions to rebuild a
+        # table's snapshot, reading a 100-row table on this cluster took 20 s instead of 9 s.
         "spark.databricks.delta.snapshotPartitions": "2",
         # Spark SQL's default database folder; it would be made in the working directory that the test watches.
         "spark.sql.warehouse.dir": os.path.join(tempfile.gettempdir(), "xdrec-spark-sql-cluster"),
