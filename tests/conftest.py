@@ -102,7 +102,30 @@ def second_stack_python() -> str:
     return second_stack.interpreter()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def second_stack_started(request, tmp_path_factory):
+    """The second stack's pipeline (second_stack.start_pipeline), started with the session when a selected
+    test needs it. It runs beside the main stack's tests, which left the CPUs 20-30% idle (vmstat, 2 cores), and
+    the tests that wait for it run last (pytest_collection_modifyitems)."""
+    if not any("second_stack_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    store = request.getfixturevalue("s3_store")
+    started = second_stack.start_pipeline(request.getfixturevalue("second_stack_python"), store.endpoint,
+                                          str(tmp_path_factory.mktemp("second-stack")))
+    yield started
+    if started["process"].poll() is None:  # the session ended before a test waited for it
+        started["process"].kill()
+        started["process"].wait()
+
+
 @pytest.fixture(scope="session")
-def second_stack_run(second_stack_python, s3_store, tmp_path_factory):
-    """The synthetic pipeline in the second stack on the S3 server, once a session (second_stack.run_pipeline)."""
-    return second_stack.run_pipeline(second_stack_python, s3_store.endpoint, str(tmp_path_factory.mktemp("mlruns")))
+def second_stack_run(second_stack_started):
+    """The second stack's pipeline on the S3 server, as it finished (second_stack.finish_pipeline)."""
+    return second_stack.finish_pipeline(second_stack_started)
+
+
+def pytest_collection_modifyitems(items):
+    """The modules that wait for the second stack's pipeline run last, so that it runs beside the others."""
+    waiting = {item.module for item in items if "second_stack_run" in item.fixturenames}
+    items.sort(key=lambda item: item.module in waiting)

@@ -33,27 +33,51 @@ def interpreter() -> str:
     return python
 
 
-def run(python: str, *arguments: str, **environment: str) -> subprocess.CompletedProcess:
-    """``python arguments...`` in this checkout, with nothing of the test's interpreter: its PYTHONPATH, nor
-    the PYSPARK_PYTHON that this session's Spark set (Spark would start 3.11 workers for a 3.12 driver)."""
+def _environment(**extra: str) -> dict:
+    """This process's environment with nothing of the test's interpreter: its PYTHONPATH, nor the
+    PYSPARK_PYTHON that this session's Spark set (Spark would start 3.11 workers for a 3.12 driver)."""
     inherited = {key: value for key, value in os.environ.items()
                  if key not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    return {**inherited, "PYTHONPATH": "", **extra}
+
+
+def run(python: str, *arguments: str, **environment: str) -> subprocess.CompletedProcess:
+    """``python arguments...`` in this checkout, in the stack's own environment (:func:`_environment`)."""
     return subprocess.run([python, *arguments], capture_output=True, text=True, cwd=REPOSITORY, timeout=1700,
-                          env={**inherited, "PYTHONPATH": "", **environment})
+                          env=_environment(**environment))
 
 
-def run_pipeline(python: str, endpoint: str, mlruns: str) -> dict:
-    """Every stage of the synthetic pipeline in the stack, in a new bucket; what it served and reported, read
-    as it finished: {warehouse, joint (its artifact's meta), selection, report (metrics.json)}."""
+def start_pipeline(python: str, endpoint: str, folder: str) -> dict:
+    """Start every stage of the synthetic pipeline in the stack, in a new bucket, and return at once: it runs
+    beside the main stack's tests (:func:`finish_pipeline` waits for it). Its output goes to a file in
+    ``folder``, where its MLflow runs go too (MLflow's file store cannot live in a bucket)."""
     warehouse = f"s3a://{new_bucket()}/warehouse"
     # Its Spark 4.1 reads s3a:// through hadoop-aws 3.4.2 (xdrec.spark.s3a_jars), the store's keys and
-    # endpoint come from the environment (the s3_store fixture), and MLflow's file store cannot live in a bucket.
+    # endpoint come from the environment (the s3_store fixture).
     settings = [f"warehouse={warehouse}", *SETTINGS, f"spark.conf={json.dumps(s3a_settings(endpoint))}"]
-    here = set(os.listdir(REPOSITORY))
-    done = run(python, "jobs/pipeline.py", "--conf", "synthetic", *[part for setting in settings for part in ("--set", setting)],
-               MLFLOW_TRACKING_URI=f"file://{mlruns}")
-    assert done.returncode == 0, f"the pipeline failed in the second stack:\n{done.stderr[-4000:]}"
-    assert set(os.listdir(REPOSITORY)) == here, "a stage wrote into the working directory instead of the store"
+    output = os.path.join(folder, "pipeline.log")
+    with open(output, "w") as handle:  # a file, not a pipe: nobody reads a pipe until the run ends
+        process = subprocess.Popen(
+            [python, "jobs/pipeline.py", "--conf", "synthetic", *[part for setting in settings for part in ("--set", setting)]],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=REPOSITORY,
+            env=_environment(MLFLOW_TRACKING_URI="file://" + os.path.join(folder, "mlruns")))
+    return {"process": process, "output": output, "warehouse": warehouse, "here": set(os.listdir(REPOSITORY))}
+
+
+def finish_pipeline(started: dict) -> dict:
+    """Wait for :func:`start_pipeline`'s run; what it served and reported, read as it finished:
+    {warehouse, joint (its artifact's meta), selection, report (metrics.json)}."""
+    try:
+        started["process"].wait(timeout=1700)
+    except subprocess.TimeoutExpired:
+        started["process"].kill()
+        raise
+    with open(started["output"]) as handle:
+        output = handle.read()
+    assert started["process"].returncode == 0, f"the pipeline failed in the second stack:\n{output[-4000:]}"
+    assert set(os.listdir(REPOSITORY)) == started["here"], (
+        "a stage, or a test that ran beside the pipeline, wrote into the working directory instead of the store")
+    warehouse = started["warehouse"]
     return {"warehouse": warehouse, "joint": artifact.load(artifact.latest_path(warehouse, "joint")).meta,
             "selection": selection.read_selection(warehouse),
             "report": json.loads(files.read_text(files.join(warehouse, "reports", "latest", "metrics.json")))}

@@ -126,7 +126,7 @@ def spark_submit(wheel_python: str, master: str, store, job: str, *arguments: st
 @pytest.fixture(scope="module")
 def cluster_run(spark, wheel_python, standalone_cluster, s3_store, second_stack_run, tmp_path_factory):
     """``spark-submit jobs/pipeline.py`` on the warehouse that the second stack's pipeline left in its bucket
-    (second_stack.run_pipeline): Spark 4.0's Delta reads what Spark 4.1's wrote, and fetch, ingest and
+    (second_stack.start_pipeline): Spark 4.0's Delta reads what Spark 4.1's wrote, and fetch, ingest and
     features find their work done. On the cluster it trains (Horovod processes inside its executors), scores
     (its executors' pandas UDF, reading the model files the driver wrote to the store) and evaluates."""
     master, _ = standalone_cluster
