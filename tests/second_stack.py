@@ -55,13 +55,13 @@ def start_pipeline(python: str, endpoint: str, folder: str) -> dict:
     # Its Spark 4.1 reads s3a:// through hadoop-aws 3.4.2 (xdrec.spark.s3a_jars), the store's keys and
     # endpoint come from the environment (the s3_store fixture).
     settings = [f"warehouse={warehouse}", *SETTINGS, f"spark.conf={json.dumps(s3a_settings(endpoint))}"]
-    output = os.path.join(folder, "pipeline.log")
+    output, here = os.path.join(folder, "pipeline.log"), set(os.listdir(REPOSITORY))
     with open(output, "w") as handle:  # a file, not a pipe: nobody reads a pipe until the run ends
         process = subprocess.Popen(
             [python, "jobs/pipeline.py", "--conf", "synthetic", *[part for setting in settings for part in ("--set", setting)]],
             stdout=handle, stderr=subprocess.STDOUT, cwd=REPOSITORY,
             env=_environment(MLFLOW_TRACKING_URI="file://" + os.path.join(folder, "mlruns")))
-    return {"process": process, "output": output, "warehouse": warehouse, "here": set(os.listdir(REPOSITORY))}
+    return {"process": process, "output": output, "warehouse": warehouse, "here": here}
 
 
 def finish_pipeline(started: dict) -> dict:
