@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import second_stack
+import standalone
 from stores import SeaweedStore, new_bucket
 from xdrec.config import SparkConfig, load_config
 from xdrec.pipeline import run_stage
@@ -119,6 +120,21 @@ def second_stack_started(request, tmp_path_factory):
         started["process"].wait()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cluster_submission(request, second_stack_started, tmp_path_factory):
+    """tests/test_cluster.py's ``spark-submit`` run on a standalone cluster (standalone.start_submission),
+    started with the session when a selected test needs it. It begins when the second stack's pipeline ends,
+    beside the main stack's tests, which left the CPUs 15-25% idle then (vmstat, 2 cores)."""
+    if not any("cluster_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    store = request.getfixturevalue("s3_store")
+    submission = standalone.start_submission(second_stack_started, store.endpoint,
+                                             str(tmp_path_factory.mktemp("cluster")))
+    yield submission
+    standalone.stop_submission(submission)
+
+
 @pytest.fixture(scope="session")
 def second_stack_run(second_stack_started):
     """The second stack's pipeline on the S3 server, as it finished (second_stack.finish_pipeline)."""
@@ -126,6 +142,7 @@ def second_stack_run(second_stack_started):
 
 
 def pytest_collection_modifyitems(items):
-    """The modules that wait for the second stack's pipeline run last, so that it runs beside the others."""
-    waiting = {item.module for item in items if "second_stack_run" in item.fixturenames}
+    """The modules that wait for the second stack's pipeline or the cluster's run last, so that these run beside
+    the others."""
+    waiting = {item.module for item in items if {"second_stack_run", "cluster_run"} & set(item.fixturenames)}
     items.sort(key=lambda item: item.module in waiting)

@@ -6,145 +6,35 @@ through xdrec.files. Driver-only paths (a file written on the driver and read by
 from the wheel fail here; and a store that dies mid-write loses nothing."""
 from __future__ import annotations
 
-import glob
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
 
 import pytest
 
-import second_stack
-from stores import free_port, point_spark_at, s3a_settings
+import standalone
+from stores import point_spark_at
 from xdrec import files
 from xdrec.config import load_config
 from xdrec.data import tables
 from xdrec.pipeline import run_stage
-from xdrec.spark import delta_jars, s3a_jars
 from xdrec.training import artifact, selection
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPARK_HOME = os.path.dirname(__import__("pyspark").__file__)
-# The first test's setup also waits for the second stack's pipeline (tests/second_stack.py).
+# The first test's setup waits for the cluster's run, which starts when the second stack's pipeline ends.
 pytestmark = pytest.mark.timeout(1800)
 
 
-def _shared_packages() -> str:
-    """The site-packages folder holding the pinned stack (pyspark, torch, horovod, ...)."""
-    return os.path.dirname(os.path.dirname(__import__("pyspark").__file__))
-
-
 @pytest.fixture(scope="module")
-def wheel_python(tmp_path_factory):
-    """A Python with the pinned stack and xdrec installed from its wheel, not from this checkout."""
-    folder = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(folder / "dist"),
-                    REPOSITORY], check=True, capture_output=True)
-    wheel = glob.glob(str(folder / "dist" / "xdrec-*.whl"))[0]
-    environment = folder / "env"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
-    python = str(environment / "bin" / "python")
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    with open(os.path.join(site, "shared-packages.pth"), "w") as handle:
-        handle.write(f"import site; site.addsitedir('{_shared_packages()}')\n")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True,
-                   env={**os.environ, "PYTHONPATH": ""})
-    installed = subprocess.run([python, "-c", "import xdrec, xdrec.config as c; print(xdrec.__file__, c.CONF_DIR)"],
-                               check=True, capture_output=True, text=True, cwd=str(folder),
-                               env={**os.environ, "PYTHONPATH": ""}).stdout
-    assert installed.startswith(site) and REPOSITORY not in installed, installed
-    return python
-
-
-@pytest.fixture(scope="module")
-def standalone_cluster(tmp_path_factory):
-    """A standalone master and two workers (1 core each), each its own JVM; stopped afterwards."""
-    folder = tmp_path_factory.mktemp("cluster")
-    port, web = free_port(), free_port()
-    env = {**os.environ, "SPARK_HOME": SPARK_HOME, "SPARK_LOG_DIR": str(folder), "PYTHONPATH": ""}
-    spark_class = os.path.join(SPARK_HOME, "bin", "spark-class")
-    daemons = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                 "--port", str(port), "--webui-port", str(web)], env=env,
-                                stdout=open(folder / "master.log", "w"), stderr=subprocess.STDOUT)]
-    master = f"spark://127.0.0.1:{port}"
-    for number in (1, 2):
-        daemons.append(subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
-             "--memory", "3g", "--webui-port", str(free_port()), "--work-dir", str(folder / f"work{number}"), master],
-            env=env, stdout=open(folder / f"worker{number}.log", "w"), stderr=subprocess.STDOUT))
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web}/json/", timeout=5) as response:
-                if json.load(response).get("aliveworkers") == 2:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline or any(daemon.poll() is not None for daemon in daemons):
-            pytest.fail(f"the standalone cluster did not come up: see {folder}")
-        time.sleep(2)
-    yield master, folder
-    for daemon in reversed(daemons):
-        daemon.terminate()
-    for daemon in daemons:
-        daemon.wait(timeout=60)
-
-
-def spark_submit(wheel_python: str, master: str, store, job: str, *arguments: str) -> subprocess.CompletedProcess:
-    """``spark-submit jobs/<job>.py`` on the cluster, as the README's cluster section shows it."""
-    class_path = os.pathsep.join(s3a_jars())
-    settings = {
-        "spark.pyspark.python": wheel_python, "spark.pyspark.driver.python": wheel_python,
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-        "spark.executor.cores": "1", "spark.executor.memory": "2g", "spark.driver.memory": "2g",
-        "spark.sql.shuffle.partitions": "4", "spark.driver.extraClassPath": class_path,
-        # The README's setting for xdrec's small Delta logs: with Delta's default of 50 partitions to rebuild a
-        # table's snapshot, reading a 100-row table on this cluster took 20 s instead of 9 s.
-        "spark.databricks.delta.snapshotPartitions": "2",
-        # Spark SQL's default database folder; it would be made in the working directory that the test watches.
-        "spark.sql.warehouse.dir": os.path.join(tempfile.gettempdir(), "xdrec-spark-sql-cluster"),
-        "spark.executor.extraClassPath": class_path,
-        **s3a_settings(store.endpoint),
-        **{f"spark.executorEnv.{key}": os.environ[key]
-           for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")},
-    }
-    command = [os.path.join(SPARK_HOME, "bin", "spark-submit"), "--master", master, "--jars", ",".join(delta_jars()),
-               *[part for key, value in settings.items() for part in ("--conf", f"{key}={value}")],
-               os.path.join(REPOSITORY, "jobs", f"{job}.py"), *arguments]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY, timeout=900,
-                          env={**os.environ, "SPARK_HOME": SPARK_HOME, "PYTHONPATH": ""})
-    assert done.returncode == 0, f"spark-submit {job} failed:\n{done.stderr[-4000:]}"
-    return done
-
-
-@pytest.fixture(scope="module")
-def cluster_run(spark, wheel_python, standalone_cluster, s3_store, second_stack_run, tmp_path_factory):
+def cluster_run(spark, s3_store, second_stack_run, cluster_submission):
     """``spark-submit jobs/pipeline.py`` on the warehouse that the second stack's pipeline left in its bucket
-    (second_stack.start_pipeline): Spark 4.0's Delta reads what Spark 4.1's wrote, and fetch, ingest and
-    features find their work done. On the cluster it trains (Horovod processes inside its executors), scores
-    (its executors' pandas UDF, reading the model files the driver wrote to the store) and evaluates."""
-    master, _ = standalone_cluster
+    (tests/standalone.py): Spark 4.0's Delta reads what Spark 4.1's wrote, and fetch, ingest and features find
+    their work done. On the cluster it trained (Horovod processes inside its executors), scored (its executors'
+    pandas UDF, reading the model files the driver wrote to the store) and evaluated."""
+    standalone.finish_submission(cluster_submission)
     point_spark_at(spark, s3_store.endpoint)
     # MLflow's file store cannot live in a bucket: as on a cluster, the environment says where runs go.
     patch = pytest.MonkeyPatch()
-    patch.setenv("MLFLOW_TRACKING_URI", "file://" + str(tmp_path_factory.mktemp("mlruns")))
-    # The stack's settings but Horovod's launcher and another seed: the launcher alone does not make another
-    # model (train.model_version), and the model must be trained here. The cheapest yardstick: ALS on Spark
-    # is tested in tests/test_pipeline_e2e.py.
-    settings = [f"warehouse={second_stack_run['warehouse']}", *second_stack.SETTINGS, "train.launcher=horovod",
-                "train.seed=4321", "evaluate.baselines=[popularity]"]
-    config = load_config("synthetic", settings)
-    here = set(os.listdir("."))
-    spark_submit(wheel_python, master, s3_store, "pipeline", "--conf", "synthetic",
-                 *[part for setting in settings for part in ("--set", setting)])
-    assert set(os.listdir(".")) == here, "a stage wrote into the working directory instead of the store"
-    yield config
+    patch.setenv("MLFLOW_TRACKING_URI", cluster_submission["mlruns"])
+    yield load_config("synthetic", cluster_submission["settings"])
     patch.undo()
 
 
