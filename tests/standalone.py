@@ -51,7 +51,8 @@ def wheel_python(folder: str) -> str:
 def start_cluster(folder: str) -> tuple[str, list[subprocess.Popen]]:
     """A standalone master and two workers (1 core each), each its own JVM: (master URL, their processes)."""
     port, web = free_port(), free_port()
-    env = {**os.environ, "SPARK_HOME": SPARK_HOME, "SPARK_LOG_DIR": folder, "PYTHONPATH": ""}
+    env = {**os.environ, "SPARK_HOME": SPARK_HOME, "SPARK_LOG_DIR": folder, "PYTHONPATH": "",
+           **second_stack.BACKGROUND_JVM}
     spark_class = os.path.join(SPARK_HOME, "bin", "spark-class")
     daemons = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                  "--port", str(port), "--webui-port", str(web)], env=env,
@@ -108,7 +109,8 @@ def spark_submit(python: str, master: str, endpoint: str, job: str, *arguments: 
                *[part for key, value in settings.items() for part in ("--conf", f"{key}={value}")],
                os.path.join(REPOSITORY, "jobs", f"{job}.py"), *arguments]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPOSITORY,
-                            env={**os.environ, "SPARK_HOME": SPARK_HOME, "PYTHONPATH": "", **environment})
+                            env={**os.environ, "SPARK_HOME": SPARK_HOME, "PYTHONPATH": "", **second_stack.BACKGROUND_JVM,
+                                 **environment})
 
 
 def pipeline_settings(warehouse: str) -> list[str]:
