@@ -18,13 +18,10 @@ import second_stack
 from stores import free_port, s3a_settings
 from xdrec.spark import delta_jars, s3a_jars
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPOSITORY = second_stack.REPOSITORY
 SPARK_HOME = os.path.dirname(__import__("pyspark").__file__)
-
-
-def _shared_packages() -> str:
-    """The site-packages folder holding the pinned stack (pyspark, torch, horovod, ...)."""
-    return os.path.dirname(os.path.dirname(__import__("pyspark").__file__))
+# The site-packages folder holding the pinned stack (pyspark, torch, horovod, ...).
+SHARED_PACKAGES = os.path.dirname(SPARK_HOME)
 
 
 def wheel_python(folder: str) -> str:
@@ -38,7 +35,7 @@ def wheel_python(folder: str) -> str:
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     with open(os.path.join(site, "shared-packages.pth"), "w") as handle:
-        handle.write(f"import site; site.addsitedir('{_shared_packages()}')\n")
+        handle.write(f"import site; site.addsitedir('{SHARED_PACKAGES}')\n")
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True,
                    env={**os.environ, "PYTHONPATH": ""})
     installed = subprocess.run([python, "-c", "import xdrec, xdrec.config as c; print(xdrec.__file__, c.CONF_DIR)"],
