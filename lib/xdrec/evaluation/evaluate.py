@@ -242,33 +242,45 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
 
 def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     """Evaluate every trained method and baseline; write ``user_metrics``, ``metrics`` and a report, and
-    record the run in ``runs``."""
+    record the run in ``runs``. When only the recommendations changed since the last report (a new scoring
+    run), its test figures stand and only the coverage is computed again."""
     run_started, run_id = time.time(), lineage.new_run_id()
     settings, target = config.evaluate, config.data.target_domain
     ks = sorted(settings.ks)
+    headline = f"NDCG@{10 if 10 in ks else ks[-1]}"
     versions = {name: tables.version(spark, config.warehouse, name)
                 for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
     trained = selection.served_candidates(config.train)
     scorers = {method: artifacts.latest_path(config.warehouse, method) for method in trained}
     folder = files.join(config.warehouse, "reports", "latest")
-    # Same split, models, recommendations and settings: the same figures. Say so instead of redoing them.
+    # The test figures depend on the split, the models and the settings; the coverage on the recommendations too.
     values = config.to_dict()
+    ranking_key = lineage.fingerprint(values["evaluate"], values["als"], versions,
+                                      {method: files.basename(path) for method, path in scorers.items()},
+                                      selection.read_selection(config.warehouse)["model_version"])
     recommendations = (tables.version(spark, config.warehouse, tables.RECOMMENDATIONS)
                        if tables.exists(spark, config.warehouse, tables.RECOMMENDATIONS) else None)
-    evaluation_key = lineage.fingerprint(values["evaluate"], values["als"], config.score.k, versions, recommendations,
-                                         {method: files.basename(path) for method, path in scorers.items()},
-                                         selection.read_selection(config.warehouse)["model_version"])
+    evaluation_key = lineage.fingerprint(ranking_key, config.score.k, recommendations)
     previous = report.read(folder)
     if previous is not None and previous.get("key") == evaluation_key:
         log.info(f"inputs {versions}, models and settings unchanged since the report in {folder}: reusing it")
         return previous
 
-    indexed = tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS, versions[tables.INDEXED_INTERACTIONS])
     item_index = tables.read(spark, config.warehouse, tables.ITEM_INDEX, versions[tables.ITEM_INDEX]).toPandas()
+    candidates = np.sort(item_index.loc[item_index["domain"] == target, "item_idx"].to_numpy(dtype=np.int64))
+    covered = (coverage(tables.read(spark, config.warehouse, tables.RECOMMENDATIONS, recommendations),
+                        len(candidates), config.score.k)
+               if recommendations is not None else {})
+    if previous is not None and previous.get("ranking_key") == ranking_key:
+        log.info(f"only the recommendations (v{recommendations}) changed since the report in {folder}: its test "
+                 "figures stand, the coverage is computed again")
+        return _publish(spark, config, {**previous, "coverage": covered, "key": evaluation_key}, run_id, run_started,
+                        headline, folder)
+
+    indexed = tables.read(spark, config.warehouse, tables.INDEXED_INTERACTIONS, versions[tables.INDEXED_INTERACTIONS])
     num_users = int(tables.read(spark, config.warehouse, tables.USER_INDEX, versions[tables.USER_INDEX])
                     .agg(F.max("user_idx")).first()[0]) + 1
     num_items = int(item_index["item_idx"].max()) + 1
-    candidates = np.sort(item_index.loc[item_index["domain"] == target, "item_idx"].to_numpy(dtype=np.int64))
     scorers.update(fit_baselines(config, indexed, num_users, num_items))
     yardsticks = [name for name in scorers if name not in config.train.methods and name != selection.BLEND]
 
@@ -300,16 +312,13 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     summary = _nested(tables.read(spark, config.warehouse, tables.METRICS).collect())
     log.info(f"{len(scorers)} models x 2 protocols ranked in {time.perf_counter() - started:.1f}s")
 
-    headline = f"NDCG@{10 if 10 in ks else ks[-1]}"
     results = {
         "target_domain": target,
         "ks": ks,
         "protocols": {FULL: "all unseen target items", SAMPLED: f"{settings.sampled_negatives} sampled negatives"},
         "metrics": summary["values"],
         "counts": summary["counts"],
-        "coverage": (coverage(tables.read(spark, config.warehouse, tables.RECOMMENDATIONS, recommendations),
-                              len(candidates), config.score.k)
-                     if recommendations is not None else {}),
+        "coverage": covered,
         "bootstrap": compare_best(per_user, config.train.methods, yardsticks, headline,
                                   settings.bootstrap_samples, settings.seed, summary["values"][FULL]),
         # The blend against every other model, the trained methods included.
@@ -319,18 +328,25 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         "selected": selection.read_selection(config.warehouse),
         "inputs": versions,
         "written": {tables.USER_METRICS: user_metrics_version, tables.METRICS: metrics_version},
+        "ranking_key": ranking_key,
         "key": evaluation_key,
         "histories": {method: artifacts.load(path).meta.get("history", [])
                       for method, path in scorers.items() if method in config.train.methods},
     }
     users.unpersist()
     lines.unpersist()
-    lineage.record_run(spark, config.warehouse, "evaluate", run_id, run_started, versions, results["written"],
-                       summary={"models": sorted(scorers)})
+    return _publish(spark, config, results, run_id, run_started, headline, folder)
+
+
+def _publish(spark: SparkSession, config: Config, results: dict[str, Any], run_id: str, run_started: float,
+             headline: str, folder: str) -> dict[str, Any]:
+    """Record the run in ``runs``, write the report to ``folder`` and log its figures; returns ``results``."""
+    lineage.record_run(spark, config.warehouse, "evaluate", run_id, run_started, results["inputs"],
+                       results["written"], summary={"models": sorted(results["metrics"][FULL])})
     folder = report.write(folder, results, headline)
     log.info("test figures:\n" + report.summary_table(results, headline))
-    for model, groups in summary["values"].get(RATING, {}).items():
-        log.info(f"rating error of {model} on {summary['counts'][RATING][model]['all']:,} rated test pairs: "
+    for model, groups in results["metrics"].get(RATING, {}).items():
+        log.info(f"rating error of {model} on {results['counts'][RATING][model]['all']:,} rated test pairs: "
                  + ", ".join(f"{group} MAE {groups[group]['MAE']:.4f} RMSE {groups[group]['RMSE']:.4f}"
                              for group in USER_GROUPS if group in groups))
     log.info(f"report in {folder}")
