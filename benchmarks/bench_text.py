@@ -7,7 +7,7 @@ Both embed the same item texts (the distinct texts of the config's ``items`` tab
 ``features.text_encoder`` at ``features.text_batch_size``:
 
 - in process: one ``encode`` call, torch on every core (the encoder loaded and warmed up beforehand);
-- the UDF: ``xdrec.data.text.embed_texts`` over the default parallelism, as the features stage runs it,
+- the UDF: ``xdrec.data.text.embed_texts`` over as many tasks as the features stage gives these texts,
   into Spark's ``noop`` sink. Its first run includes each Python worker loading the encoder; the second
   reuses the workers (Spark keeps them), which is the stage's steady state on a large catalogue.
 
@@ -55,7 +55,7 @@ def main() -> None:
     in_process = count / (time.perf_counter() - started)
     print(f"in process ({cores} threads): {count:,} texts at {in_process:,.0f}/s", flush=True)
 
-    partitions = spark.sparkContext.defaultParallelism
+    partitions = text.embedding_tasks(count, spark.sparkContext.defaultParallelism)
     udf_rates = []
     for run in ("first (workers load the encoder)", "second (workers reused)"):
         started = time.perf_counter()

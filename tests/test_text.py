@@ -54,6 +54,11 @@ def test_the_udf_embeds_like_the_driver_and_the_cache_skips_known_texts(spark):
     cache.unpersist()
 
 
+def test_few_texts_share_one_task_and_many_spread_over_every_core():
+    assert [text.embedding_tasks(count, 8) for count in (0, 1, 1_000, 1_001, 7_999, 100_000)] == [1, 1, 1, 2, 8, 8]
+    assert text.embedding_tasks(100_000, 1) == 1
+
+
 def test_a_folder_that_is_not_a_model_is_a_one_line_error(tmp_path):
     with pytest.raises(XdrecError, match=r"features.text_encoder: .* is not a model folder"):
         text.check_encoder(str(tmp_path))

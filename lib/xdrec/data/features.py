@@ -313,16 +313,20 @@ def _embed_item_text(writer: _Writer, config: Config, items: DataFrame, item_ind
         return {}
     text.check_encoder(encoder)
     cache = writer.read(tables.TEXT_EMBEDDING_CACHE)
-    missing = text.texts_to_embed(with_text, cache, encoder)
-    partitions = writer.spark.sparkContext.defaultParallelism
-    embedded = text.embed_texts(missing, encoder, config.features.text_batch_size, partitions).cache()
+    missing = text.texts_to_embed(with_text, cache, encoder).cache()
     try:
-        with progress(writer.spark, "features", f"embedding the new texts with {encoder}"):
-            new_texts = embedded.count()  # runs the encoder once; the MERGE below reuses the result
+        new_texts = missing.count()
         if new_texts:
-            cache = writer.merge_new(embedded, tables.TEXT_EMBEDDING_CACHE, ["encoder", "text_hash"])
+            tasks = text.embedding_tasks(new_texts, writer.spark.sparkContext.defaultParallelism)
+            embedded = text.embed_texts(missing, encoder, config.features.text_batch_size, tasks).cache()
+            try:
+                with progress(writer.spark, "features", f"embedding {new_texts:,} new texts with {encoder}"):
+                    embedded.count()  # runs the encoder once; the MERGE below reuses the result
+                cache = writer.merge_new(embedded, tables.TEXT_EMBEDDING_CACHE, ["encoder", "text_hash"])
+            finally:
+                embedded.unpersist()
     finally:
-        embedded.unpersist()
+        missing.unpersist()
     vectors = writer.overwrite(text.item_embeddings(with_text, item_index, cache, encoder),
                                tables.ITEM_EMBEDDINGS, ["domain"])
     rows = vectors.count()

@@ -169,6 +169,8 @@ def retention_properties(days: int) -> dict[str, str]:
 
 def set_properties(spark: SparkSession, warehouse: str, name: str, properties: dict[str, str]) -> None:
     """Set Delta table properties; commits only when one differs from the table's."""
+    if not properties:
+        return
     path = table_path(warehouse, name)
     current = {row.key: row.value for row in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
     changed = {key: value for key, value in properties.items() if current.get(key) != value}
