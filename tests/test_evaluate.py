@@ -39,9 +39,18 @@ def by_user(rows):
     return {row["user_idx"]: row for row in rows}
 
 
-def test_full_ranking_in_spark_matches_hand_ranks_and_the_reference(spark, indexed, ordered_scorer):
+@pytest.fixture(scope="module")
+def reversed_scorer(tmp_path_factory):
+    """Every user ranks items against their index: item 11 best."""
+    scorer = FactorModel(np.zeros((6, 1)), np.zeros((12, 1)), np.arange(12, dtype=np.float32))
+    return baselines.save_scorer(str(tmp_path_factory.mktemp("reversed")), scorer)
+
+
+def test_full_ranking_in_spark_matches_hand_ranks_and_the_reference(spark, indexed, ordered_scorer, reversed_scorer):
     users = target_test_users(indexed, "movies")
-    rows = by_user(full_ranking_metrics(users, ordered_scorer, CANDIDATES, KS).collect())
+    ranked = full_ranking_metrics(users, {"ordered": ordered_scorer, "reversed": reversed_scorer}, CANDIDATES,
+                                  KS).collect()
+    rows = by_user(row for row in ranked if row["model"] == "ordered")
     names = metric_names(KS)
     # user 1 saw item 0; item 3 is third of 1..9 -> rank 3. User 2 saw item 1; items 0 and 4 rank 1 and 4.
     # user 3 saw nothing in the target; item 6 ranks 7 of 10.
@@ -59,11 +68,17 @@ def test_full_ranking_in_spark_matches_hand_ranks_and_the_reference(spark, index
         assert dict(zip(names, rows[user]["values"])) == pytest.approx(reference)
         assert rows[user]["candidate_count"] == len(unseen[user])
     assert rows[3]["cold"] and not rows[1]["cold"]
+    # The same pass ranks with the other model, by its own scores.
+    reversed_rows = by_user(row for row in ranked if row["model"] == "reversed")
+    assert len(ranked) == 6
+    for user in unseen:
+        reference = reference_user_metrics(unseen[user][::-1], relevant[user], KS)
+        assert dict(zip(names, reversed_rows[user]["values"])) == pytest.approx(reference)
 
 
 def test_group_means_split_warm_and_cold_users(spark, indexed, ordered_scorer):
     users = target_test_users(indexed, "movies")
-    per_user = long_format(full_ranking_metrics(users, ordered_scorer, CANDIDATES, KS), metric_names(KS), "m", FULL)
+    per_user = long_format(full_ranking_metrics(users, {"m": ordered_scorer}, CANDIDATES, KS), metric_names(KS), FULL)
     means = {(row["user_group"], row["metric"]): (row["value"], row["count"])
              for row in group_means(per_user).collect()}
     assert means[("warm", "MRR")] == pytest.approx(((1 / 3 + 1) / 2, 2))
@@ -71,16 +86,21 @@ def test_group_means_split_warm_and_cold_users(spark, indexed, ordered_scorer):
     assert means[("all", "HR@1")] == pytest.approx((1 / 3, 3))
 
 
-def test_sampled_protocol_is_seeded_and_ranks_among_negatives(spark, indexed, ordered_scorer):
+def test_sampled_protocol_is_seeded_and_ranks_among_negatives(spark, indexed, ordered_scorer, reversed_scorer):
     lines = indexed.where("domain = 'movies' and split = 'test'").select("user_idx", "item_idx", "cold")
     train_items = np.array([5, 8, 9])  # every negative scores below items 0..4 and above 6 only sometimes
-    first = sampled_metrics(lines, ordered_scorer, train_items, 50, seed=3, ks=KS).collect()
-    second = sampled_metrics(lines, ordered_scorer, train_items, 50, seed=3, ks=KS).collect()
+    scorers = {"ordered": ordered_scorer, "reversed": reversed_scorer}
+    first = sampled_metrics(lines, scorers, train_items, 50, seed=3, ks=KS).collect()
+    second = sampled_metrics(lines, scorers, train_items, 50, seed=3, ks=KS).collect()
     assert sorted(map(tuple, first)) == sorted(map(tuple, second))
-    values = {(row["user_idx"], row["item_idx"]): dict(zip(sampled_names(KS), row["values"])) for row in first}
-    assert values[(1, 3)]["MRR"] == 1.0 and values[(2, 4)]["HR@1"] == 1.0
+    values = {(row["model"], row["user_idx"], row["item_idx"]): dict(zip(sampled_names(KS), row["values"]))
+              for row in first}
+    assert values[("ordered", 1, 3)]["MRR"] == 1.0 and values[("ordered", 2, 4)]["HR@1"] == 1.0
     # item 6 is beaten by every drawn 5 and by nothing else: rank = 1 + count of 5s among 50 draws
-    assert 0 < 1 / values[(3, 6)]["MRR"] - 1 < 50
+    fives = 1 / values[("ordered", 3, 6)]["MRR"] - 1
+    assert 0 < fives < 50
+    # Both models rank against the same draws: reversed, item 6 is beaten by every drawn 8 and 9.
+    assert 1 / values[("reversed", 3, 6)]["MRR"] - 1 == 50 - fives
 
 
 def test_paired_bootstrap():

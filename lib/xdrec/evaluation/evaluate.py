@@ -14,20 +14,18 @@ rating-prediction baselines (:func:`xdrec.evaluation.baselines.rating_prediction
 
 Per-user values go to the ``user_metrics`` table so methods can be compared pairwise; means to
 ``metrics``; a paired bootstrap confidence interval compares the best transfer method with the best
-baseline; catalogue coverage comes from the ``recommendations`` table. Scoring runs in pandas UDFs that
-load a model artifact or a baseline's factors once per task.
+baseline; catalogue coverage comes from the ``recommendations`` table. Ranking takes one pass over
+the test users per protocol (``mapInPandas``): each task loads every model's artifact or factors once.
 """
 from __future__ import annotations
 
 import time
-from functools import reduce
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from xdrec import files
 from xdrec.config import Config
@@ -64,50 +62,61 @@ def target_test_users(indexed: DataFrame, target_domain: str) -> DataFrame:
             .withColumn("seen", F.coalesce("seen", F.array().cast("array<int>"))))
 
 
-def full_ranking_metrics(users: DataFrame, scorer_path: str, candidates: np.ndarray, ks: list[int]) -> DataFrame:
-    """(user_idx, cold, relevant_count, candidate_count, values array) with values in ``metric_names(ks)`` order.
+def full_ranking_metrics(users: DataFrame, scorers: dict[str, str], candidates: np.ndarray,
+                         ks: list[int]) -> DataFrame:
+    """(model, user_idx, cold, relevant_count, candidate_count, values array) for every model of ``scorers``
+    ({name: folder}), values in ``metric_names(ks)`` order.
 
-    Users none of whose relevant items can be ranked (all seen, or not candidates) get no row.
+    One pass over ``users``: each task loads the scorers one after the other, once each, and ranks its users
+    with each. Users none of whose relevant items can be ranked (all seen, or not candidates) get no row.
     """
     names = metric_names(ks)
 
-    @F.pandas_udf(T.StructType([T.StructField("relevant_count", T.IntegerType()),
-                                T.StructField("candidate_count", T.IntegerType()),
-                                T.StructField("values", T.ArrayType(T.DoubleType()))]))
-    def rank_users(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        scorer = load_scorer(scorer_path)
-        for user_idx, relevant, seen in batches:
-            ranks, counts = full_ranks(scorer, user_idx.to_numpy(dtype=np.int64), list(relevant), list(seen),
-                                       candidates)
-            values = [_ordered(user_metrics(r, c, ks), names) if len(r) else None for r, c in zip(ranks, counts)]
-            yield pd.DataFrame({"relevant_count": [len(r) for r in ranks], "candidate_count": counts,
-                                "values": values})
+    def rank_users(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        frames = list(frames)  # the task's test users, kept so that one scorer at a time is in memory
+        for model, path in scorers.items():
+            scorer = load_scorer(path)
+            for frame in frames:
+                ranks, counts = full_ranks(scorer, frame["user_idx"].to_numpy(dtype=np.int64),
+                                           list(frame["relevant"]), list(frame["seen"]), candidates)
+                ranked = [row for row, relevant in enumerate(ranks) if len(relevant)]
+                yield pd.DataFrame({
+                    "model": model, "user_idx": frame["user_idx"].to_numpy()[ranked],
+                    "cold": frame["cold"].to_numpy()[ranked], "relevant_count": [len(ranks[row]) for row in ranked],
+                    "candidate_count": [counts[row] for row in ranked],
+                    "values": [_ordered(user_metrics(ranks[row], counts[row], ks), names) for row in ranked]})
 
-    return (users.select("user_idx", "cold", rank_users("user_idx", "relevant", "seen").alias("result"))
-            .select("user_idx", "cold", "result.*").where(F.col("values").isNotNull()))
+    return users.select("user_idx", "cold", "relevant", "seen").mapInPandas(
+        rank_users, "model string, user_idx int, cold boolean, relevant_count int, candidate_count int, "
+                    "values array<double>")
 
 
-def sampled_metrics(lines: DataFrame, scorer_path: str, train_items: np.ndarray, negatives: int, seed: int,
+def sampled_metrics(lines: DataFrame, scorers: dict[str, str], train_items: np.ndarray, negatives: int, seed: int,
                     ks: list[int]) -> DataFrame:
-    """(user_idx, item_idx, cold, values array) per test line, values in ``sampled_names(ks)`` order.
+    """(model, user_idx, item_idx, cold, values array) for every model of ``scorers`` ({name: folder}) and test
+    line, values in ``sampled_names(ks)`` order.
 
-    A line's negatives come from a generator seeded by (seed, user, item): the same on every run and
-    partitioning.
+    One pass over ``lines``, each scorer loaded once per task. A line's negatives come from a generator
+    seeded by (seed, user, item): the same on every run and partitioning, and for every model.
     """
     names = sampled_names(ks)
     train_items = np.asarray(train_items, dtype=np.int64)
 
-    @F.pandas_udf(T.ArrayType(T.DoubleType()))
-    def rank_lines(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
-        scorer = load_scorer(scorer_path)
-        for user_idx, item_idx in batches:
-            users, items = user_idx.to_numpy(dtype=np.int64), item_idx.to_numpy(dtype=np.int64)
-            drawn = np.stack([train_items[np.random.default_rng([seed, user, item]).integers(0, len(train_items), negatives)]
-                              for user, item in zip(users, items)]) if len(users) else np.empty((0, negatives))
-            ranks = sampled_ranks(scorer, users, items, drawn)
-            yield pd.Series([_ordered(sampled_line_metrics(int(rank), ks), names) for rank in ranks])
+    def rank_lines(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        frames = list(frames)  # the task's test lines, kept so that one scorer at a time is in memory
+        for model, path in scorers.items():
+            scorer = load_scorer(path)
+            for frame in frames:
+                users, items = frame["user_idx"].to_numpy(dtype=np.int64), frame["item_idx"].to_numpy(dtype=np.int64)
+                drawn = (np.stack([train_items[np.random.default_rng([seed, user, item]).integers(
+                    0, len(train_items), negatives)] for user, item in zip(users, items)])
+                         if len(users) else np.empty((0, negatives)))
+                ranks = sampled_ranks(scorer, users, items, drawn)
+                yield pd.DataFrame({"model": model, "user_idx": users, "item_idx": items, "cold": frame["cold"],
+                                    "values": [_ordered(sampled_line_metrics(int(rank), ks), names) for rank in ranks]})
 
-    return lines.select("user_idx", "item_idx", "cold", rank_lines("user_idx", "item_idx").alias("values"))
+    return lines.select("user_idx", "item_idx", "cold").mapInPandas(
+        rank_lines, "model string, user_idx int, item_idx int, cold boolean, values array<double>")
 
 
 def _ordered(values: dict[str, float], names: list[str]) -> list[float]:
@@ -118,11 +127,11 @@ def sampled_names(ks: list[int]) -> list[str]:
     return ["MRR"] + [f"{name}@{k}" for k in ks for name in ("HR", "NDCG")]
 
 
-def long_format(frame: DataFrame, names: list[str], model: str, protocol: str) -> DataFrame:
+def long_format(frame: DataFrame, names: list[str], protocol: str) -> DataFrame:
     """One row per (row of ``frame``, metric): model, protocol, user_idx, cold, metric, value."""
     pairs = F.arrays_zip(F.array(*[F.lit(name) for name in names]).alias("metric"), F.col("values").alias("value"))
-    return (frame.select("user_idx", "cold", F.explode(pairs).alias("pair"))
-            .select(F.lit(model).alias("model"), F.lit(protocol).alias("protocol"), "user_idx", "cold",
+    return (frame.select("model", "user_idx", "cold", F.explode(pairs).alias("pair"))
+            .select("model", F.lit(protocol).alias("protocol"), "user_idx", "cold",
                     F.col("pair.metric").alias("metric"), F.col("pair.value").alias("value")))
 
 
@@ -292,19 +301,14 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     train_items = np.array(sorted(row[0] for row in indexed.where(
         (F.col("domain") == target) & (F.col("split") == "train")).select("item_idx").distinct().collect()))
 
-    full_frames, sampled_frames = [], []
-    for model, path in scorers.items():
-        full_frames.append(long_format(full_ranking_metrics(users, path, candidates, ks), metric_names(ks),
-                                       model, FULL))
-        sampled_frames.append(long_format(
-            sampled_metrics(lines, path, train_items, settings.sampled_negatives, settings.seed, ks),
-            sampled_names(ks), model, SAMPLED))
+    full = long_format(full_ranking_metrics(users, scorers, candidates, ks), metric_names(ks), FULL)
+    sampled = long_format(sampled_metrics(lines, scorers, train_items, settings.sampled_negatives, settings.seed, ks),
+                          sampled_names(ks), SAMPLED)
     started = time.perf_counter()
-    union = lambda frames: reduce(DataFrame.unionByName, frames)  # noqa: E731
     with progress(spark, "evaluate", f"ranking the test users with {len(scorers)} models"):
-        user_metrics_version = tables.overwrite(union(full_frames), config.warehouse, tables.USER_METRICS, ["model"])
+        user_metrics_version = tables.overwrite(full, config.warehouse, tables.USER_METRICS, ["model"])
     per_user = tables.read(spark, config.warehouse, tables.USER_METRICS)
-    means = group_means(per_user).unionByName(group_means(union(sampled_frames)))
+    means = group_means(per_user).unionByName(group_means(sampled))
     errors = rating_errors(indexed, config)
     if errors is not None:
         means = means.unionByName(errors)
