@@ -7,7 +7,8 @@ import pytest
 
 from xdrec.errors import XdrecError
 from xdrec.training.loop import below_median
-from xdrec.training.tune import METHOD_SPACE, epoch_medians, inside, run_search, seeded_study, suggest
+from xdrec.training.tune import (METHOD_SPACE, epoch_medians, inside, run_search, seeded_study, suggest,
+                                 trial_deadline)
 
 
 def quadratic(trial) -> float:
@@ -69,3 +70,12 @@ def test_the_median_rule_stops_a_run_below_the_finished_runs_once_past_its_grace
     assert not below_median([0.0, 0.5, 0.39], medians, after=2)  # its best so far counts
     assert not below_median([0.0] * 6, medians, after=2)  # past every finished run's length
     assert not below_median([0.0, 0.0, 0.0], medians, after=0)  # 0: never
+
+
+def test_the_seeded_trials_share_the_time_left_and_drawn_trials_keep_the_searchs_deadline():
+    # Two seeded trials, 600 s left: the first may use half. However long it took, the second gets the rest.
+    assert trial_deadline(0, 2, now=1000.0, deadline=1600.0) == 1300.0
+    assert trial_deadline(1, 2, now=1290.0, deadline=1600.0) == 1600.0
+    assert trial_deadline(1, 2, now=1310.0, deadline=1600.0) == 1600.0  # the first ran past its share
+    assert trial_deadline(0, 3, now=0.0, deadline=900.0) == 300.0
+    assert trial_deadline(2, 2, now=1400.0, deadline=1600.0) == 1600.0  # a drawn trial

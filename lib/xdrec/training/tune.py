@@ -158,6 +158,17 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
         train_rows.unpersist()
 
 
+def trial_deadline(number: int, seeded: int, now: float, deadline: float) -> float:
+    """When training trial ``number`` (from 0) must stop. The ``seeded`` trials tried first share what is left
+    of the search's time equally, so the last of them runs however long the earlier ones take; the trials
+    the sampler draws stop at the search's ``deadline``.
+
+    >>> trial_deadline(0, 2, now=0.0, deadline=600.0), trial_deadline(1, 2, now=250.0, deadline=600.0)
+    (300.0, 600.0)
+    """
+    return now + (deadline - now) / (seeded - number) if number < seeded else deadline
+
+
 def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, method: str, seconds: float) -> Any:
     """The training-settings search: each trial trains ``method`` through the train stage's launcher and
     loop; its figure is that of the model the run keeps (its last validated phase's best epoch)."""
@@ -165,6 +176,12 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
 
     curves: list[list[float]] = []  # the finished trials' figures per epoch of the last validated phase
     deadline = time.time() + seconds  # a trial running past it stops after its epoch and keeps its best
+    # The config's own settings first, then the same with the other user encoder: the choice between them
+    # is the largest one on the sparse sets (docs/methods.md), so it is not left to the sampler, nor to a
+    # budget that the first of them could spend alone.
+    own = inside(METHOD_SPACE, config.train.model_dump())
+    other = next(encoder for encoder in METHOD_SPACE["user_encoder"] if encoder != own["user_encoder"])
+    seeded = (own, {**own, "user_encoder": other})
 
     def objective(trial) -> float:
         started = time.perf_counter()
@@ -175,7 +192,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
                                     f"{method}-{trial.number}-{time.time_ns()}")
         spec = train_spec(trial_config, method, inputs, data, checkpoint_dir)
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
-        spec.deadline = deadline
+        spec.deadline = trial_deadline(trial.number, len(seeded), time.time(), deadline)
         try:
             history = distributed.run_spec(spec)
         finally:
@@ -192,12 +209,8 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         curves.append(curve)
         return max(curve)
 
-    # The config's own settings first, then the same with the other user encoder: the choice between them
-    # is the largest one on the sparse sets (docs/methods.md), so it is not left to the sampler.
-    own = inside(METHOD_SPACE, config.train.model_dump())
-    other = next(encoder for encoder in METHOD_SPACE["user_encoder"] if encoder != own["user_encoder"])
     return run_search(seeded_study(config.tune.seed + 1), objective, method, config.tune.method_trials, seconds,
-                      first=(own, {**own, "user_encoder": other}))
+                      first=seeded)
 
 
 def epoch_medians(curves: list[list[float]]) -> list[float]:
