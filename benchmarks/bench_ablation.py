@@ -9,8 +9,8 @@ config's processes) with the settings of the row laid over the config, or reuses
 reports the validation figure that model selection and early stopping use (``train.validation_metric``@``validation_k`` on
 ``validation_group``), the epoch kept and the wall time. The rows walk from the old defaults (pointwise
 bce, dot products, dimension 32, every drawn negative kept) to the current ones, and the last rows try the
-current ones with one thing changed: the lazy Adam for the embedding tables, or the history encoder for
-the users; validation only, never test. The data stages must
+current ones with one thing changed: the lazy Adam for the embedding tables, the history encoder for
+the users, or embeddings that start from ALS-merged's factors; validation only, never test. The data stages must
 have run on the config's warehouse (``jobs/features.py --conf ...``). Prints a Markdown table and writes
 it, with every figure, as JSON (--out).
 """
@@ -37,6 +37,7 @@ ROWS = [
     ("+ the user's training items left out of the negatives (the current defaults)", []),
     ("the defaults with the lazy Adam for the tables", ["train.table_update=lazy"]),
     ("the defaults with the history encoder for the users", ["train.user_encoder=history"]),
+    ("the defaults with the embeddings started from ALS-merged", ["train.init=als_merged"]),
 ]
 
 
@@ -65,7 +66,8 @@ def main() -> None:
     parser.add_argument("--method", default="joint")
     parser.add_argument("--epochs", type=int, default=0, help="cap train.target_epochs (0: the config's)")
     parser.add_argument("--rows", default="", help="indices into the rows, comma-separated (4: the current "
-                        "defaults, 5: them with the lazy Adam for the tables, 6: with the history encoder); empty: every row")
+                        "defaults, 5: them with the lazy Adam for the tables, 6: with the history encoder, "
+                        "7: started from ALS-merged); empty: every row")
     parser.add_argument("--seeds", default="", help="train.seed values, comma-separated; empty: the config's")
     parser.add_argument("--out", default="reports/ablation.json")
     args = parser.parse_args()

@@ -3,9 +3,10 @@ inside Spark -> artifact and MLflow run (each process reading its shard into mem
 reader is checked once too). Distillation exercises the most: two domains read at every step,
 a teacher phase, then a student phase that must get its teacher back after a crash.
 
-Six Horovod launches: the train stage with 2 processes (the reference), then the same worker spec
+Seven Horovod launches: the train stage with 2 processes (the reference), then the same worker spec
 with 1 process, and with 2 processes killed mid-run and resumed; one single-process run with the
-streaming reader; a history-encoder model and a personalised-bridge model with 2 processes."""
+streaming reader; a history-encoder model, a model started from ALS factors and a personalised-bridge
+model with 2 processes."""
 from __future__ import annotations
 
 import os
@@ -122,6 +123,24 @@ def test_history_encoder_processes_read_the_histories_the_artifact_keeps(spark, 
     # Cold users' vectors come from their source items alone: chance is about 0.2, the two epochs gave
     # 0.70 and 0.66 here.
     assert max(epoch["validation"]["cold/NDCG@10"] for epoch in meta["history"]) > 0.5
+
+
+def test_a_run_started_from_als_starts_every_process_from_the_als_merged_factors(spark, make_config, trained):
+    """``train.init: als_merged``: the train stage fits ALS on both domains first (saved as the als_merged
+    factor model) and both processes start the embeddings from its factors. With a learning rate too small
+    to move them, the trained model's rows still point where the factors do."""
+    warehouse = trained[0].warehouse
+    config = make_config(warehouse, *OVERRIDES, "train.methods=[joint]", "train.target_epochs=1",
+                         "train.learning_rate=1e-9", "train.init=als_merged", "als.rank=8")
+    meta = run_train(spark, config)["models"]["joint"]
+    model = artifact.load(artifact.latest_path(warehouse, "joint")).model
+    als = artifact.load(artifact.latest_path(warehouse, "als_merged")).model
+    assert meta["num_proc"] == 2 and meta["config"]["train"]["init"] == "als_merged"
+    for table in ("user_embedding", "item_embedding"):
+        factors, started = getattr(als, table).weight, getattr(model, table).weight.detach()
+        fitted = factors.norm(dim=1) > 0
+        assert fitted.sum() > 0.9 * len(fitted), table
+        assert torch.nn.functional.cosine_similarity(started[fitted], factors[fitted]).min() > 0.999, table
 
 
 def test_bridge_processes_read_which_users_have_history_and_their_source_items(spark, make_config, trained):

@@ -214,6 +214,41 @@ def test_history_encoder_pools_the_users_items_and_leaves_the_scored_item_out(tm
         TwoTower(3, 5, 4, 8, bridge="emcdr", user_encoder="history")
 
 
+def test_a_model_started_from_factors_scores_as_they_do():
+    """train.init "als_merged": the embeddings' products are the factors' (one scale), the history
+    encoder pools to the factors folded in, and factors wider than the model keep their products when
+    their rank fits."""
+    generator = torch.Generator().manual_seed(0)
+    users, items = torch.randn(6, 4, generator=generator), torch.randn(5, 4, generator=generator)
+    users[2], items[4] = 0.0, 0.0  # no training interaction: no factors
+    torch.manual_seed(1)
+    model = TwoTower(6, 5, 4, 8)
+    random_start = model.user_embedding.weight.detach().clone()
+    model.start_from_factors(users.numpy(), items.numpy(), regularization=0.5)
+    started = model.user_embedding.weight.detach() @ model.item_embedding.weight.detach()[:4].T
+    expected = users @ items[:4].T
+    scale = started[0, 0] / expected[0, 0]
+    torch.testing.assert_close(started[[0, 1, 3, 4, 5]], scale * expected[[0, 1, 3, 4, 5]])
+    torch.testing.assert_close(model.user_embedding.weight[2].detach(), random_start[2])
+    # The rows take the random start's norm (N(0, 0.1^2) in 4 dimensions): 0.2 on average.
+    assert model.item_embedding.weight[:4].detach().norm(dim=1).mean().item() == pytest.approx(0.2)
+
+    history = TwoTower(6, 5, 4, 8, user_encoder="history")
+    history.start_from_factors(users.numpy(), items.numpy(), regularization=0.5)
+    folded = items[[0, 3]].sum(0) @ torch.linalg.inv(items.T @ items + 0.5 * torch.eye(4))
+    pooled = history.history_embedding.weight.detach()[[0, 3]].sum(0)
+    torch.testing.assert_close(pooled / pooled.norm(), folded / folded.norm())
+
+    # Rank-2 factors written in 4 columns, for a model of dimension 2: the top principal directions keep them.
+    basis = torch.linalg.qr(torch.randn(4, 4, generator=generator)).Q[:2]
+    low_users, low_items = users[:, :2] @ basis, items[:, :2] @ basis
+    narrow = TwoTower(6, 5, 2, 8)
+    narrow.start_from_factors(low_users.numpy(), low_items.numpy(), regularization=0.5)
+    products = narrow.user_embedding.weight.detach()[[0, 1]] @ narrow.item_embedding.weight.detach()[:4].T
+    expected = low_users[[0, 1]] @ low_items[:4].T
+    torch.testing.assert_close(products, products[0, 0] / expected[0, 0] * expected)
+
+
 def test_the_yardstick_and_the_bridges_keep_per_user_embeddings():
     # target_only must learn nothing from the source domain, and a history holds source items.
     assert model_options("joint", "history")["user_encoder"] == "history"

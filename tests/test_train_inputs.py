@@ -46,6 +46,11 @@ def test_model_version_follows_the_model_not_how_it_is_watched():
     assert model_version("finetune", base, versions) != model_version("finetune", other, versions)
     assert model_version("finetune", base, versions) != model_version("finetune", base, {"training_examples": 4})
     assert model_version("finetune", base, versions) != model_version("joint", base, versions)
+    # A method starting from ALS follows the ALS settings too; one starting at random does not.
+    for start, follows in (("random", False), ("als_merged", True)):
+        started = load_config("synthetic", [f"train.init={start}"])
+        other_als = load_config("synthetic", [f"train.init={start}", "als.rank=16"])
+        assert (model_version("joint", started, versions) != model_version("joint", other_als, versions)) == follows
 
 
 def test_a_change_to_the_training_code_gives_models_a_new_version(tmp_path, monkeypatch):

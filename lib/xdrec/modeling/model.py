@@ -178,6 +178,41 @@ class TwoTower(nn.Module):
         if isinstance(getattr(self, "bridge", None), PersonalisedBridge):
             self.bridge.reset_parameters()
 
+    def start_from_factors(self, user_factors: np.ndarray, item_factors: np.ndarray, regularization: float) -> None:
+        """Start the id embeddings from a matrix factorisation (ALS on both domains merged): item rows from
+        ``item_factors``; user rows from ``user_factors``, or with the history encoder history rows
+        h_j = y_j (Y'Y + regularization I)^-1, whose sum over a user's items is the user's factor as one ALS
+        step would fold it in (unit confidences). Factors wider than ``embedding_dim`` keep their top
+        principal directions, narrower ones get zero columns. Rows are scaled to the random start's norm;
+        rows the factorisation left at zero (no training interaction) keep their random start::
+
+            model.start_from_factors(als_user_factors, als_item_factors, regularization=0.1)
+        """
+        items = torch.as_tensor(item_factors, dtype=torch.float32)
+        if self.user_encoder == "history":
+            gram = items.T @ items + regularization * torch.eye(items.shape[1])
+            users = torch.linalg.solve(gram, items.T).T  # Y G^-1, G symmetric
+        else:
+            users = torch.as_tensor(user_factors, dtype=torch.float32)
+        rank, dim = items.shape[1], self.embedding_dim
+        if rank > dim:
+            projection = torch.linalg.svd(items, full_matrices=False).Vh[:dim].T
+            users, items = users @ projection, items @ projection
+        elif rank < dim:
+            users, items = (nn.functional.pad(rows, (0, dim - rank)) for rows in (users, items))
+        random_norm = 0.1 * dim ** 0.5  # reset_parameters' rows: N(0, 0.1^2) in every dimension
+        with torch.no_grad():
+            for names, rows in ((("user_embedding", "target_user_embedding", "history_embedding"), users),
+                                (("item_embedding",), items)):
+                norms = rows.norm(dim=1)
+                present = norms > 0
+                if not present.any():
+                    continue
+                scaled = rows * (random_norm / norms[present].mean())
+                for name in names:
+                    if hasattr(self, name):
+                        getattr(self, name).weight[present] = scaled[present]
+
     # ----- the data a model carries -------------------------------------------------------------------
 
     def set_item_text(self, embeddings: np.ndarray, has_text: np.ndarray) -> None:

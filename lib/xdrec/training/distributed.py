@@ -102,6 +102,8 @@ class TrainSpec:
     validation: ValidationSet | None = None
     # Each domain's item indices, which the sampled softmax draws its negatives from.
     domain_items: dict[str, np.ndarray] = field(default_factory=dict)
+    # train.init "als_merged": (user factors, item factors, ALS regularization) the embeddings start from.
+    start_factors: tuple[np.ndarray, np.ndarray, float] | None = None
     # A tune trial's median stopping rule (loop.below_median): earlier trials' median figure per epoch of
     # the last validated phase, and the epochs validated before it may stop the run (0: never).
     prune_below: list[float] = field(default_factory=list)
@@ -380,6 +382,8 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
     torch.manual_seed(spec.train.seed)
     model = TwoTower(**spec.model)
     spec.model_data.apply(model)
+    if spec.start_factors is not None:
+        model.start_from_factors(*spec.start_factors)
     masked = spec.train.mask_known_positives and spec.train.loss == "sampled_softmax"
     positives: dict[str, Pairs] = {}  # domain -> its training pairs, read here: none passes through the driver
     if masked or model.user_encoder == "history" or model.bridge_kind != "none":

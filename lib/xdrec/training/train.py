@@ -30,7 +30,7 @@ from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import model_options, phases_for
-from xdrec.modeling.model import TwoTower
+from xdrec.modeling.model import FactorModel, TwoTower
 from xdrec.training import artifact, distributed, factors, loop, selection, tracking
 from xdrec.training.validation import ValidationSet
 
@@ -58,12 +58,14 @@ def code_version(package: str = os.path.dirname(os.path.dirname(os.path.abspath(
 
 def model_version(method: str, config: Config, input_versions: dict[str, int]) -> str:
     """Same method, settings, split, input versions and code -> same version. A method's settings are the
-    train section's; a factor model's the als section's."""
+    train section's (and the als section's when it starts from ALS); a factor model's the als section's."""
     values = config.to_dict()
     if method in BASELINES:
         settings = {"als": values["als"]}
     else:
         settings = {"train": {key: value for key, value in values["train"].items() if key not in _NOT_IN_VERSION}}
+        if config.train.init == "als_merged":
+            settings["als"] = values["als"]
     settings.update({"method": method, "features": values["features"],
                      "data": [config.data.source_domain, config.data.target_domain], "inputs": input_versions,
                      "code": code_version()})
@@ -200,8 +202,9 @@ def read_inputs(spark: SparkSession, config: Config) -> TrainingInputs:
 
 
 def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[str, distributed.DomainData],
-               checkpoint_dir: str) -> distributed.TrainSpec:
-    """The workers' spec of one method: model settings, phases, data, what the model carries."""
+               checkpoint_dir: str, start: FactorModel | None = None) -> distributed.TrainSpec:
+    """The workers' spec of one method: model settings, phases, data, what the model carries, and the
+    factors its embeddings ``start`` from (:func:`starting_factors`)."""
     train = config.train
     options = model_options(method, train.user_encoder)
     text_dim = 0 if inputs.item_text is None else inputs.item_text[0].shape[1]
@@ -216,7 +219,10 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
     return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data,
                                  source_domain=config.data.source_domain, train=train,
                                  checkpoint_dir=checkpoint_dir, model_data=model_data, validation=inputs.validation,
-                                 domain_items=domain_items)
+                                 domain_items=domain_items,
+                                 start_factors=None if start is None else (
+                                     start.user_embedding.weight.numpy(), start.item_embedding.weight.numpy(),
+                                     config.als.regularization))
 
 
 def reused_artifact(config: Config, method: str, version: str) -> dict | None:
@@ -258,7 +264,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
 
     data = stage_method_examples(spark, config, method, inputs.versions[tables.TRAINING_EXAMPLES])
     checkpoint_dir = files.join(config.warehouse, "checkpoints", method, version)
-    spec = train_spec(config, method, inputs, data, checkpoint_dir)
+    spec = train_spec(config, method, inputs, data, checkpoint_dir, starting_factors(spark, config, inputs))
     processes = {"horovod": f"{config.train.num_proc} Horovod processes",
                  "torch_distributor": f"{config.train.num_proc} TorchDistributor processes",
                  "local": "1 local process"}[config.train.launcher]
@@ -306,6 +312,15 @@ def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_ro
         tracking.log_training(run_id, config, meta, path)
     log.info(f"{name}: fitted and saved {path} ({seconds:.0f}s)")
     return meta
+
+
+def starting_factors(spark: SparkSession, config: Config, inputs: TrainingInputs) -> FactorModel | None:
+    """The als_merged model that ``train.init`` "als_merged" starts the embeddings from (fitted and saved like
+    the factor model, or reused); None for "random"."""
+    if config.train.init != "als_merged":
+        return None
+    meta = fit_factor_model(config, "als_merged", inputs, training_rows(spark, config, inputs.versions))
+    return artifact.load(files.join(artifact.models_dir(config.warehouse, "als_merged"), meta["model_version"])).model
 
 
 def fit_blend_model(config: Config, inputs: TrainingInputs, paths: dict[str, str], figures: dict[str, dict],

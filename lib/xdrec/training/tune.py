@@ -37,7 +37,7 @@ from xdrec.logs import get_logger
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, below_median, selecting_key
 from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_method_examples,
-                                  train_spec, training_rows)
+                                  starting_factors, train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
 
 log = get_logger("tune")
@@ -182,6 +182,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
     own = inside(METHOD_SPACE, config.train.model_dump())
     other = next(encoder for encoder in METHOD_SPACE["user_encoder"] if encoder != own["user_encoder"])
     seeded = (own, {**own, "user_encoder": other})
+    start = starting_factors(spark, config, inputs)
 
     def objective(trial) -> float:
         started = time.perf_counter()
@@ -190,7 +191,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         data = stage_method_examples(spark, trial_config, method, inputs.versions[tables.TRAINING_EXAMPLES])
         checkpoint_dir = files.join(files.parent(tuning_path(config.warehouse)), "trials",
                                     f"{method}-{trial.number}-{time.time_ns()}")
-        spec = train_spec(trial_config, method, inputs, data, checkpoint_dir)
+        spec = train_spec(trial_config, method, inputs, data, checkpoint_dir, start)
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         spec.deadline = trial_deadline(trial.number, len(seeded), time.time(), deadline)
         try:
@@ -257,7 +258,9 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
         record["searches"]["als"] = {"best": study.best_value, "trials": _trials(study)}
     if config.tune.method_trials and method is not None:
         remaining = max(budget - (time.perf_counter() - started), 1.0)
-        study = search_method(spark, config, inputs, method, remaining)
+        # Trials that start from ALS start from the ALS just chosen.
+        chosen_als = config.model_copy(update={"als": config.als.model_copy(update=record["als"])})
+        study = search_method(spark, chosen_als, inputs, method, remaining)
         record["train"] = study.best_params
         record["searches"][method] = {"best": study.best_value, "trials": _trials(study)}
     record["seconds"] = round(time.perf_counter() - started, 1)
