@@ -30,7 +30,9 @@ OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
              "data.domains={source: {interactions: s.csv}, target: {interactions: t.csv}}",
              "train.target_epochs=6", "train.learning_rate=0.03", "train.batch_size=64", "train.num_proc=2",
              "train.embedding_dim=8", "train.hidden_dim=16", "train.patience=0", f"train.methods=[{METHOD}]",
-             "train.factor_models=[]"]
+             "train.factor_models=[]", "train.init=random"]
+# The launchers are compared from the random start that the tolerance below was measured from; the start
+# from ALS has its own test.
 # 1 and 2 processes split the same global batch, so they follow the same optimisation but read the
 # examples in another order. Compared is the student epoch the run keeps (its best validated one): over
 # seeds 0-3 and 1234 with 1 and 2 processes it spanned 0.678-0.719 on this world (standard deviation

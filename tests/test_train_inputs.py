@@ -12,7 +12,7 @@ from xdrec.config import load_config
 from xdrec.modeling.model import csr
 from xdrec.training import train
 from xdrec.training.distributed import user_histories
-from xdrec.training.train import code_version, item_text_matrix, model_version
+from xdrec.training.train import code_version, item_text_matrix, model_version, starts_from_als
 
 
 def test_csr_lists_each_users_items_in_order():
@@ -46,11 +46,14 @@ def test_model_version_follows_the_model_not_how_it_is_watched():
     assert model_version("finetune", base, versions) != model_version("finetune", other, versions)
     assert model_version("finetune", base, versions) != model_version("finetune", base, {"training_examples": 4})
     assert model_version("finetune", base, versions) != model_version("joint", base, versions)
-    # A method starting from ALS follows the ALS settings too; one starting at random does not.
-    for start, follows in (("random", False), ("als_merged", True)):
+    # A method starting from ALS follows the ALS settings too; one starting at random does not, and
+    # target_only, which knows nothing of the source domain, always starts at random.
+    for method, start, follows in (("joint", "random", False), ("joint", "als_merged", True),
+                                   ("target_only", "als_merged", False)):
         started = load_config("synthetic", [f"train.init={start}"])
         other_als = load_config("synthetic", [f"train.init={start}", "als.rank=16"])
-        assert (model_version("joint", started, versions) != model_version("joint", other_als, versions)) == follows
+        assert (model_version(method, started, versions) != model_version(method, other_als, versions)) == follows
+        assert starts_from_als(started, method) == follows
 
 
 def test_a_change_to_the_training_code_gives_models_a_new_version(tmp_path, monkeypatch):

@@ -48,10 +48,10 @@ def test_a_search_whose_every_trial_failed_names_the_cause():
 
 def test_the_configs_own_settings_are_tried_first():
     own = inside(METHOD_SPACE, {"learning_rate": 0.5, "embedding_dim": 48, "loss": "bce", "temperature": 0.1,
-                                "table_update": "lazy", "user_encoder": "history"})
+                                "table_update": "lazy", "user_encoder": "history", "init": "random"})
     # A rate above the range is clamped to it; a dimension that is not a choice is left to the sampler.
     assert own == {"learning_rate": 3e-2, "loss": "bce", "temperature": 0.1, "table_update": "lazy",
-                   "user_encoder": "history"}
+                   "user_encoder": "history", "init": "random"}
     tried = []
 
     def objective(trial) -> float:

@@ -277,11 +277,12 @@ class TrainConfig(_Section):
     embeddings of the items the user has in the training split of either domain (a row's own item left out
     while training), so a cold-start user's vector is built from item embeddings that every user trains.
     The bridge_* methods and target_only keep "embedding". See docs/methods.md, "The model"."""
-    init: Literal["random", "als_merged"] = "random"
-    """Where the id embeddings start: "random" (small Gaussian rows); "als_merged", from the factors of ALS on
-    both domains merged (section ``als``; the factor model als_merged, fitted first): the user rows from its
-    user factors, or with the history encoder history rows that pool to them, the item rows from its item
-    factors. See docs/methods.md, "Starting from ALS"."""
+    init: Literal["random", "als_merged"] = "als_merged"
+    """Where the id embeddings start: "als_merged", from the factors of ALS on both domains merged (section
+    ``als``; the factor model als_merged, fitted first): the user rows from its user factors, or with the
+    history encoder history rows that pool to them, the item rows from its item factors; "random", small
+    Gaussian rows. target_only, which knows nothing of the source domain, always starts at random. See
+    docs/methods.md, "Starting from ALS"."""
     batch_size: PositiveInt = 4096
     """Examples per step (see ``batch_scope``), positive and negative rows together."""
     batch_scope: Literal["global", "process"] = "global"

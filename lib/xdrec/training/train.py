@@ -64,7 +64,7 @@ def model_version(method: str, config: Config, input_versions: dict[str, int]) -
         settings = {"als": values["als"]}
     else:
         settings = {"train": {key: value for key, value in values["train"].items() if key not in _NOT_IN_VERSION}}
-        if config.train.init == "als_merged":
+        if starts_from_als(config, method):
             settings["als"] = values["als"]
     settings.update({"method": method, "features": values["features"],
                      "data": [config.data.source_domain, config.data.target_domain], "inputs": input_versions,
@@ -264,7 +264,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
 
     data = stage_method_examples(spark, config, method, inputs.versions[tables.TRAINING_EXAMPLES])
     checkpoint_dir = files.join(config.warehouse, "checkpoints", method, version)
-    spec = train_spec(config, method, inputs, data, checkpoint_dir, starting_factors(spark, config, inputs))
+    spec = train_spec(config, method, inputs, data, checkpoint_dir, starting_factors(spark, config, inputs, method))
     processes = {"horovod": f"{config.train.num_proc} Horovod processes",
                  "torch_distributor": f"{config.train.num_proc} TorchDistributor processes",
                  "local": "1 local process"}[config.train.launcher]
@@ -314,10 +314,16 @@ def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_ro
     return meta
 
 
-def starting_factors(spark: SparkSession, config: Config, inputs: TrainingInputs) -> FactorModel | None:
-    """The als_merged model that ``train.init`` "als_merged" starts the embeddings from (fitted and saved like
-    the factor model, or reused); None for "random"."""
-    if config.train.init != "als_merged":
+def starts_from_als(config: Config, method: str) -> bool:
+    """Whether ``method`` starts its embeddings from als_merged: with ``train.init`` "als_merged", every
+    method but target_only, whose users must know nothing of the source domain."""
+    return config.train.init == "als_merged" and method != "target_only"
+
+
+def starting_factors(spark: SparkSession, config: Config, inputs: TrainingInputs, method: str) -> FactorModel | None:
+    """The als_merged model that ``method`` starts its embeddings from (fitted and saved like the factor
+    model, or reused); None when it starts at random (:func:`starts_from_als`)."""
+    if not starts_from_als(config, method):
         return None
     meta = fit_factor_model(config, "als_merged", inputs, training_rows(spark, config, inputs.versions))
     return artifact.load(files.join(artifact.models_dir(config.warehouse, "als_merged"), meta["model_version"])).model

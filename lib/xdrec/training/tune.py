@@ -5,9 +5,9 @@ of ``tune.minutes``:
 
 1. the ALS factor models' settings (``als.rank``, ``als.regularization``, ``als.alpha``): each trial fits
    Spark ALS on both domains merged and ranks the validation users with it;
-2. the methods' training settings (``train.learning_rate``, ``train.embedding_dim``, ``train.loss``,
-   ``train.temperature``): each trial trains ``tune.method`` through the same launcher and loop as the
-   train stage.
+2. the methods' training settings (``METHOD_SPACE``: learning rate, dimension, loss, temperature, user
+   encoder, start...): each trial trains ``tune.method`` through the same launcher and loop as the train
+   stage.
 
 Each search tries the config's own settings first, so its choice never validates worse than them. A
 training trial is pruned (stopped, and marked so in Optuna) once it has validated more than
@@ -49,7 +49,8 @@ ALS_SPACE = {"rank": (16, 32, 64, 128, 256), "regularization": (1e-3, 10.0), "al
 METHOD_SPACE = {"learning_rate": (1e-4, 3e-2), "embedding_dim": (16, 32, 64, 128, 256),
                 "loss": ("bce", "softmax", "sampled_softmax"),
                 "temperature": (0.0, 0.05, 0.1, 0.2, 0.5),  # 0: dot products; else cosine / temperature
-                "table_update": ("dense", "lazy"), "user_encoder": ("embedding", "history")}
+                "table_update": ("dense", "lazy"), "user_encoder": ("embedding", "history"),
+                "init": ("random", "als_merged")}
 
 
 def _is_range(choices: tuple) -> bool:
@@ -182,16 +183,18 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
     own = inside(METHOD_SPACE, config.train.model_dump())
     other = next(encoder for encoder in METHOD_SPACE["user_encoder"] if encoder != own["user_encoder"])
     seeded = (own, {**own, "user_encoder": other})
-    start = starting_factors(spark, config, inputs)
+    starts: dict[str, Any] = {}  # by train.init: ALS-merged is fitted once, when a trial first starts from it
 
     def objective(trial) -> float:
         started = time.perf_counter()
         train = config.train.model_copy(update=suggest(trial, METHOD_SPACE))
         trial_config = config.model_copy(update={"train": train})
+        if train.init not in starts:
+            starts[train.init] = starting_factors(spark, trial_config, inputs, method)
         data = stage_method_examples(spark, trial_config, method, inputs.versions[tables.TRAINING_EXAMPLES])
         checkpoint_dir = files.join(files.parent(tuning_path(config.warehouse)), "trials",
                                     f"{method}-{trial.number}-{time.time_ns()}")
-        spec = train_spec(trial_config, method, inputs, data, checkpoint_dir, start)
+        spec = train_spec(trial_config, method, inputs, data, checkpoint_dir, starts[train.init])
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         spec.deadline = trial_deadline(trial.number, len(seeded), time.time(), deadline)
         try:
