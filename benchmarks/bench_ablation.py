@@ -10,9 +10,9 @@ reports the validation figure that model selection and early stopping use (``tra
 ``validation_group``), the epoch kept and the wall time. The rows walk from the old defaults (pointwise
 bce, dot products, dimension 32, every drawn negative kept, a random start) to the current ones (row 7,
 the embeddings started from ALS-merged's factors); rows 5 and 6 try row 4 with one thing changed: the lazy
-Adam for the embedding tables or the history encoder for the users. Validation only, never test. The data stages must
-have run on the config's warehouse (``jobs/features.py --conf ...``). Prints a Markdown table and writes
-it, with every figure, as JSON (--out).
+Adam for the embedding tables or the history encoder for the users. Validation only, never test. The data
+stages must have run on the config's warehouse (``jobs/features.py --conf ...``). Prints a Markdown table
+and writes it, with every figure, as JSON (--out).
 """
 from __future__ import annotations
 
