@@ -7,8 +7,8 @@ For each size s the script generates two domains of realistic shape (:func:`gene
 1,000,209 interactions, 6,040 users and 3,706 items in all, as CSV files and an item catalogue with titles.
 It then runs ingest → features → train → score → evaluate on them through the pipeline's own stages, with
 a config that keeps each stage's work proportional to the data:
-- train: ``joint`` alone, one source and one target epoch (a fixed number of steps per row), no
-  blend, no MLflow, the popularity factor model only;
+- train: ``joint`` alone, from a random start, one source and one target epoch (a fixed number of steps
+  per row), no blend, no MLflow, the popularity factor model only;
 - score: ``joint`` (the model UDF), whatever selection chose;
 - evaluate: popularity as the only baseline, 100 bootstrap samples.
 
@@ -131,7 +131,8 @@ def config_for(work: str, raw: str, size: float) -> str:
                                       "items": os.path.join(raw, domain, "items.csv")} for domain in (SOURCE, TARGET)}},
         "train": {"methods": ["joint"], "factor_models": ["popularity"], "blend": False, "source_epochs": 1,
                   "target_epochs": 1, "mlflow": False, "num_proc": 2,
-                  "table_update": "lazy"},  # what tables of this size want: a step's cost follows the batch
+                  "table_update": "lazy",  # what tables of this size want: a step's cost follows the batch
+                  "init": "random"},  # the loop's own cost; the start would add a Spark ALS fit to the stage
         "score": {"model": "joint"},
         "evaluate": {"baselines": ["popularity"], "bootstrap_samples": 100},
         "tune": {"enabled": False},

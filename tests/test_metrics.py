@@ -57,15 +57,16 @@ def random_scorer(users=6, items=40, seed=0, ties=False):
     return FactorModel(user_factors, item_factors, rng.normal(size=items) * (0 if ties else 1))
 
 
+@pytest.mark.parametrize("max_compared", [1 << 24, 80])  # 80: two relevant items' rows at a time
 @pytest.mark.parametrize("ties", [False, True])
-def test_kernel_plus_formulas_match_the_reference_on_brute_force_rankings(ties):
+def test_kernel_plus_formulas_match_the_reference_on_brute_force_rankings(ties, max_compared):
     scorer = random_scorer(ties=ties)
     rng = np.random.default_rng(1)
     candidates = np.arange(40)
     users = np.arange(6)
     seen = [rng.choice(40, size=5, replace=False) for _ in users]
     relevant = [rng.choice(np.setdiff1d(candidates, s), size=3, replace=False) for s in seen]
-    ranks, counts = full_ranks(scorer, users, relevant, seen, candidates, batch_size=4)
+    ranks, counts = full_ranks(scorer, users, relevant, seen, candidates, batch_size=4, max_compared=max_compared)
     scores = scorer.score_matrix(torch.from_numpy(users), torch.from_numpy(candidates)).numpy()
     for user in users:
         unseen = [item for item in candidates if item not in set(seen[user])]
@@ -87,7 +88,7 @@ def test_relevant_items_already_seen_are_not_ranked():
 def test_sampled_ranks_count_better_negatives_the_item_itself_excluded():
     scorer = random_scorer()
     negatives = np.tile(np.arange(40), (3, 1))  # includes each test item itself, which must not count
-    ranks = sampled_ranks(scorer, np.array([0, 1, 2]), np.array([5, 6, 7]), negatives)
+    ranks = sampled_ranks(scorer, np.array([0, 1, 2]), np.array([5, 6, 7]), np.arange(40), negatives)
     scores = scorer.score_matrix(torch.arange(3), torch.arange(40)).numpy()
     expected = [1 + int((scores[u] > scores[u, item]).sum()) for u, item in zip(range(3), [5, 6, 7])]
     assert ranks.tolist() == expected
@@ -95,5 +96,7 @@ def test_sampled_ranks_count_better_negatives_the_item_itself_excluded():
 
 def test_sampled_ties_count_against_the_test_item():
     indifferent = FactorModel(np.zeros((1, 2)), np.zeros((10, 2)))
-    ranks = sampled_ranks(indifferent, np.array([0]), np.array([3]), np.array([[1, 2, 3, 4]]))
+    ranks = sampled_ranks(indifferent, np.array([0]), np.array([3]), np.arange(10), np.array([[1, 2, 3, 4]]))
     assert ranks.tolist() == [4]  # the three other items tie and go ahead; item 3 itself does not
+    outside_pool = sampled_ranks(indifferent, np.array([0]), np.array([3]), np.array([1, 2, 4]), np.array([[0, 1, 2]]))
+    assert outside_pool.tolist() == [4]  # a test item need not be in the pool its negatives come from
