@@ -10,7 +10,9 @@ a config that keeps each stage's work proportional to the data:
 - train: ``joint`` alone, from a random start, one source and one target epoch (a fixed number of steps
   per row), no blend, no MLflow, the popularity factor model only;
 - score: ``joint`` (the model UDF), whatever selection chose;
-- evaluate: popularity as the only baseline, 100 bootstrap samples.
+- evaluate: popularity as the only baseline, 100 bootstrap samples, a seeded sample of 2,000 test users per
+  group (cold-start, warm; ``evaluate.users_per_group``): both protocols then cost users x catalogue, which
+  grows with the data, not with its square.
 
 Per stage and size it records the wall time, the stage's input rows per second and peak memory, sampled
 every 0.2 s: the driver's Python process, the Spark JVM (in local mode the driver and the executor), the
@@ -47,6 +49,7 @@ WORDS = ("red", "silent", "lost", "city", "river", "night", "garden", "storm", "
          "ocean", "hidden", "last", "golden", "iron", "paper", "wild", "broken", "secret", "northern", "bright",
          "dark", "little", "long", "first", "final", "falling", "burning", "distant", "quiet", "endless")
 ROWS_PER_FILE = 500_000
+EVALUATED_USERS = 2_000  # test users per group (cold-start, warm)
 
 
 def zipf_cdf(count: int, exponent: float = 1.0) -> np.ndarray:
@@ -134,7 +137,7 @@ def config_for(work: str, raw: str, size: float) -> str:
                   "table_update": "lazy",  # what tables of this size want: a step's cost follows the batch
                   "init": "random"},  # the loop's own cost; the start would add a Spark ALS fit to the stage
         "score": {"model": "joint"},
-        "evaluate": {"baselines": ["popularity"], "bootstrap_samples": 100},
+        "evaluate": {"baselines": ["popularity"], "bootstrap_samples": 100, "users_per_group": EVALUATED_USERS},
         "tune": {"enabled": False},
     }
     path = os.path.join(work, "scale.yaml")

@@ -46,6 +46,7 @@ def test_its_config_loads_with_the_generated_domains_and_no_tuning(tmp_path):
     config = load_config(bench_scale.config_for(str(tmp_path), str(tmp_path / "raw"), 0.02))
     assert set(config.data.domains) == set(counts) and not config.tune.enabled
     assert config.train.methods == ["joint"] and config.score.model == "joint"
+    assert config.evaluate.users_per_group == bench_scale.EVALUATED_USERS
 
 
 def test_the_sampler_sees_a_child_python_process_at_its_peak():

@@ -6,9 +6,9 @@ import pytest
 
 from reference_metrics import reference_user_metrics
 from xdrec.evaluation import baselines
-from xdrec.evaluation.evaluate import (FULL, compare_best, coverage, full_ranking_metrics, group_means,
-                                       long_format, paired_bootstrap, rating_error_means, sampled_metrics,
-                                       sampled_names, target_test_users)
+from xdrec.evaluation.evaluate import (FULL, compare_best, coverage, draw_per_group, full_ranking_metrics,
+                                       group_means, long_format, paired_bootstrap, rating_error_means,
+                                       sampled_metrics, sampled_names, target_test_users)
 from xdrec.modeling.metrics import metric_names
 from xdrec.modeling.model import FactorModel
 
@@ -161,3 +161,14 @@ def test_bootstrap_pairs_the_models_best_on_cold_start_users(spark):
     assert set(versus) == {"popularity", "als_merged"}
     assert versus["popularity"]["cold"]["difference"] == pytest.approx(0.15) and versus["popularity"]["cold"]["significant"]
     assert versus["als_merged"]["cold"] == result["cold"]
+
+
+def test_draw_per_group_keeps_the_same_users_of_each_group_on_any_partitioning(spark):
+    users = spark.createDataFrame([(user, user % 3 == 0) for user in range(300)], "user_idx int, cold boolean")
+    drawn = draw_per_group(users, per_group=20, seed=5)
+    chosen = {row["user_idx"]: row["cold"] for row in drawn.collect()}
+    assert sum(chosen.values()) == 20 and len(chosen) == 40
+    assert {row["user_idx"] for row in draw_per_group(users.repartition(7), 20, seed=5).collect()} == set(chosen)
+    assert {row["user_idx"] for row in draw_per_group(users, 20, seed=6).collect()} != set(chosen)
+    assert draw_per_group(users, 150, seed=5).count() == 100 + 150  # a smaller group is kept whole
+    assert draw_per_group(users, 0, seed=5).count() == 300

@@ -192,3 +192,24 @@ def test_tune_searches_on_validation_and_the_models_use_its_choice(pipeline_run)
     models = results["train"]["models"]  # what artifact.json records of each model the pipeline trained
     assert {key: models["finetune"]["config"]["train"][key] for key in record["train"]} == record["train"]
     assert {key: models["als_merged"]["config"]["als"][key] for key in record["als"]} == record["als"]
+
+
+@pytest.mark.e2e
+def test_evaluation_of_a_seeded_sample_of_each_groups_test_users(spark, pipeline_run):
+    """``evaluate.users_per_group`` caps both protocols' users per group; the report says so. Last in this
+    module: it rewrites the warehouse's metrics."""
+    config, results = pipeline_run
+    everyone = results["evaluate"]["test_users"]
+    assert all(counts["evaluated"] == counts["all"] > 3 for counts in everyone.values())
+    sampled = run_stage(spark, config.model_copy(update={"evaluate": config.evaluate.model_copy(
+        update={"users_per_group": 3})}), "evaluate")
+    assert sampled["test_users"] == {group: {"evaluated": 3, "all": counts["all"]}
+                                     for group, counts in everyone.items()}
+    method = config.train.methods[0]
+    ranked = (tables.read(spark, config.warehouse, tables.USER_METRICS).where(f"model = '{method}'")
+              .select("user_idx").distinct().count())
+    assert 0 < ranked <= 6 and sampled["counts"]["full"][method]["all"] == ranked
+    # The sampled protocol ranks the same users' test lines: fewer than everyone's.
+    assert 0 < sampled["counts"]["sampled"][method]["all"] < results["evaluate"]["counts"]["sampled"][method]["all"]
+    report = open(os.path.join(config.warehouse, "reports", "latest", "summary.md")).read()
+    assert "a seeded sample (`evaluate.users_per_group`)" in report

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from xdrec import files
@@ -60,6 +61,25 @@ def target_test_users(indexed: DataFrame, target_domain: str) -> DataFrame:
             .agg(F.sort_array(F.collect_set("item_idx")).alias("seen")))
     return (relevant.join(seen, "user_idx", "left")
             .withColumn("seen", F.coalesce("seen", F.array().cast("array<int>"))))
+
+
+def draw_per_group(users: DataFrame, per_group: int, seed: int) -> DataFrame:
+    """The rows of at most ``per_group`` users (``user_idx``) of each group (boolean ``cold``): those of least
+    hash(seed, user), the same ones on every run and partitioning. ``per_group`` 0 keeps every row.
+
+    Evaluation's cost grows with its users times the catalogue; a fixed sample per group keeps its cost per
+    row flat as the data grows, and a group's mean to a standard error of about 1/sqrt(per_group).
+
+    >>> draw_per_group(test_users, per_group=2000, seed=7)  # doctest: +SKIP
+    """
+    if per_group == 0:
+        return users
+    drawn = Window.partitionBy("cold").orderBy(F.xxhash64(F.lit(seed), "user_idx"), "user_idx")
+    return users.withColumn("draw", F.row_number().over(drawn)).where(F.col("draw") <= per_group).drop("draw")
+
+
+def _group_counts(users: DataFrame) -> dict[str, int]:
+    return {("cold" if row["cold"] else "warm"): row["count"] for row in users.groupBy("cold").count().collect()}
 
 
 def full_ranking_metrics(users: DataFrame, scorers: dict[str, str], candidates: np.ndarray,
@@ -293,11 +313,18 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     scorers.update(fit_baselines(config, indexed, num_users, num_items))
     yardsticks = [name for name in scorers if name not in config.train.methods and name != selection.BLEND]
 
-    users = target_test_users(indexed, target).cache()
     lines = (indexed.where((F.col("domain") == target) & (F.col("split") == "test"))
-             .select("user_idx", "item_idx", "cold").cache())
-    if users.count() == 0:
+             .select("user_idx", "item_idx", "cold"))
+    test_users = lines.groupBy("user_idx").agg(F.bool_or("cold").alias("cold")).cache()
+    chosen = draw_per_group(test_users, settings.users_per_group, settings.seed).select("user_idx")
+    users = target_test_users(indexed, target).join(chosen, "user_idx", "left_semi").cache()
+    lines = lines.join(chosen, "user_idx", "left_semi").cache()
+    population, evaluated = _group_counts(test_users), _group_counts(users)
+    if not evaluated:
         raise XdrecError(f"no test interactions of the target domain '{target}' in {tables.INDEXED_INTERACTIONS}")
+    log.info("test users evaluated: " + ", ".join(f"{group} {evaluated.get(group, 0):,} of {count:,}"
+                                                  for group, count in sorted(population.items()))
+             + (f" (at most {settings.users_per_group:,} per group)" if settings.users_per_group else ""))
     train_items = np.array(sorted(row[0] for row in indexed.where(
         (F.col("domain") == target) & (F.col("split") == "train")).select("item_idx").distinct().collect()))
 
@@ -329,6 +356,8 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         "protocols": {FULL: "all unseen target items", SAMPLED: f"{settings.sampled_negatives} sampled negatives"},
         "metrics": summary["values"],
         "counts": summary["counts"],
+        "test_users": {group: {"evaluated": evaluated.get(group, 0), "all": count}
+                       for group, count in population.items()},
         "coverage": covered,
         "bootstrap": compare_best(per_user, config.train.methods, yardsticks, headline,
                                   settings.bootstrap_samples, settings.seed, summary["values"][FULL]),
@@ -344,8 +373,8 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         "histories": {method: artifacts.load(path).meta.get("history", [])
                       for method, path in scorers.items() if method in config.train.methods},
     }
-    users.unpersist()
-    lines.unpersist()
+    for cached in (test_users, users, lines):
+        cached.unpersist()
     return _publish(spark, config, results, run_id, run_started, headline, folder)
 
 

@@ -47,6 +47,14 @@ def summary_table(results: dict[str, Any], headline: str) -> str:
     return "\n".join([f"full ranking over all unseen target items; users: {users}", *lines])
 
 
+def sampled_users(test_users: dict[str, dict[str, int]]) -> list[str]:
+    """The line saying which groups' test users were sampled (``evaluate.users_per_group``), if any was."""
+    if all(counts["evaluated"] == counts["all"] for counts in test_users.values()):
+        return []
+    return ["Test users evaluated, a seeded sample (`evaluate.users_per_group`): " + ", ".join(
+        f"{group} {counts['evaluated']:,} of {counts['all']:,}" for group, counts in sorted(test_users.items())) + "."]
+
+
 def markdown(results: dict[str, Any], headline: str) -> str:
     header, rows = summary_rows(results, headline)
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -63,6 +71,7 @@ def markdown(results: dict[str, Any], headline: str) -> str:
         + ", ".join(f"{g} {counts['sampled'][any_model].get(g, 0):,}" for g in USER_GROUPS if 'sampled' in counts) + ".",
         "Coverage: share of the target catalogue in anybody's top-K recommendations (models scored by the "
         "score stage only).",
+        *sampled_users(results.get("test_users", {})),
         "",
         *table,
         "",
