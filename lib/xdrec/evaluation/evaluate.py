@@ -25,7 +25,6 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from xdrec import files
@@ -74,8 +73,12 @@ def draw_per_group(users: DataFrame, per_group: int, seed: int) -> DataFrame:
     """
     if per_group == 0:
         return users
-    drawn = Window.partitionBy("cold").orderBy(F.xxhash64(F.lit(seed), "user_idx"), "user_idx")
-    return users.withColumn("draw", F.row_number().over(drawn)).where(F.col("draw") <= per_group).drop("draw")
+    hashed = users.withColumn("draw", F.xxhash64(F.lit(seed), "user_idx"))
+    # A top-N per group (each partition keeps its N least), not a window over a boolean: that would sort a
+    # whole group in one task.
+    cold, warm = (hashed.where(F.col("cold") == flag).orderBy("draw", "user_idx").limit(per_group)
+                  for flag in (True, False))
+    return cold.unionByName(warm).drop("draw")
 
 
 def _group_counts(users: DataFrame) -> dict[str, int]:
