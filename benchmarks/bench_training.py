@@ -9,8 +9,8 @@ global batch and the same number of steps over the same examples:
   its shard of the staged Parquet examples through a Petastorm batch reader into memory once (``--reader
   memory``, the default of ``train.reader``) or streamed every epoch (``--reader stream``); or
   TorchDistributor, each reading its shard with pyarrow;
-- in-memory: this process alone, the examples read once from the same Parquet into torch tensors and
-  batched by index; once with torch's default intra-op threads (all cores) and once with one thread
+- in-memory: this process alone, the pairs read once from the same Parquet into torch tensors and batched
+  as the processes batch them (the same negatives drawn per pair); once with torch's default intra-op threads (all cores) and once with one thread
   (each Horovod process runs one), and the ratio is taken against the faster of the two.
 
 Each is measured at every global batch of ``--batch-sizes`` with ``--users`` users, and at every user count of
@@ -18,11 +18,11 @@ Each is measured at every global batch of ``--batch-sizes`` with ``--users`` use
 allreduced, the embedding rows the step touched gathered), so the ratio grows with the batch and should
 not fall as the tables grow. Throughput is examples per second over the epochs after the first
 (the first pays for process start, imports and reading the shards; its seconds and the wall time
-including it are kept too). Examples come from a config's
-``training_examples`` table (``--conf``, target domain, after the features stage) or are generated:
-``--rows`` examples of ``--users`` users and ``--items`` items shaped like implicit feedback
-(:func:`generated_examples`: Zipf item popularity, log-normal user activity, a taste per user, four uniform
-negatives per positive), so the loss does not fall to zero.
+including it are kept too). Training pairs come from a config's
+``training_examples`` table (``--conf``, target domain, after the features stage) or are generated: a fifth
+of ``--rows`` (the rest of an epoch's examples are their four negatives each) of ``--users`` users and
+``--items`` items shaped like implicit feedback (:func:`generated_pairs`: Zipf item popularity, log-normal
+user activity, a taste per user), so the loss does not fall to zero.
 
     $VENV/bin/python benchmarks/bench_training.py                          # MovieLens-1M-sized, generated
     $VENV/bin/python benchmarks/bench_training.py --user-counts 100000,1000000   # and as the user table grows
@@ -49,13 +49,11 @@ from xdrec.training import distributed, loop
 DOMAIN = "bench"
 
 
-def generated_examples(rows: int, users: int, items: int, seed: int, tastes: int = 20) -> pd.DataFrame:
-    """(user_idx, item_idx, label) shaped like the train stage's examples of implicit feedback: a fifth are
-    positives, each user's share drawn log-normal (a few heavy users, many light ones), the item from the
-    user's taste (one of ``tastes`` groups of items) in 60% of cases and else from everywhere, by Zipf
-    popularity (exponent 1) within the group; the rest are uniform negatives, four per positive."""
+def generated_pairs(positives: int, users: int, items: int, seed: int, tastes: int = 20) -> pd.DataFrame:
+    """(user_idx, item_idx) training pairs shaped like implicit feedback: each user's share drawn log-normal
+    (a few heavy users, many light ones), the item from the user's taste (one of ``tastes`` groups of items)
+    in 60% of cases and else from everywhere, by Zipf popularity (exponent 1) within the group."""
     rng = np.random.default_rng(seed)
-    positives = rows // 5
     activity = rng.lognormal(0.0, 1.0, users)
     user_of_positive = rng.choice(users, positives, p=activity / activity.sum())
     popularity = 1.0 / np.arange(1, items + 1)
@@ -65,16 +63,12 @@ def generated_examples(rows: int, users: int, items: int, seed: int, tastes: int
     # Within the user's taste group: the same popularity rank, moved to an item of that group.
     group_rank = rank - rank % tastes + (user_of_positive % tastes)
     rank = np.where(in_taste, np.minimum(group_rank, items - 1), rank)
-    item_of_positive = by_popularity[rank]
-    negatives = rows - positives
-    user_idx = np.concatenate([user_of_positive, rng.choice(user_of_positive, negatives)]).astype(np.int32)
-    item_idx = np.concatenate([item_of_positive, rng.integers(0, items, negatives)]).astype(np.int32)
-    label = np.concatenate([np.ones(positives), np.zeros(negatives)]).astype(np.float32)
-    return pd.DataFrame({"user_idx": user_idx, "item_idx": item_idx, "label": label})
+    pairs = pd.DataFrame({"user_idx": user_of_positive.astype(np.int32), "item_idx": by_popularity[rank].astype(np.int32)})
+    return pairs.drop_duplicates(ignore_index=True)  # a pair trains once, as the train split holds it
 
 
 def stage_generated(spark, examples: pd.DataFrame, folder: str, files: int) -> distributed.DomainData:
-    """Write generated examples as the train stage stages them: shuffled, small row groups."""
+    """Write generated pairs as the train stage stages them: shuffled, small row groups."""
     from xdrec.training.train import shuffled_for_training
 
     frame = shuffled_for_training(spark.createDataFrame(examples), seed=0)
@@ -104,15 +98,14 @@ def steady_throughput(history: list[dict]) -> float:
 def in_memory_run(url: str, spec: distributed.TrainSpec, threads: int) -> tuple[list[dict], float]:
     """The same training in this process with ``threads`` intra-op threads, from tensors: (history, wall seconds)."""
     frame = pd.read_parquet(url.removeprefix("file://"))
-    users = torch.from_numpy(frame["user_idx"].to_numpy(np.int64))
-    items = torch.from_numpy(frame["item_idx"].to_numpy(np.int64))
-    labels = torch.from_numpy(frame["label"].to_numpy(np.float32))
-    batch = spec.rank_batch_size(1)
+    pairs = tuple(torch.from_numpy(frame[name].to_numpy(np.int64)) for name in distributed.SHARD_COLUMNS)
+    known = distributed.known_positives([tuple(column.numpy() for column in pairs)], spec.model["num_users"])
+    candidates = torch.from_numpy(spec.domain_items[DOMAIN])
 
     def batches(phase: Phase, epoch: int):
-        order = torch.randperm(len(users), generator=torch.Generator().manual_seed(spec.train.seed + epoch))
-        for index in order.split(batch):
-            yield ((users[index], items[index], labels[index]),)
+        seed = spec.train.seed + epoch
+        return ((batch,) for batch in distributed.labelled_batches(
+            distributed.memory_batches(pairs, spec.rank_positives(1), seed), candidates, known, spec.train.negatives, seed))
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -151,7 +144,7 @@ def main() -> None:
     files = args.num_proc * 4
 
     def generated(users: int) -> distributed.DomainData:
-        return stage_generated(spark, generated_examples(args.rows, users, args.items, seed=0),
+        return stage_generated(spark, generated_pairs(args.rows // (1 + TrainConfig().negatives), users, args.items, seed=0),
                                os.path.join(args.workdir, f"examples-{users}"), files)
 
     if args.conf:
@@ -159,7 +152,7 @@ def main() -> None:
         source = f"config {args.conf}"
     else:
         data, users, items, source = generated(args.users), args.users, args.items, "generated"
-    figures = {"examples": data.rows, "source": source, "num_proc": args.num_proc, "launcher": args.launcher,
+    figures = {"pairs": data.rows, "source": source, "num_proc": args.num_proc, "launcher": args.launcher,
                "epochs": args.epochs, "reader": args.reader, "cpu_count": os.cpu_count(), "by_batch_size": {},
                "by_users": {}}
     for batch_size in [int(size) for size in args.batch_sizes.split(",") if size]:
@@ -189,7 +182,7 @@ def measure(args, data: distributed.DomainData, users: int, items: int, source: 
         data={DOMAIN: data}, source_domain=DOMAIN, train=train, domain_items={DOMAIN: np.arange(items, dtype=np.int64)},
         checkpoint_dir=os.path.join(args.workdir, f"checkpoints-{time.time_ns()}"))
     steps = spec.steps_per_epoch(spec.phases[0], args.num_proc)
-    print(f"[bench] {data.rows:,} examples ({source}), {users:,} users, {items:,} items; dim {args.embedding_dim}; "
+    print(f"[bench] {data.rows:,} training pairs ({source}), {users:,} users, {items:,} items; dim {args.embedding_dim}; "
           f"global batch {batch_size}; {args.epochs} epochs of {steps} steps", flush=True)
 
     started = time.perf_counter()

@@ -131,6 +131,6 @@ def write_tables(spark, warehouse: str, world: World) -> None:
                                        for item in TARGET_ITEMS]})
     for name, frame, partitions in ((tables.USER_INDEX, users, None), (tables.ITEM_INDEX, items, None),
                                     (tables.INDEXED_INTERACTIONS, interactions, ["domain"]),
-                                    (tables.TRAINING_EXAMPLES, examples, ["domain"]),
+                                    (tables.TRAINING_EXAMPLES, positives[["domain", "user_idx", "item_idx"]], ["domain"]),
                                     (tables.ITEM_EMBEDDINGS, text, None)):
         tables.overwrite(spark.createDataFrame(frame), warehouse, name, partitions)

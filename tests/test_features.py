@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import pandas as pd
 import pytest
 
 from xdrec.data import lineage, tables
@@ -132,7 +133,7 @@ def test_no_held_out_interaction_reaches_what_the_trainer_reads(pipeline, frames
     train = indexed[indexed["split"] == "train"]
     examples = frames[tables.TRAINING_EXAMPLES]
     held_out = indexed[indexed["split"] != "train"][["domain", "user_idx", "item_idx"]]
-    assert held_out.merge(examples[examples["label"] == 1.0], on=["domain", "user_idx", "item_idx"]).empty
+    assert held_out.merge(examples, on=["domain", "user_idx", "item_idx"]).empty
     assert not examples[(examples["domain"] == target) & examples["user_idx"].isin(cold)].shape[0]
 
     user_rows = frames[tables.USER_FEATURES]
@@ -161,18 +162,14 @@ def test_every_warm_target_user_keeps_a_train_interaction(pipeline, frames):
     assert abs(shares["test"] - config.features.test_ratio) < 0.05
 
 
-def test_negatives_avoid_train_items_and_match_the_ratio(pipeline, frames):
-    config = pipeline[0]
-    examples, items = frames[tables.TRAINING_EXAMPLES], frames[tables.ITEM_INDEX]
-    assert str(examples["label"].dtype) == "float32"
-    positives = examples[examples["label"] == 1.0]
-    negatives = examples[examples["label"] == 0.0]
-    assert positives.merge(negatives, on=["domain", "user_idx", "item_idx"]).empty
-    in_domain = negatives.merge(items, on=["domain", "item_idx"], how="left")
-    assert in_domain["item_id"].notna().all()  # negatives come from the positive's own domain
-    for domain, rows in examples.groupby("domain"):
-        ratio = (rows["label"] == 0.0).sum() / (rows["label"] == 1.0).sum()
-        assert config.features.negatives * 0.97 <= ratio <= config.features.negatives, domain
+def test_training_examples_are_the_train_splits_pairs_and_nothing_else(frames):
+    """No negative rows: the trainer draws those (train.negatives)."""
+    examples, indexed = frames[tables.TRAINING_EXAMPLES], frames[tables.INDEXED_INTERACTIONS]
+    assert sorted(examples.columns) == ["domain", "item_idx", "shard", "user_idx"]
+    columns = ["domain", "user_idx", "item_idx"]
+    train = indexed.loc[indexed["split"] == "train", columns]
+    pd.testing.assert_frame_equal(examples[columns].sort_values(columns).reset_index(drop=True),
+                                  train.sort_values(columns).reset_index(drop=True), check_dtype=False)
 
 
 def test_training_examples_are_in_even_shards(spark, pipeline, frames):

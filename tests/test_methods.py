@@ -15,9 +15,10 @@ from planted_world import (COLD_USERS, NUM_ITEMS, NUM_USERS, SOURCE, SOURCE_ITEM
 from xdrec.config import METHODS, TrainConfig, load_config
 from xdrec.errors import XdrecError
 from xdrec.training import artifact, loop
-from xdrec.modeling.methods import (GradientReversal, StepContext, adversarial_schedule, batch_softmax_loss,
-                                    distill_loss, known_positive_mask, labelled_loss, model_options,
-                                    phases_for, sampled_softmax_loss, soft_loss)
+from xdrec.modeling.methods import (OBJECTIVES, GradientReversal, StepContext, adversarial_schedule,
+                                    batch_softmax_loss, distill_loss, known_positive_mask, labelled_loss,
+                                    model_options, phases_for, reads_negative_rows, sampled_softmax_loss,
+                                    soft_loss)
 from xdrec.modeling.model import BRIDGED_VIEW, TwoTower, csr
 from xdrec.training.loop import Collective
 from xdrec.training.validation import ranking_figures
@@ -111,6 +112,31 @@ def test_sampled_softmax_ranks_each_positive_against_shared_uniform_draws_of_its
     # Cosine over temperature: every logit without its bias lies within [-1/t, 1/t].
     vectors = model.user_vectors(torch.arange(6)) @ model.item_vectors(torch.arange(9)).T
     assert vectors.abs().max().item() <= 1 / 0.1 + 1e-4
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
+@pytest.mark.parametrize("objective", ["joint", "adversarial", "distill"])
+def test_only_objectives_said_to_read_negative_rows_change_with_them(objective, loss):
+    """The trainer leaves out the negative rows that ``reads_negative_rows`` says nothing reads: there the
+    loss must be the same without them (the same draws of the sampled softmax, the same transfer items)."""
+    torch.manual_seed(0)
+    model = TwoTower(6, 9, 4, 8, domain_classifier=True)
+    teacher = TwoTower(6, 9, 4, 8)
+    pairs = [(torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3])), (torch.tensor([3, 4, 5]), torch.tensor([5, 6, 7]))]
+    negatives = [(users.repeat_interleave(2), torch.tensor([3, 4, 1, 4, 2, 1])) for users, _ in pairs]
+    with_negatives = tuple((torch.cat([users, negative_users]), torch.cat([items, negative_items]),
+                            torch.cat([torch.ones(3), torch.zeros(6)]))
+                           for (users, items), (negative_users, negative_items) in zip(pairs, negatives))
+    without = tuple((users, items, torch.ones(3)) for users, items in pairs)
+    train = TrainConfig(loss=loss, sampled_negatives=4)
+
+    def value(batches) -> float:
+        context = StepContext(progress=0.5, teacher=teacher, generator=torch.Generator().manual_seed(3),
+                              candidates=(torch.arange(9), torch.arange(9)))
+        return OBJECTIVES[objective](model, batches, train, context).item()
+
+    same = value(with_negatives) == pytest.approx(value(without), rel=1e-6)
+    assert same == (not reads_negative_rows(objective, loss))
 
 
 def test_known_positive_mask_matches_a_brute_force_lookup():

@@ -16,7 +16,7 @@ METHOD = "target_only"
 def example_rows(spark, config, version: int | None) -> set[tuple]:
     frame = tables.read(spark, config.warehouse, tables.TRAINING_EXAMPLES, version).where(
         f"domain = '{config.data.target_domain}'")
-    return {tuple(row) for row in frame.select("user_idx", "item_idx", "label").collect()}
+    return {tuple(row) for row in frame.select("user_idx", "item_idx").collect()}
 
 
 def test_a_features_rerun_between_trains_start_and_its_read_does_not_reach_the_model(spark, tmp_path, make_config,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from xdrec.data.features import assign_shards, build_training_examples
+from xdrec.data.features import assign_shards, training_pairs
 from xdrec.data.splits import assign_splits, choose_cold_start_users, given_cold_start_users, hash_unit
 
 SOURCE, TARGET = "books", "movies"
@@ -26,42 +26,36 @@ def pairs(spark):
     return spark.createDataFrame(rows, PAIR_SCHEMA)
 
 
-@pytest.fixture(scope="module")
-def item_index(pairs):
-    return pairs.select("domain", "item_id", "item_idx").distinct()
-
-
 def _split(pairs, holdout, valid_share=0.1, test_share=0.2):
     cold = choose_cold_start_users(pairs, SOURCE, TARGET, valid_share, test_share, seed=3)
     split = assign_splits(pairs, cold, TARGET, holdout, valid_ratio=0.1, test_ratio=0.2, seed=3)
     return split, cold.toPandas()
 
 
-def _assert_no_leakage(split, item_index, cold):
+def _assert_no_leakage(split, cold):
     """No held-out pair among the training positives; no cold-start user with a target training row."""
-    examples = build_training_examples(split, item_index, negatives=2, seed=1).toPandas()
+    examples = training_pairs(split).toPandas()
     frame = split.toPandas()
     held_out = frame[frame["split"] != "train"][["domain", "user_idx", "item_idx"]]
-    positives = examples[examples["label"] == 1.0]
-    assert held_out.merge(positives, on=["domain", "user_idx", "item_idx"]).empty
+    assert held_out.merge(examples, on=["domain", "user_idx", "item_idx"]).empty
     assert not examples[(examples["domain"] == TARGET) & examples["user_idx"].isin(cold["user_idx"])].shape[0]
-    assert len(positives) == (frame["split"] == "train").sum()
+    assert len(examples) == (frame["split"] == "train").sum()
     assert (frame.loc[frame["domain"] == SOURCE, "split"] == "train").all()
     return frame
 
 
-def test_random_holdout_shares_and_no_leakage(pairs, item_index):
+def test_random_holdout_shares_and_no_leakage(pairs):
     split, cold = _split(pairs, "random")
-    frame = _assert_no_leakage(split, item_index, cold)
+    frame = _assert_no_leakage(split, cold)
     warm = frame[(frame["domain"] == TARGET) & ~frame["cold"]]
     shares = warm["split"].value_counts(normalize=True)
     assert abs(shares["valid"] - 0.1) < 0.04 and abs(shares["test"] - 0.2) < 0.04
     assert warm.groupby("user_idx")["split"].apply(lambda splits: (splits == "train").any()).all()
 
 
-def test_leave_last_out_holds_out_each_users_latest(pairs, item_index):
+def test_leave_last_out_holds_out_each_users_latest(pairs):
     split, cold = _split(pairs, "leave_last_out")
-    frame = _assert_no_leakage(split, item_index, cold)
+    frame = _assert_no_leakage(split, cold)
     warm = frame[(frame["domain"] == TARGET) & ~frame["cold"]]
     for _, rows in warm.groupby("user_idx"):
         ordered = rows.sort_values("timestamp")["split"].tolist()
@@ -82,9 +76,9 @@ def test_leave_last_out_keeps_a_short_history_for_training(spark):
         (0, 1, "train"), (1, 1, "train"), (1, 2, "test")]
 
 
-def test_cold_start_only_holds_out_just_the_cold_users(pairs, item_index):
+def test_cold_start_only_holds_out_just_the_cold_users(pairs):
     split, cold = _split(pairs, "none")
-    frame = _assert_no_leakage(split, item_index, cold)
+    frame = _assert_no_leakage(split, cold)
     overlapping = set(range(240))
     assert set(cold["user_idx"]) <= overlapping
     assert set(cold["split"]) == {"valid", "test"}
@@ -96,7 +90,7 @@ def test_cold_start_only_holds_out_just_the_cold_users(pairs, item_index):
     assert not set(cold.loc[cold["split"] == "valid", "user_idx"]) & set(cold.loc[cold["split"] == "test", "user_idx"])
 
 
-def test_a_given_split_is_kept_and_users_without_target_training_are_cold(spark, item_index):
+def test_a_given_split_is_kept_and_users_without_target_training_are_cold(spark):
     """CDRIB-style: the data says which pairs are held out; users with only held-out target pairs are cold."""
     rows = []
     for user in range(40):
@@ -109,7 +103,7 @@ def test_a_given_split_is_kept_and_users_without_target_training_are_cold(spark,
     frame = spark.createDataFrame(rows, PAIR_SCHEMA + ", given_split string")
     cold = given_cold_start_users(frame, TARGET)
     split = assign_splits(frame, cold, TARGET, "given", 0.1, 0.2, seed=3)
-    result = _assert_no_leakage(split, item_index, cold.toPandas())
+    result = _assert_no_leakage(split, cold.toPandas())
     target = result[result["domain"] == TARGET]
     assert sorted(cold.toPandas()["user_idx"]) == list(range(10))
     assert set(cold.toPandas()["split"]) == {"test"}  # each has a test pair
@@ -126,11 +120,11 @@ def test_splits_are_the_same_on_every_run(pairs):
                                   second.toPandas().sort_values(columns).reset_index(drop=True))
 
 
-def test_examples_and_their_shards_are_the_same_on_every_run(pairs, item_index):
+def test_examples_and_their_shards_are_the_same_on_every_run(pairs):
     split, _ = _split(pairs, "random")
 
     def examples(frame):
-        shards = assign_shards(build_training_examples(frame, item_index, negatives=3, seed=5), shards=4).toPandas()
+        shards = assign_shards(training_pairs(frame), shards=4).toPandas()
         return shards.sort_values(list(shards.columns)).reset_index(drop=True)
 
     first = examples(split)

@@ -1,4 +1,4 @@
-"""The train stage's pure helpers: users' histories as CSR, the item text matrix, model and code versions."""
+"""The train stage's pure helpers: users' histories as CSR, the batches' negatives, the item text matrix, model and code versions."""
 from __future__ import annotations
 
 import os
@@ -6,12 +6,13 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import torch
 
 import xdrec
 from xdrec.config import load_config
-from xdrec.modeling.model import csr
+from xdrec.modeling.model import csr, csr_contains
 from xdrec.training import train
-from xdrec.training.distributed import user_histories
+from xdrec.training.distributed import known_positives, labelled_batches, memory_batches, user_histories
 from xdrec.training.train import code_version, item_text_matrix, model_version, starts_from_als
 
 
@@ -19,6 +20,59 @@ def test_csr_lists_each_users_items_in_order():
     offsets, items = csr(np.array([2, 0, 2, 2, 0]), np.array([9, 4, 1, 5, 3]), num_users=4)
     assert offsets.tolist() == [0, 2, 2, 5, 5]
     assert items[offsets[0]:offsets[1]].tolist() == [3, 4] and items[offsets[2]:offsets[3]].tolist() == [1, 5, 9]
+
+
+def test_csr_contains_finds_exactly_each_rows_values():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 50, 2_000), rng.integers(0, 300, 2_000)
+    offsets, values = map(torch.from_numpy, csr(users, items, num_users=60))  # users 50-59 have no items
+    rows, queries = rng.integers(0, 60, 5_000), rng.integers(0, 300, 5_000)
+    pairs = set(zip(users.tolist(), items.tolist()))
+    expected = [(row, query) in pairs for row, query in zip(rows.tolist(), queries.tolist())]
+    assert csr_contains(offsets, values, torch.from_numpy(rows), torch.from_numpy(queries)).tolist() == expected
+    assert sum(expected) > 100  # both answers are well represented
+    assert not csr_contains(torch.zeros(3, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                            torch.tensor([0, 1]), torch.tensor([4, 5])).any()
+
+
+def test_labelled_batches_draw_fresh_seeded_negatives_among_items_the_user_has_not():
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 40, 600), rng.integers(10, 60, 600)  # items 10-59: one domain's
+    known = known_positives([(users, items)], num_users=40)
+    pairs = set(zip(users.tolist(), items.tolist()))
+    shard = (torch.from_numpy(users), torch.from_numpy(items))
+
+    def batches(seed: int, steps: int = 20) -> list[tuple[torch.Tensor, ...]]:
+        stream = labelled_batches(memory_batches(shard, 50, seed), torch.arange(10, 60), known, 4, seed)
+        return [next(stream) for _ in range(steps)]
+
+    drawn = batches(seed=3)
+    for batch_users, batch_items, labels in drawn:
+        assert labels[:50].eq(1).all() and labels[50:].eq(0).all()
+        # a user with most of the domain's items could lose a few negatives; none here has a third of them
+        assert len(labels) == 50 * 5
+        assert batch_users[50:].tolist() == batch_users[:50].repeat_interleave(4).tolist()
+        assert all((user, item) not in pairs for user, item in zip(batch_users[50:].tolist(), batch_items[50:].tolist()))
+        assert set(batch_items[50:].tolist()) <= set(range(10, 60))
+    assert all(torch.equal(a, b) for first, again in zip(drawn, batches(seed=3)) for a, b in zip(first, again))
+    assert not torch.equal(drawn[0][1], batches(seed=4, steps=1)[0][1])
+    # fresh every step: a positive seen again gets other negatives
+    negatives_of = {}
+    for batch_users, batch_items, _ in drawn:
+        for row in range(50):
+            key = (int(batch_users[row]), int(batch_items[row]))
+            negatives_of.setdefault(key, []).append(tuple(batch_items[50 + 4 * row:54 + 4 * row].tolist()))
+    repeated = [draws for draws in negatives_of.values() if len(draws) > 1]
+    assert repeated and all(len(set(draws)) > 1 for draws in repeated)
+
+
+def test_labelled_batches_leave_out_what_cannot_be_a_negative():
+    """A user who has every item but one gets that one as each negative; one who has them all gets none."""
+    known = known_positives([(np.array([0, 0, 0, 1, 1, 1, 1]), np.array([10, 11, 12, 10, 11, 12, 13]))], num_users=2)
+    pairs = iter([(torch.tensor([0, 1]), torch.tensor([10, 10]))])
+    users, items, labels = next(labelled_batches(pairs, torch.arange(10, 14), known, 3, seed=0))
+    assert users.tolist() == [0, 1, 0, 0, 0] and items.tolist() == [10, 10, 13, 13, 13]
+    assert labels.tolist() == [1, 1, 0, 0, 0]
 
 
 def test_user_histories_flag_domains_and_keep_source_items():

@@ -181,10 +181,11 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
 
 def test_global_batch_keeps_steps_and_rate_while_per_process_batch_scales_them():
     phases = [Phase("target", [TARGET], 1, 0.01, part_learning_rates={"item_bias": 0.001})]
-    data = {TARGET: DomainData("file:///unused", rows=10_000)}
+    data = {TARGET: DomainData("file:///unused", rows=2_000)}  # pairs: 10,000 examples with 4 negatives each
     global_spec = TrainSpec(model={}, phases=phases, data=data, source_domain=SOURCE, checkpoint_dir="",
                             train=TrainConfig(batch_size=1000, seed=0))
     assert [global_spec.rank_batch_size(size) for size in (1, 2, 4)] == [1000, 500, 250]
+    assert [global_spec.rank_positives(size) for size in (1, 2, 4)] == [200, 100, 50]
     assert {global_spec.steps_per_epoch(phases[0], size) for size in (1, 2, 4)} == {10}
     assert global_spec.scaled_phases(4)[0].learning_rate == 0.01
     per_process = TrainSpec(model={}, phases=phases, data=data, source_domain=SOURCE, checkpoint_dir="",

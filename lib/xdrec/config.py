@@ -228,8 +228,6 @@ class FeaturesConfig(_Section):
     test_ratio of them by a seeded hash), "leave_last_out" (each user's latest to test, the one before to
     valid), "none" (all train: only the cold-start users are held out) or "given" (the inputs' split column
     decides; target users without train interactions are the cold-start users)."""
-    negatives: PositiveInt = 4
-    """Sampled negative items per positive training example, from the same domain's items."""
     shards: PositiveInt = 8
     """training_examples is written in this many equal shards per domain; a multiple of train.num_proc gives
     every Petastorm reader the same number of rows."""
@@ -238,7 +236,7 @@ class FeaturesConfig(_Section):
     text_batch_size: PositiveInt = 128
     """Item texts per batch of the sentence encoder."""
     seed: Int = 42
-    """Seed of the splits, the negatives and the shuffle of the training examples."""
+    """Seed of the splits and of the order of the training examples."""
 
     @model_validator(mode="after")
     def _shares_leave_training_data(self) -> FeaturesConfig:
@@ -284,7 +282,12 @@ class TrainConfig(_Section):
     Gaussian rows. target_only, which knows nothing of the source domain, always starts at random. See
     docs/methods.md, "Starting from ALS"."""
     batch_size: PositiveInt = 4096
-    """Examples per step (see ``batch_scope``), positive and negative rows together."""
+    """Examples per step (see ``batch_scope``), positive and negative rows together: batch_size / (1 +
+    negatives) training pairs, each with its negatives."""
+    negatives: PositiveInt = 4
+    """Negative rows per training pair in a batch: items of the pair's domain that its user has no training
+    interaction with, drawn uniformly by the trainer, fresh every step. The "bce" loss reads them, and so do
+    "softmax" (as candidates) and the distill and adversarial objectives; "sampled_softmax" draws its own."""
     batch_scope: Literal["global", "process"] = "global"
     """"global": batch_size is the global batch, split over the processes; "process": every process takes
     batch_size examples a step (global batch num_proc x batch_size). See docs/methods.md, "Scaling"."""

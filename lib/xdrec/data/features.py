@@ -29,10 +29,6 @@ from xdrec.spark import progress
 
 log = get_logger("features")
 
-# Negative sampling draws this many candidates per wanted negative from the items a user has not
-# trained on (more when the user has trained on most of a domain), and at most MAX_CANDIDATES_PER_NEGATIVE.
-CANDIDATES_PER_NEGATIVE = 2
-MAX_CANDIDATES_PER_NEGATIVE = 20
 # Linked users are merged by label propagation: one round per link in the longest chain of links.
 MAX_LINK_ROUNDS = 20
 DAY_SECONDS = 86400.0
@@ -195,54 +191,16 @@ def cross_domain_users(train: DataFrame, item_categories: DataFrame, source_doma
                     "source_rating_mean", "source_last_timestamp", "source_recency_days", "source_top_category"))
 
 
-def sample_negatives(positives: DataFrame, item_index: DataFrame, negatives: int, seed: int) -> DataFrame:
-    """(domain, user_idx, item_idx) negatives: ``negatives`` per positive, from the same domain's items.
-
-    Candidates are item positions drawn by a seeded hash of (user, positive item, draw number); candidates
-    the user has a positive for are removed, repeats too, and the first ``negatives`` draws are kept.
-    A user with positives for nearly all of a domain's items can get fewer; one with all gets none.
-    Only train positives are excluded: excluding held-out items would tell the trainer what they are.
-    """
-    positions = item_index.select(
-        "domain", "item_idx",
-        (F.row_number().over(Window.partitionBy("domain").orderBy("item_idx")) - 1).alias("position"),
-    )
-    domain_sizes = item_index.groupBy("domain").agg(F.count("*").alias("domain_items"))
-    user_sizes = positives.groupBy("domain", "user_idx").agg(F.count("*").alias("user_items"))
-    free_items = F.col("domain_items") - F.col("user_items")
-    draws = F.least(
-        F.ceil(F.lit(CANDIDATES_PER_NEGATIVE * negatives) * F.col("domain_items") / free_items),
-        F.lit(MAX_CANDIDATES_PER_NEGATIVE * negatives),
-    ).cast("int")
-    candidates = (
-        positives.join(user_sizes, ["domain", "user_idx"]).join(F.broadcast(domain_sizes), "domain")
-        .where(free_items > 0)
-        .select("domain", "user_idx", F.col("item_idx").alias("positive_idx"), "domain_items",
-                F.explode(F.sequence(F.lit(0), draws - 1)).alias("draw"))
-        .withColumn("position", F.pmod(F.xxhash64("user_idx", "positive_idx", "draw", F.lit(seed)),
-                                       F.col("domain_items")))
-        .join(positions, ["domain", "position"])
-        .join(positives, ["domain", "user_idx", "item_idx"], "left_anti")
-        .groupBy("domain", "user_idx", "positive_idx", "item_idx").agg(F.min("draw").alias("draw"))
-    )
-    first_draws = Window.partitionBy("domain", "user_idx", "positive_idx").orderBy("draw")
-    return (candidates.withColumn("draw_rank", F.row_number().over(first_draws))
-            .where(F.col("draw_rank") <= negatives)
-            .select("domain", "user_idx", "item_idx"))
-
-
-def build_training_examples(indexed: DataFrame, item_index: DataFrame, negatives: int, seed: int) -> DataFrame:
-    """(domain, user_idx, item_idx, label float): train pairs as 1.0 plus sampled negatives as 0.0."""
-    positives = indexed.where(F.col("split") == "train").select("domain", "user_idx", "item_idx")
-    negative_rows = sample_negatives(positives, item_index, negatives, seed)
-    return (positives.withColumn("label", F.lit(1.0).cast("float"))
-            .unionByName(negative_rows.withColumn("label", F.lit(0.0).cast("float"))))
+def training_pairs(indexed: DataFrame) -> DataFrame:
+    """(domain, user_idx, item_idx): the train split's pairs, what the trainer learns from. Its negatives are
+    not rows here: the trainer draws them, fresh every step (``train.negatives``), from a domain's items."""
+    return indexed.where(F.col("split") == "train").select("domain", "user_idx", "item_idx")
 
 
 def assign_shards(examples: DataFrame, shards: int) -> DataFrame:
-    """``examples`` with ``shard`` in [0, shards): dealt round-robin in (user, label, item) order within
-    each domain, so a domain's shards differ by at most one row. Reads ``examples`` twice: cache it."""
-    per_user = Window.partitionBy("domain", "user_idx").orderBy(F.col("label").desc(), "item_idx")
+    """``examples`` with ``shard`` in [0, shards): dealt round-robin in (user, item) order within each
+    domain, so a domain's shards differ by at most one row. Reads ``examples`` twice: cache it."""
+    per_user = Window.partitionBy("domain", "user_idx").orderBy("item_idx")
     earlier_users = (Window.partitionBy("domain").orderBy("user_idx")
                      .rowsBetween(Window.unboundedPreceding, -1))
     offsets = (examples.groupBy("domain", "user_idx").count()
@@ -250,7 +208,7 @@ def assign_shards(examples: DataFrame, shards: int) -> DataFrame:
                .drop("count"))
     return (examples.join(offsets, ["domain", "user_idx"])
             .withColumn("shard", ((F.col("offset") + F.row_number().over(per_user) - 1) % shards).cast("int"))
-            .select("domain", "shard", "user_idx", "item_idx", "label"))
+            .select("domain", "shard", "user_idx", "item_idx"))
 
 
 def _count_by(frame: DataFrame, *columns: str) -> dict:
@@ -411,18 +369,15 @@ def run_features(spark: SparkSession, config: Config) -> dict:
         writer.report(name, "from train pairs only")
     summary["text"] = _embed_item_text(writer, config, items, item_index)
 
-    examples = build_training_examples(indexed, item_index, features.negatives, features.seed).cache()
+    examples = training_pairs(indexed).cache()
     try:
         written = writer.overwrite(assign_shards(examples, features.shards), tables.TRAINING_EXAMPLES,
                                    ["domain", "shard"])
     finally:
         examples.unpersist()
-    summary["training_examples"] = _count_by(
-        written.withColumn("kind", F.when(F.col("label") == 1.0, "positive").otherwise("negative")), "domain", "kind")
-    kinds = {kind: sum(per_domain.get(kind, 0) for per_domain in summary["training_examples"].values())
-             for kind in ("positive", "negative")}
-    writer.report(tables.TRAINING_EXAMPLES, f"{sum(kinds.values()):,} rows ({kinds['positive']:,} positive, "
-                  f"{kinds['negative']:,} negative) in {features.shards} even shards per domain")
+    summary["training_examples"] = _count_by(written, "domain")
+    writer.report(tables.TRAINING_EXAMPLES, f"{sum(summary['training_examples'].values()):,} training pairs "
+                  f"(the trainer draws their negatives) in {features.shards} even shards per domain")
 
     lineage.record_run(spark, warehouse, "features", run_id, started, reads, writer.versions, fingerprint=settings,
                        summary=summary)

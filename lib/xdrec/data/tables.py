@@ -22,8 +22,8 @@ Tables (columns; partitioning):
   cold (the user is a cold-start user of the target domain), rating, weight, events; by domain
 - ``user_features``, ``item_features``, ``cross_domain_users``, ``item_embeddings``,
   ``text_embedding_cache``: feature tables, columns in docs/data.md
-- ``training_examples``: domain, shard, user_idx, item_idx, label (1.0 positive, 0.0 sampled negative);
-  by domain, shard
+- ``training_examples``: domain, shard, user_idx, item_idx: the train split's pairs (the trainer draws
+  their negatives); by domain, shard
 - ``runs``: one row per stage run: the Delta versions it read and wrote (xdrec.data.lineage)
 - ``recommendations``: run_date, model, model_version, domain, user_idx, user_id, rank, item_idx, item_id,
   score, route ("warm", "cold_start" or "popularity"); by run_date, model (see docs/scoring.md)

@@ -134,6 +134,13 @@ def labelled_loss(model: TwoTower, batch: Batch, train: "TrainConfig", context: 
     return F.binary_cross_entropy_with_logits(model(users, items, view) if logits is None else logits, labels)
 
 
+def reads_negative_rows(objective: str, loss: str) -> bool:
+    """Whether ``objective`` under ``loss`` reads a batch's negative rows: every loss but the sampled softmax,
+    which draws its own, does; so does distillation's soft term, which scores them with the teacher. (The
+    adversarial classifier's users are the pairs' users, each as often with or without them.)"""
+    return loss != "sampled_softmax" or objective == "distill"
+
+
 def target_loss(model, batches, train, context) -> torch.Tensor:
     """The labelled loss of one domain's examples, users as the target domain sees them."""
     return labelled_loss(model, batches[0], train, context)

@@ -48,6 +48,26 @@ def csr_entries(offsets: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor
     return owners, starts[owners] + torch.arange(len(owners), device=rows.device) - first_of_owner[owners], lengths
 
 
+def csr_contains(offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Whether ``queries[j]`` is among row ``rows[j]``'s values in a CSR structure whose rows are sorted (as
+    :func:`csr` builds them): a binary search per query, all of them at once::
+
+        offsets, values = torch.tensor([0, 2, 3]), torch.tensor([1, 3, 0])   # row 0: 1, 3; row 1: 0
+        csr_contains(offsets, values, torch.tensor([0, 0, 1]), torch.tensor([3, 0, 0]))   # tensor([True, False, True])
+    """
+    if len(values) == 0:
+        return torch.zeros(len(queries), dtype=torch.bool, device=queries.device)
+    low, end = offsets[rows], offsets[rows + 1]
+    high = end.clone()
+    while bool((low < high).any()):  # as many rounds as the longest row has bits
+        middle = (low + high) // 2
+        below = values[middle.clamp(max=len(values) - 1)] < queries
+        searching = low < high
+        low = torch.where(searching & below, middle + 1, low)
+        high = torch.where(searching & ~below, middle, high)
+    return (low < end) & (values[low.clamp(max=len(values) - 1)] == queries)
+
+
 def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
     """(offsets [num_users + 1], items sorted by user then item): user u's items are items[offsets[u]:offsets[u + 1]]::
 

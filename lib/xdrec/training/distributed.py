@@ -32,20 +32,21 @@ from torch import nn
 from xdrec import files
 from xdrec.config import TrainConfig
 from xdrec.logs import get_logger
-from xdrec.modeling.methods import Batch, Phase
-from xdrec.modeling.model import csr
+from xdrec.modeling.methods import Batch, Phase, reads_negative_rows
+from xdrec.modeling.model import csr, csr_contains
 from xdrec.training.loop import Collective
 from xdrec.training.validation import ValidationSet
 
 log = get_logger("train")
 
 FINAL_WEIGHTS = "final.pt"
-SHARD_COLUMNS = ("user_idx", "item_idx", "label")  # what a process reads of the staged training examples
+SHARD_COLUMNS = ("user_idx", "item_idx")  # what a process reads of the staged training pairs
+REDRAWS = 8  # rounds of drawing again the negatives that hit one of the user's items
 
 
 @dataclass
 class DomainData:
-    """A domain's staged training examples: a Parquet folder readable by Petastorm."""
+    """A domain's staged training pairs (its positives): a Parquet folder readable by Petastorm."""
 
     url: str
     rows: int
@@ -100,7 +101,7 @@ class TrainSpec:
     checkpoint_dir: str
     model_data: ModelData = field(default_factory=ModelData)
     validation: ValidationSet | None = None
-    # Each domain's item indices, which the sampled softmax draws its negatives from.
+    # Each domain's item indices: what negatives are drawn from (the batches' and the sampled softmax's).
     domain_items: dict[str, np.ndarray] = field(default_factory=dict)
     # train.init "als_merged": (user factors, item factors, ALS regularization) the embeddings start from.
     start_factors: tuple[np.ndarray, np.ndarray, float] | None = None
@@ -115,10 +116,14 @@ class TrainSpec:
         batch_size = self.train.batch_size
         return max(1, batch_size // size) if self.train.batch_scope == "global" else batch_size
 
+    def rank_positives(self, size: int) -> int:
+        """Positive rows of a rank's batch: the rest of it are their ``train.negatives`` negatives each."""
+        return max(1, self.rank_batch_size(size) // (1 + self.train.negatives))
+
     def steps_per_epoch(self, phase: Phase, size: int) -> int:
-        """Steps every rank takes in an epoch: one pass over the phase's largest domain in global batches."""
-        global_batch = self.rank_batch_size(size) * size
-        return max(1, max(self.data[domain].rows for domain in phase.domains) // global_batch)
+        """Steps every rank takes in an epoch: one pass over the phase's largest domain's pairs."""
+        global_positives = self.rank_positives(size) * size
+        return max(1, max(self.data[domain].rows for domain in phase.domains) // global_positives)
 
     def learning_rate_factor(self, size: int) -> float:
         return {"none": 1.0, "linear": float(size), "sqrt": math.sqrt(size)}[self.train.lr_scaling]
@@ -242,8 +247,8 @@ def petastorm_reader(url: str, **options):
     return make_batch_reader(url, filesystem=LegacyStore(files.filesystem(url)[0]), **options)
 
 
-def petastorm_batches(url: str, rank: int, size: int, batch_size: int, seed: int) -> Iterator[Batch]:
-    """This rank's shard of a Parquet folder as an endless stream of shuffled batches.
+def petastorm_batches(url: str, rank: int, size: int, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """This rank's shard of a Parquet folder as an endless stream of shuffled batches of (users, items).
 
     Endless (``num_epochs=None``) because shards are only roughly even: the loop decides how many steps
     an epoch has, the same on every rank. One reader thread keeps the order reproducible for a seed.
@@ -256,15 +261,15 @@ def petastorm_batches(url: str, rank: int, size: int, batch_size: int, seed: int
     try:
         loader = BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=batch_size * 8)
         for batch in loader:
-            yield batch["user_idx"].long(), batch["item_idx"].long(), batch["label"].float()
+            yield batch["user_idx"].long(), batch["item_idx"].long()
     finally:
         # Not the context manager: its exit prints "Cache cleanup complete." every epoch (no cache here).
         reader.stop()
         reader.join()
 
 
-def read_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This rank's shard of a Parquet folder, read once through a Petastorm batch reader: (users, items, labels).
+def read_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's shard of a Parquet folder, read once through a Petastorm batch reader: (users, items).
 
     Read with Petastorm's synchronous ("dummy") pool, in row-group order, so a shard holds the same rows in
     the same order on every run (the per-epoch shuffle in :func:`memory_batches` is what varies, by seed).
@@ -284,11 +289,10 @@ def read_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def shard_tensors(columns: dict[str, list[np.ndarray]], url: str, rank: int, size: int) -> tuple[torch.Tensor, ...]:
-    """(users, items, labels) from each column's parts; an empty shard is an error naming it."""
-    if sum(len(part) for part in columns["label"]) == 0:
+    """(users, items) from each column's parts; an empty shard is an error naming it."""
+    if sum(len(part) for part in columns["user_idx"]) == 0:
         raise ValueError(f"{url}: shard {rank} of {size} holds no examples (fewer Parquet row groups than processes)")
-    return tuple(torch.from_numpy(np.concatenate(columns[name]).astype(dtype))
-                 for name, dtype in zip(SHARD_COLUMNS, (np.int64, np.int64, np.float32)))
+    return tuple(torch.from_numpy(np.concatenate(columns[name]).astype(np.int64)) for name in SHARD_COLUMNS)
 
 
 def parquet_row_groups(url: str, columns: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
@@ -305,7 +309,7 @@ def parquet_row_groups(url: str, columns: tuple[str, ...]) -> Iterator[dict[str,
                 yield {name: table.column(name).to_numpy() for name in columns}
 
 
-def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's shard of a Parquet folder with pyarrow alone, no Petastorm: every ``size``-th row group
     of its files in name order, from the ``rank``-th on, as Petastorm shards them."""
     columns: dict[str, list[np.ndarray]] = {name: [] for name in SHARD_COLUMNS}
@@ -317,21 +321,16 @@ def read_parquet_shard(url: str, rank: int, size: int) -> tuple[torch.Tensor, to
 
 
 def read_positives(url: str) -> Pairs:
-    """The (user, item) pairs of the positive rows of one domain's staged examples, all shards: that
-    domain's training split. Each process reads them itself, in the same order, so no training pair
-    passes through the driver."""
-    users, items = [], []
-    for group in parquet_row_groups(url, SHARD_COLUMNS):
-        positive = group["label"] > 0.5
-        users.append(group["user_idx"][positive].astype(np.int64))
-        items.append(group["item_idx"][positive].astype(np.int64))
-    return np.concatenate(users), np.concatenate(items)
+    """The (user, item) pairs of one domain's staged pairs, all shards: that domain's training split. Each
+    process reads them itself, in the same order, so no training pair passes through the driver."""
+    groups = list(parquet_row_groups(url, SHARD_COLUMNS))
+    return tuple(np.concatenate([group[name] for group in groups]).astype(np.int64) for name in SHARD_COLUMNS)
 
 
 def known_positives(positives: list[Pairs], num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every user's positive items of the given domains as CSR (offsets ``[num_users + 1]``, items): what
-    the sampled softmax leaves out of a user's negatives (a domain's candidates are its own items, so the
-    domains a method stages are all its mask needs), and the history encoder's histories."""
+    a user's negatives leave out, the staged ones and the sampled softmax's (a domain's candidates are its
+    own items, so the domains a method stages are all it needs), and the history encoder's histories."""
     offsets, items = csr(np.concatenate([users for users, _ in positives]),
                          np.concatenate([items for _, items in positives]), num_users)
     return torch.from_numpy(offsets), torch.from_numpy(items)
@@ -350,6 +349,41 @@ def memory_batches(shard: tuple[torch.Tensor, ...], batch_size: int, seed: int) 
             order = torch.cat([order, torch.randperm(rows, generator=generator)])
         index, order = order[:batch_size], order[batch_size:]
         yield tuple(column[index] for column in shard)
+
+
+def labelled_batches(pairs: Iterator[tuple[torch.Tensor, ...]], candidates: torch.Tensor,
+                     known: tuple[torch.Tensor, torch.Tensor], negatives: int, seed: int) -> Iterator[Batch]:
+    """Each batch of positive ``pairs`` as labelled examples (users, items, labels): the pairs as 1.0, then
+    ``negatives`` per pair as 0.0, items drawn uniformly (seeded) from the domain's ``candidates`` and
+    fresh every step. A draw of one of the user's training items (``known``, CSR) is drawn again, up to
+    ``REDRAWS`` times; what still hits one (a user with most of the domain's items) is left out::
+
+        batches = labelled_batches(iter([(torch.tensor([0]), torch.tensor([5]))]), torch.arange(4, 9),
+                                   known_positives([(np.array([0]), np.array([5]))], 1), negatives=2, seed=0)
+        next(batches)   # (tensor([0, 0, 0]), tensor([5, 8, 8]), tensor([1., 0., 0.])): never 5 among the negatives
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(count: int) -> torch.Tensor:
+        return candidates[torch.randint(len(candidates), (count,), generator=generator)]
+
+    try:
+        for users, items in pairs:
+            negative_users = users.repeat_interleave(negatives)
+            drawn = draw(len(negative_users))
+            for _ in range(REDRAWS):
+                hits = csr_contains(*known, negative_users, drawn)
+                if not bool(hits.any()):
+                    break
+                drawn[hits] = draw(int(hits.sum()))
+            else:
+                kept = ~csr_contains(*known, negative_users, drawn)
+                negative_users, drawn = negative_users[kept], drawn[kept]
+            yield (torch.cat([users, negative_users]), torch.cat([items, drawn]),
+                   torch.cat([torch.ones(len(users)), torch.zeros(len(drawn))]))
+    finally:
+        if hasattr(pairs, "close"):  # stop a Petastorm reader behind the pairs now, not at GC
+            pairs.close()
 
 
 def zipped_batches(streams: list[Iterator[Batch]]) -> Iterator[tuple[Batch, ...]]:
@@ -385,33 +419,34 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
     if spec.start_factors is not None:
         model.start_from_factors(*spec.start_factors)
     masked = spec.train.mask_known_positives and spec.train.loss == "sampled_softmax"
-    positives: dict[str, Pairs] = {}  # domain -> its training pairs, read here: none passes through the driver
-    if masked or model.user_encoder == "history" or model.bridge_kind != "none":
-        positives = {domain: read_positives(data.url) for domain, data in spec.data.items()}
-    known = None
-    if masked or model.user_encoder == "history":
-        known = known_positives(list(positives.values()), model.num_users)
+    # domain -> its training pairs, read here: none passes through the driver
+    positives = {domain: read_positives(data.url) for domain, data in spec.data.items()}
+    known = known_positives(list(positives.values()), model.num_users)
     if model.user_encoder == "history":
         model.set_history(*known)  # every user's training items, both domains
     if model.bridge_kind != "none":
         target_domain, = set(spec.data) - {spec.source_domain}
         user_histories(positives[spec.source_domain], positives[target_domain], model.num_users).apply(model)
-    rank_batch = spec.rank_batch_size(collective.size)
+    rank_positives = spec.rank_positives(collective.size)
     phases = spec.scaled_phases(collective.size)
     shards: dict[str, tuple[torch.Tensor, ...]] = {}  # domain -> this rank's shard, when read into memory
 
-    def domain_batches(domain: str, seed: int) -> Iterator[Batch]:
+    def domain_batches(domain: str, seed: int, negatives: int) -> Iterator[Batch]:
         url = spec.data[domain].url
         if spec.train.reader == "stream":
-            return petastorm_batches(url, collective.rank, collective.size, rank_batch, seed)
-        if domain not in shards:
-            shards[domain] = read(url, collective.rank, collective.size)
-        return memory_batches(shards[domain], rank_batch, seed)
+            pairs = petastorm_batches(url, collective.rank, collective.size, rank_positives, seed)
+        else:
+            if domain not in shards:
+                shards[domain] = read(url, collective.rank, collective.size)
+            pairs = memory_batches(shards[domain], rank_positives, seed)
+        return labelled_batches(pairs, torch.from_numpy(spec.domain_items[domain]), known, negatives, seed)
 
     def batches(phase: Phase, epoch: int) -> Iterator[tuple[Batch, ...]]:
         # A seed per (phase, epoch, rank, domain) makes a resumed run read what an uninterrupted one would.
         seed = spec.train.seed + 1000 * phases.index(phase) + 10 * epoch + collective.rank
-        return zipped_batches([domain_batches(domain, seed + 100_003 * number)
+        # Negative rows nothing reads are not drawn; the batch keeps its pairs, so the steps are the same.
+        negatives = spec.train.negatives if reads_negative_rows(phase.objective, spec.train.loss) else 0
+        return zipped_batches([domain_batches(domain, seed + 100_003 * number, negatives)
                                for number, domain in enumerate(phase.domains)])
 
     def validate(model: nn.Module) -> dict[str, float]:

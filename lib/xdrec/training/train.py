@@ -74,9 +74,8 @@ def model_version(method: str, config: Config, input_versions: dict[str, int]) -
 
 def shuffled_for_training(examples: DataFrame, seed: int) -> DataFrame:
     """Only what the trainer reads, in a seeded pseudo-random order (Petastorm shuffles row groups only)."""
-    order = F.xxhash64("user_idx", "item_idx", "label", F.lit(seed))
-    return (examples.select(F.col("user_idx").cast("int"), F.col("item_idx").cast("int"),
-                            F.col("label").cast("float"))
+    order = F.xxhash64("user_idx", "item_idx", F.lit(seed))
+    return (examples.select(F.col("user_idx").cast("int"), F.col("item_idx").cast("int"))
             .withColumn("_order", order).sort("_order").drop("_order"))
 
 
