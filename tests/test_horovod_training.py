@@ -289,9 +289,23 @@ def test_memory_reader_shards_hold_every_staged_example_once_on_every_read(train
         for _ in range(4):
             assert all(torch.equal(a, b) for a, b in zip(distributed.read_shard(spec.data[domain].url, 0, 1), whole))
         shards = [distributed.read_shard(spec.data[domain].url, rank, 2) for rank in range(2)]
-        assert all(len(shard[0]) > 0 for shard in shards)
+        # Even shards: one row group a file, files of equal size within a row (train.stage_examples).
+        files = [name for name in os.listdir(spec.data[domain].url.removeprefix("file://")) if name.endswith(".parquet")]
+        assert len(files) == 8 and abs(len(shards[0][0]) - len(shards[1][0])) <= len(files), domain
         rows = sorted((int(user), int(item)) for shard in shards for user, item in zip(*shard))
         assert rows == staged_rows(spec, domain)
+
+
+def test_a_domain_of_half_a_million_pairs_is_staged_in_even_shards(spark, make_config, tmp_path):
+    """At this size Parquet's row groups once split each file unevenly, and Petastorm, which deals row
+    groups to processes, gave one of 2 processes 84,486 pairs and the other 462,544."""
+    config = make_config(str(tmp_path))
+    pairs = spark.range(547_030).select(F.lit("books").alias("domain"), (F.col("id") % 5_419).cast("int").alias("user_idx"),
+                                        (F.col("id") % 2_224).cast("int").alias("item_idx"))
+    version = tables.overwrite(pairs, config.warehouse, tables.TRAINING_EXAMPLES, ["domain"])
+    staged = stage_examples(spark, config, "books", version, 8)
+    sizes = [len(distributed.read_shard(staged.url, rank, 2)[0]) for rank in range(2)]
+    assert sum(sizes) == staged.rows == 547_030 and abs(sizes[0] - sizes[1]) <= 8, sizes
 
 
 def test_memory_batches_are_full_seeded_and_wrap_around_a_small_shard():

@@ -286,8 +286,9 @@ class TrainConfig(_Section):
     negatives) training pairs, each with its negatives."""
     negatives: PositiveInt = 4
     """Negative rows per training pair in a batch: items of the pair's domain that its user has no training
-    interaction with, drawn uniformly by the trainer, fresh every step. The "bce" loss reads them, and so do
-    "softmax" (as candidates) and the distill and adversarial objectives; "sampled_softmax" draws its own."""
+    interaction with, drawn uniformly by the trainer, fresh every step. The "bce" loss reads them, "softmax"
+    ranks against them and distill's soft term scores them; "sampled_softmax" draws its own (no negative rows
+    are drawn under it but for distill). See docs/methods.md, "Negative rows"."""
     batch_scope: Literal["global", "process"] = "global"
     """"global": batch_size is the global batch, split over the processes; "process": every process takes
     batch_size examples a step (global batch num_proc x batch_size). See docs/methods.md, "Scaling"."""
