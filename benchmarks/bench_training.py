@@ -68,11 +68,11 @@ def generated_pairs(positives: int, users: int, items: int, seed: int, tastes: i
 
 
 def stage_generated(spark, examples: pd.DataFrame, folder: str, files: int) -> distributed.DomainData:
-    """Write generated pairs as the train stage stages them: shuffled, small row groups."""
-    from xdrec.training.train import shuffled_for_training
+    """Write generated pairs as the train stage stages them: shuffled, one row group a file."""
+    from xdrec.training.train import STAGED_BLOCK_BYTES, shuffled_for_training
 
     frame = shuffled_for_training(spark.createDataFrame(examples), seed=0)
-    frame.repartition(files).write.mode("overwrite").option("parquet.block.size", 256 * 1024).parquet(folder)
+    frame.repartition(files).write.mode("overwrite").option("parquet.block.size", STAGED_BLOCK_BYTES).parquet(folder)
     return distributed.DomainData(url="file://" + folder, rows=len(examples))
 
 
