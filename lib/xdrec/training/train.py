@@ -97,10 +97,11 @@ def stage_examples(spark: SparkSession, config: Config, domain: str, version: in
     if not files.is_file(marker):
         examples = tables.read(spark, config.warehouse, tables.TRAINING_EXAMPLES, version)
         pairs = examples.where(F.col("domain") == domain)
-        file_count = parts * max(1, math.ceil(pairs.count() / (parts * PAIRS_PER_FILE)))
+        count = pairs.count()
+        file_count = parts * max(1, math.ceil(count / (parts * PAIRS_PER_FILE)))
         (shuffled_for_training(pairs, config.features.seed).repartition(file_count).write.mode("overwrite")
          .option("parquet.block.size", STAGED_BLOCK_BYTES).parquet(folder))
-        files.write_text(marker, str(spark.read.parquet(folder).count()))
+        files.write_text(marker, str(count))
     rows = int(files.read_text(marker))
     return distributed.DomainData(url=folder if not files.is_local(folder) else "file://" + folder, rows=rows)
 
