@@ -10,13 +10,13 @@ global batch and the same number of steps over the same examples:
   memory``, the default of ``train.reader``) or streamed every epoch (``--reader stream``); or
   TorchDistributor, each reading its shard with pyarrow;
 - in-memory: this process alone, the pairs read once from the same Parquet into torch tensors and batched
-  as the processes batch them (the same negatives drawn per pair); once with torch's default intra-op threads (all cores) and once with one thread
+  as the processes batch them (the same negative rows: none under the default sampled softmax, which draws its own); once with torch's default intra-op threads (all cores) and once with one thread
   (each Horovod process runs one), and the ratio is taken against the faster of the two.
 
 Each is measured at every global batch of ``--batch-sizes`` with ``--users`` users, and at every user count of
-``--user-counts`` with the batch ``--users-batch``: every step pays one gradient exchange (the dense parts
-allreduced, the embedding rows the step touched gathered), so the ratio grows with the batch and should
-not fall as the tables grow. Throughput is examples per second over the epochs after the first
+``--user-counts`` with the batch ``--users-batch``: every step pays one gradient exchange (one gather of the
+dense gradients and of the embedding rows the step touched), so the ratio grows with the batch and should
+not fall as the tables grow. Throughput is examples (the batches' rows) per second over the epochs after the first
 (the first pays for process start, imports and reading the shards; its seconds and the wall time
 including it are kept too). Training pairs come from a config's
 ``training_examples`` table (``--conf``, target domain, after the features stage) or are generated: a fifth
@@ -105,7 +105,7 @@ def in_memory_run(url: str, spec: distributed.TrainSpec, threads: int) -> tuple[
     def batches(phase: Phase, epoch: int):
         seed = spec.train.seed + epoch
         return ((batch,) for batch in distributed.labelled_batches(
-            distributed.memory_batches(pairs, spec.rank_positives(1), seed), candidates, known, spec.train.negatives, seed))
+            distributed.memory_batches(pairs, spec.rank_positives(1), seed), candidates, known, spec.negatives(phase), seed))
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -120,6 +120,11 @@ class TrainSpec:
         """Positive rows of a rank's batch: the rest of it are their ``train.negatives`` negatives each."""
         return max(1, self.rank_batch_size(size) // (1 + self.train.negatives))
 
+    def negatives(self, phase: Phase) -> int:
+        """Negative rows drawn per pair in ``phase``'s batches: none where nothing reads them (the batch keeps
+        its pairs, so the steps are the same)."""
+        return self.train.negatives if reads_negative_rows(phase.objective, self.train.loss) else 0
+
     def steps_per_epoch(self, phase: Phase, size: int) -> int:
         """Steps every rank takes in an epoch: one pass over the phase's largest domain's pairs."""
         global_positives = self.rank_positives(size) * size
@@ -142,25 +147,44 @@ def table_gradient(table: nn.Parameter, rows: torch.Tensor, values: torch.Tensor
     return torch.sparse_coo_tensor(rows.unsqueeze(0), values.div(size), table.shape, check_invariants=False)
 
 
-class HorovodCollective(Collective):
+class GatheringCollective(Collective):
+    """A collective that averages a step's gradients through one gather across ranks (:meth:`gather`): the
+    dense gradients as one flat tensor, then each table's touched rows, then their values.
+
+    One collective a step, because each one costs a round of negotiation between the processes, and at these
+    sizes those rounds, not the bytes, are what a step waits for (performance.md, "Training"). The dense
+    gradients are the towers' few thousand weights, so gathering them costs no more than reducing them; of
+    the tables only the rows a rank touched travel, at a cost that follows the batch, not the tables.
+    """
+
+    def gather(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every rank's ``tensors`` (each of any length along its first dimension), each concatenated in rank
+        order."""
+        raise NotImplementedError
+
+    def average_gradients(self, parameters: list[nn.Parameter], tables: list[nn.Parameter] = ()) -> None:
+        gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+        touched = [(table, table.grad.coalesce()) for table in tables if table.grad is not None]
+        dense = [torch.cat([gradient.reshape(-1) for gradient in gradients])] if gradients else []
+        sent = dense + [gradient.indices()[0] for _, gradient in touched] + [gradient.values() for _, gradient in touched]
+        if not sent:
+            return
+        gathered = list(self.gather(sent))
+        if gradients:
+            average = gathered.pop(0).view(self.size, -1).mean(0)
+            for gradient, part in zip(gradients, average.split([gradient.numel() for gradient in gradients])):
+                gradient.copy_(part.view_as(gradient))
+        for (table, _), rows, values in zip(touched, gathered[:len(touched)], gathered[len(touched):]):
+            table.grad = table_gradient(table, rows, values, self.size)
+
+
+class HorovodCollective(GatheringCollective):
     def __init__(self, hvd):
         self.hvd = hvd
         self.rank, self.size = hvd.rank(), hvd.size()
 
-    def average_gradients(self, parameters: list[nn.Parameter], tables: list[nn.Parameter] = ()) -> None:
-        gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
-        if gradients:
-            averaged = self.hvd.grouped_allreduce(gradients, op=self.hvd.Average, name="gradients")
-            for gradient, average in zip(gradients, averaged):
-                gradient.copy_(average)
-        touched = [(table, table.grad.coalesce()) for table in tables if table.grad is not None]
-        if touched:
-            # Only the rows a rank touched travel (indices and values): the same sums as a dense allreduce, at
-            # a cost that grows with the batch, not with the number of users and items.
-            rows = self.hvd.grouped_allgather([gradient.indices()[0] for _, gradient in touched], name="table_rows")
-            values = self.hvd.grouped_allgather([gradient.values() for _, gradient in touched], name="table_values")
-            for (table, _), index, value in zip(touched, rows, values):
-                table.grad = table_gradient(table, index, value, self.size)
+    def gather(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.hvd.grouped_allgather(tensors, name="gradients")
 
     def broadcast_model(self, model: nn.Module) -> None:
         # Parameters only: buffers (item text, histories) are the same on every rank, from the spec or read
@@ -174,9 +198,8 @@ class HorovodCollective(Collective):
         self.hvd.barrier()
 
 
-class TorchCollective(Collective):
-    """The loop's collective over ``torch.distributed``, as TorchDistributor starts it: dense gradients in one
-    flat allreduce, embedding tables by their touched rows (as :class:`HorovodCollective` does)."""
+class TorchCollective(GatheringCollective):
+    """The loop's collective over ``torch.distributed``, as TorchDistributor starts it."""
 
     def __init__(self, device: torch.device):
         import torch.distributed as dist
@@ -184,30 +207,22 @@ class TorchCollective(Collective):
         self.dist, self.device = dist, device
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
 
-    def average_gradients(self, parameters: list[nn.Parameter], tables: list[nn.Parameter] = ()) -> None:
-        gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
-        if gradients:
-            flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
-            self.dist.all_reduce(flat)
-            for gradient, part in zip(gradients, flat.div_(self.size).split([g.numel() for g in gradients])):
-                gradient.copy_(part.view_as(gradient))
-        for table in tables:
-            if table.grad is not None:
-                gradient = table.grad.coalesce()
-                rows, values = self.gather(gradient.indices()[0]), self.gather(gradient.values())
-                table.grad = table_gradient(table, rows, values, self.size)
-
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Every rank's ``tensor`` (of any length along its first dimension), concatenated in rank order."""
-        length = torch.tensor([len(tensor)], device=tensor.device)
-        lengths = [torch.zeros_like(length) for _ in range(self.size)]
-        self.dist.all_gather(lengths, length)
-        longest = int(max(part.item() for part in lengths))
-        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-        padded[:len(tensor)] = tensor
-        parts = [torch.empty_like(padded) for _ in range(self.size)]
-        self.dist.all_gather(parts, padded)
-        return torch.cat([part[:int(count.item())] for part, count in zip(parts, lengths)])
+    def gather(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        # Two collectives: the lengths, then every tensor flattened into one float64 buffer (exact for float32
+        # values and for indices below 2**53), padded to the longest rank's.
+        lengths = torch.tensor([len(tensor) for tensor in tensors], device=self.device)
+        every_length = [torch.zeros_like(lengths) for _ in range(self.size)]
+        self.dist.all_gather(every_length, lengths)
+        widths = [math.prod(tensor.shape[1:]) for tensor in tensors]  # elements per row
+        sizes = [[int(count) * width for count, width in zip(rank_lengths.tolist(), widths)] for rank_lengths in every_length]
+        longest = max(sum(rank_sizes) for rank_sizes in sizes)
+        flat = torch.zeros(longest, dtype=torch.float64, device=self.device)
+        flat[:sum(sizes[self.rank])] = torch.cat([tensor.reshape(-1).double() for tensor in tensors])
+        parts = [torch.empty_like(flat) for _ in range(self.size)]
+        self.dist.all_gather(parts, flat)
+        pieces = [part[:sum(rank_sizes)].split(rank_sizes) for part, rank_sizes in zip(parts, sizes)]
+        return [torch.cat([rank_pieces[number] for rank_pieces in pieces]).to(tensor.dtype).view(-1, *tensor.shape[1:])
+                for number, tensor in enumerate(tensors)]
 
     def broadcast_model(self, model: nn.Module) -> None:
         for parameter in model.parameters():  # parameters only, as HorovodCollective
@@ -444,9 +459,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
     def batches(phase: Phase, epoch: int) -> Iterator[tuple[Batch, ...]]:
         # A seed per (phase, epoch, rank, domain) makes a resumed run read what an uninterrupted one would.
         seed = spec.train.seed + 1000 * phases.index(phase) + 10 * epoch + collective.rank
-        # Negative rows nothing reads are not drawn; the batch keeps its pairs, so the steps are the same.
-        negatives = spec.train.negatives if reads_negative_rows(phase.objective, spec.train.loss) else 0
-        return zipped_batches([domain_batches(domain, seed + 100_003 * number, negatives)
+        return zipped_batches([domain_batches(domain, seed + 100_003 * number, spec.negatives(phase))
                                for number, domain in enumerate(phase.domains)])
 
     def validate(model: nn.Module) -> dict[str, float]:

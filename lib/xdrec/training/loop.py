@@ -266,7 +266,7 @@ def train(
 
     ``batches(phase, epoch)`` yields this rank's steps for one epoch, each a tuple with one batch per
     domain of the phase; the loop takes exactly ``steps_per_epoch(phase)`` of them, the same on every
-    rank, so uneven shards cannot hang an allreduce. ``domain_items`` (domain -> item indices) is what the
+    rank, so uneven shards cannot hang a collective. ``domain_items`` (domain -> item indices) is what the
     sampled softmax (``config.loss``) draws negatives from, and ``known_positives`` (every user's training
     items, CSR) what it leaves out of them. ``validate(model)`` returns validation figures
     (already combined over ranks); validated phases stop after ``config.patience`` epochs without
