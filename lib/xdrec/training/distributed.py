@@ -17,6 +17,7 @@ alone, for development; :func:`run_spec` runs a spec with the configured launche
 """
 from __future__ import annotations
 
+import abc
 import io
 import math
 import os
@@ -147,7 +148,7 @@ def table_gradient(table: nn.Parameter, rows: torch.Tensor, values: torch.Tensor
     return torch.sparse_coo_tensor(rows.unsqueeze(0), values.div(size), table.shape, check_invariants=False)
 
 
-class GatheringCollective(Collective):
+class GatheringCollective(Collective, abc.ABC):
     """A collective that averages a step's gradients through one gather across ranks (:meth:`gather`): the
     dense gradients as one flat tensor, then each table's touched rows, then their values.
 
@@ -157,10 +158,10 @@ class GatheringCollective(Collective):
     the tables only the rows a rank touched travel, at a cost that follows the batch, not the tables.
     """
 
+    @abc.abstractmethod
     def gather(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Every rank's ``tensors`` (each of any length along its first dimension), each concatenated in rank
         order."""
-        raise NotImplementedError
 
     def average_gradients(self, parameters: list[nn.Parameter], tables: list[nn.Parameter] = ()) -> None:
         gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
