@@ -275,31 +275,6 @@ def test_a_model_started_from_factors_scores_as_they_do():
     torch.testing.assert_close(products, products[0, 0] / expected[0, 0] * expected)
 
 
-def test_a_prior_adds_its_weighted_score_and_travels_in_the_artifact(tmp_path):
-    """train.prior: the score is the towers' plus the learned weight times the fixed factors' product, in
-    the vectors themselves (so every scorer ranks by it); the weight starts at 0 and trains, the factors do not."""
-    generator = torch.Generator().manual_seed(0)
-    users, items = torch.randn(6, 3, generator=generator), torch.randn(5, 3, generator=generator)
-    torch.manual_seed(1)
-    model = TwoTower(6, 5, 4, 8, user_encoder="history", prior_rank=3)
-    model.set_history(*csr(np.array([0, 0, 1, 2, 3, 4, 5]), np.array([0, 1, 1, 2, 3, 4, 0]), 6))
-    model.set_prior(users.numpy(), items.numpy())
-    everyone, catalogue = torch.arange(6), torch.arange(5)
-    with torch.no_grad():
-        towers = model.score_matrix(everyone, catalogue)
-        assert model.prior_weight.item() == 0.0
-        model.prior_weight.fill_(0.7)
-        torch.testing.assert_close(model.score_matrix(everyone, catalogue), towers + 0.7 * users @ items.T)
-    assert {name for name, parameter in model.named_parameters() if "prior" in name} == {"prior_weight"}
-    user_index = pd.DataFrame({"user_id": [f"u{u}" for u in range(6)], "user_idx": np.arange(6)})
-    item_index = pd.DataFrame({"domain": [TARGET] * 5, "item_id": [f"i{i}" for i in range(5)], "item_idx": np.arange(5)})
-    path = artifact.save(os.path.join(tmp_path, "joint", "v1"), model, {"method": "joint", "model_version": "v1"},
-                         user_index, item_index)
-    with torch.no_grad():
-        torch.testing.assert_close(artifact.load(path).model.score_matrix(everyone, catalogue),
-                                   model.eval().score_matrix(everyone, catalogue))
-
-
 def test_the_yardstick_and_the_bridges_keep_per_user_embeddings():
     # target_only must learn nothing from the source domain, and a history holds source items.
     assert model_options("joint", "history")["user_encoder"] == "history"

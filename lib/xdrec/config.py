@@ -281,11 +281,6 @@ class TrainConfig(_Section):
     history encoder history rows that pool to them, the item rows from its item factors; "random", small
     Gaussian rows. target_only, which knows nothing of the source domain, always starts at random. See
     docs/methods.md, "Starting from ALS"."""
-    prior: Literal["none", "als_merged"] = "none"
-    """"als_merged": the score adds ALS-merged's (the factor model als_merged, fitted first) times a weight
-    that trains with the model from 0, its factors fixed, so the trained towers learn what ALS misses and
-    the served model keeps what it knows; "none": the towers' score alone. target_only, which knows
-    nothing of the source domain, never has one. See docs/methods.md, "The ALS prior"."""
     batch_size: PositiveInt = 4096
     """Examples per step (see ``batch_scope``), positive and negative rows together: batch_size / (1 +
     negatives) training pairs, each with its negatives."""

@@ -191,8 +191,7 @@ def adversarial_loss(model, batches, train, context) -> torch.Tensor:
     weight = train.adversarial_weight * adversarial_schedule(train.adversarial_schedule, context.progress)
     users = torch.cat([source[0], target[0]])
     domains = torch.cat([torch.zeros(len(source[0])), torch.ones(len(target[0]))]).to(users.device)
-    # The towers' part of the user vectors: a prior's fixed factors hold nothing to align.
-    features = GradientReversal.apply(model.user_vectors(users)[:, :model.embedding_dim], weight)
+    features = GradientReversal.apply(model.user_vectors(users), weight)
     domain_loss = F.binary_cross_entropy_with_logits(model.domain_classifier(features).squeeze(-1), domains)
     return joint_loss(model, batches, train, context) + domain_loss
 

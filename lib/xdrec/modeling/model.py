@@ -132,7 +132,7 @@ class TwoTower(nn.Module):
     def __init__(self, num_users: int, num_items: int, embedding_dim: int = 32, hidden_dim: int = 64,
                  text_dim: int = 0, item_ids_with_text: bool = True, bridge: str = "none",
                  history_size: int = 0, domain_classifier: bool = False, temperature: float = 0.0,
-                 user_encoder: str = "embedding", prior_rank: int = 0):
+                 user_encoder: str = "embedding"):
         super().__init__()
         if bridge not in BRIDGES:
             raise ValueError(f"unknown bridge {bridge!r}; known: {', '.join(BRIDGES)}")
@@ -147,7 +147,6 @@ class TwoTower(nn.Module):
         self.has_domain_classifier = domain_classifier
         self.temperature = temperature
         self.user_encoder = user_encoder
-        self.prior_rank = prior_rank
         if user_encoder == "embedding":
             self.user_embedding = nn.Embedding(num_users, embedding_dim)
         else:
@@ -173,11 +172,6 @@ class TwoTower(nn.Module):
             # the source items for the personalised bridge, every training item for the history encoder.
             self.register_buffer("history_offsets", torch.zeros(num_users + 1, dtype=torch.long))
             self.register_buffer("history_items", torch.zeros(history_size, dtype=torch.long))
-        if prior_rank:
-            # A fixed factor model that the score adds, times a learned weight (train.prior).
-            self.register_buffer("prior_user_factors", torch.zeros(num_users, prior_rank))
-            self.register_buffer("prior_item_factors", torch.zeros(num_items, prior_rank))
-            self.prior_weight = nn.Parameter(torch.zeros(()))
         if domain_classifier:
             self.domain_classifier = nn.Sequential(nn.Linear(embedding_dim, hidden_dim), nn.ReLU(),
                                                    nn.Linear(hidden_dim, 1))
@@ -190,7 +184,7 @@ class TwoTower(nn.Module):
                 "text_dim": self.text_dim, "item_ids_with_text": self.item_ids_with_text,
                 "bridge": self.bridge_kind, "history_size": self.history_size,
                 "domain_classifier": self.has_domain_classifier, "temperature": self.temperature,
-                "user_encoder": self.user_encoder, "prior_rank": self.prior_rank}
+                "user_encoder": self.user_encoder}
 
     def reset_parameters(self) -> None:
         """Fresh weights for every trainable part; buffers (text, histories) are kept."""
@@ -198,8 +192,6 @@ class TwoTower(nn.Module):
             if (embedding := getattr(self, name, None)) is not None:
                 nn.init.normal_(embedding.weight, std=0.1)
         nn.init.zeros_(self.item_bias.weight)
-        if self.prior_rank:
-            nn.init.zeros_(self.prior_weight)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
@@ -248,11 +240,6 @@ class TwoTower(nn.Module):
         self.item_text.copy_(torch.as_tensor(embeddings, dtype=torch.float32))
         self.item_has_text.copy_(torch.as_tensor(has_text, dtype=torch.bool))
 
-    def set_prior(self, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
-        """The fixed factor model the score adds (``prior_rank`` columns of user and item factors)."""
-        self.prior_user_factors.copy_(torch.as_tensor(user_factors, dtype=torch.float32))
-        self.prior_item_factors.copy_(torch.as_tensor(item_factors, dtype=torch.float32))
-
     def set_histories(self, has_source: np.ndarray, has_target: np.ndarray) -> None:
         """Which users have training history in the source and target domains (bridge models)."""
         self.has_source_history.copy_(torch.as_tensor(has_source, dtype=torch.bool))
@@ -284,10 +271,7 @@ class TwoTower(nn.Module):
             text = self.text_projection(self.item_text[items]) * has_text
             ids = embedded if self.item_ids_with_text else embedded * ~has_text
             embedded = ids + text
-        vectors = self.scaled(self.item_tower(embedded))
-        if not self.prior_rank:
-            return vectors
-        return torch.cat([vectors, self.prior_item_factors[items]], dim=-1)
+        return self.scaled(self.item_tower(embedded))
 
     def scaled(self, vectors: torch.Tensor) -> torch.Tensor:
         """With a temperature, unit vectors over sqrt(temperature), so a dot product is cosine / temperature."""
@@ -337,13 +321,8 @@ class TwoTower(nn.Module):
     def user_vectors(self, users: torch.Tensor, view: str = TARGET_VIEW,
                      leave_out: torch.Tensor | None = None) -> torch.Tensor:
         """User vectors; the default target view applies the bridge to cold users of a bridge model.
-        ``leave_out``: an item per user that the history encoder leaves out of that user's history. With a
-        prior, the prior's user factors times its weight follow the trained vector, as the prior's item
-        factors follow the item vector: one dot product gives the sum of both scores."""
-        vectors = self.scaled(self.user_tower(self.user_embeddings(users, view, leave_out)))
-        if not self.prior_rank:
-            return vectors
-        return torch.cat([vectors, self.prior_weight * self.prior_user_factors[users]], dim=-1)
+        ``leave_out``: an item per user that the history encoder leaves out of that user's history."""
+        return self.scaled(self.user_tower(self.user_embeddings(users, view, leave_out)))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor, view: str = TARGET_VIEW) -> torch.Tensor:
         """Logits for (user, item) pairs, shape ``[batch]``; a history-encoded user's vector leaves the

@@ -104,8 +104,7 @@ class TrainSpec:
     validation: ValidationSet | None = None
     # Each domain's item indices: what negatives are drawn from (the batches' and the sampled softmax's).
     domain_items: dict[str, np.ndarray] = field(default_factory=dict)
-    # train.init or train.prior "als_merged": (user factors, item factors, ALS regularization) of the
-    # factor model the embeddings start from, or that the model adds as its prior.
+    # train.init "als_merged": (user factors, item factors, ALS regularization) the embeddings start from.
     start_factors: tuple[np.ndarray, np.ndarray, float] | None = None
     # A tune trial's median stopping rule (loop.below_median): earlier trials' median figure per epoch of
     # the last validated phase, and the epochs validated before it may stop the run (0: never).
@@ -433,10 +432,8 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
     torch.manual_seed(spec.train.seed)
     model = TwoTower(**spec.model)
     spec.model_data.apply(model)
-    if spec.start_factors is not None and spec.train.init == "als_merged":
+    if spec.start_factors is not None:
         model.start_from_factors(*spec.start_factors)
-    if model.prior_rank:
-        model.set_prior(*spec.start_factors[:2])
     masked = spec.train.mask_known_positives and spec.train.loss == "sampled_softmax"
     # domain -> its training pairs, read here: none passes through the driver
     positives = {domain: read_positives(data.url) for domain, data in spec.data.items()}

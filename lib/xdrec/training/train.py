@@ -219,10 +219,9 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
     train = config.train
     options = model_options(method, train.user_encoder)
     text_dim = 0 if inputs.item_text is None else inputs.item_text[0].shape[1]
-    prior_rank = start.item_embedding.weight.shape[1] if start is not None and train.prior == "als_merged" else 0
     model = TwoTower(inputs.num_users, inputs.num_items, train.embedding_dim, train.hidden_dim, text_dim=text_dim,
                      item_ids_with_text=train.item_ids_with_text, temperature=train.temperature,
-                     prior_rank=prior_rank, **options).hyperparameters()
+                     **options).hyperparameters()
     model_data = distributed.ModelData()
     if inputs.item_text is not None:
         model_data.item_text, model_data.item_has_text = inputs.item_text
@@ -327,15 +326,14 @@ def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_ro
 
 
 def starts_from_als(config: Config, method: str) -> bool:
-    """Whether ``method`` starts its embeddings from als_merged or adds it as a prior (``train.init`` or
-    ``train.prior`` "als_merged"): every method but target_only, whose users must know nothing of the
-    source domain."""
-    return "als_merged" in (config.train.init, config.train.prior) and method != "target_only"
+    """Whether ``method`` starts its embeddings from als_merged: with ``train.init`` "als_merged", every
+    method but target_only, whose users must know nothing of the source domain."""
+    return config.train.init == "als_merged" and method != "target_only"
 
 
 def starting_factors(spark: SparkSession, config: Config, inputs: TrainingInputs, method: str) -> FactorModel | None:
-    """The als_merged model that ``method`` starts its embeddings from or adds as a prior (fitted and saved
-    like the factor model, or reused); None when it needs neither (:func:`starts_from_als`)."""
+    """The als_merged model that ``method`` starts its embeddings from (fitted and saved like the factor
+    model, or reused); None when it starts at random (:func:`starts_from_als`)."""
     if not starts_from_als(config, method):
         return None
     meta = fit_factor_model(config, "als_merged", inputs, training_rows(spark, config, inputs.versions))

@@ -37,7 +37,7 @@ from xdrec.logs import get_logger
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, below_median, selecting_key
 from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_method_examples,
-                                  starting_factors, starts_from_als, train_spec, training_rows)
+                                  starting_factors, train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
 
 log = get_logger("tune")
@@ -183,19 +183,18 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
     own = inside(METHOD_SPACE, config.train.model_dump())
     other = next(encoder for encoder in METHOD_SPACE["user_encoder"] if encoder != own["user_encoder"])
     seeded = (own, {**own, "user_encoder": other})
-    starts: dict[bool, Any] = {}  # by starts_from_als: ALS-merged is fitted once, when a trial first needs it
+    starts: dict[str, Any] = {}  # by train.init: ALS-merged is fitted once, when a trial first starts from it
 
     def objective(trial) -> float:
         started = time.perf_counter()
         train = config.train.model_copy(update=suggest(trial, METHOD_SPACE))
         trial_config = config.model_copy(update={"train": train})
-        needs_als = starts_from_als(trial_config, method)
-        if needs_als not in starts:
-            starts[needs_als] = starting_factors(spark, trial_config, inputs, method)
+        if train.init not in starts:
+            starts[train.init] = starting_factors(spark, trial_config, inputs, method)
         data = stage_method_examples(spark, trial_config, method, inputs.versions[tables.TRAINING_EXAMPLES])
         checkpoint_dir = files.join(files.parent(tuning_path(config.warehouse)), "trials",
                                     f"{method}-{trial.number}-{time.time_ns()}")
-        spec = train_spec(trial_config, method, inputs, data, checkpoint_dir, starts[needs_als])
+        spec = train_spec(trial_config, method, inputs, data, checkpoint_dir, starts[train.init])
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         spec.deadline = trial_deadline(trial.number, len(seeded), time.time(), deadline)
         try:
