@@ -2,14 +2,14 @@
 
     $VENV/bin/python benchmarks/bench_ablation.py --conf cdrib_game_video       # the table in docs/methods.md
     $VENV/bin/python benchmarks/bench_ablation.py --conf synthetic --epochs 2    # a quick check of the script
-    $VENV/bin/python benchmarks/bench_ablation.py --conf ml100k_drama --rows 7 --seeds 0,1,2,3   # the defaults' seed spread
+    $VENV/bin/python benchmarks/bench_ablation.py --conf ml100k_drama --rows 8 --seeds 0,1,2,3   # the defaults' seed spread
 
 Each row trains one method (``--method``, default joint) through the train stage's launcher (Horovod, the
 config's processes) with the settings of the row laid over the config, or reuses that exact model, and
 reports the validation figure that model selection and early stopping use (``train.validation_metric``@``validation_k`` on
 ``validation_group``), the epoch kept and the wall time. The rows walk from the old defaults (pointwise
-bce, dot products, dimension 32, every drawn negative kept, a random start) to the current ones (row 7,
-the embeddings started from ALS-merged's factors); rows 5 and 6 try row 4 with one thing changed: the lazy
+bce, dot products, dimension 32, every drawn negative kept, a random start) to the current ones (row 8:
+the embeddings started from ALS-merged's factors, the temperature chosen on validation); rows 5 and 6 try row 4 with one thing changed: the lazy
 Adam for the embedding tables or the history encoder for the users. Validation only, never test. The data
 stages must have run on the config's warehouse (``jobs/features.py --conf ...``). Prints a Markdown table
 and writes it, with every figure, as JSON (--out).
@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from xdrec.config import load_config  # noqa: E402
 
 RANDOM_START = ["train.init=random"]
+ONE_TEMPERATURE = ["train.temperature=0.1"]
 OLD = ["train.loss=bce", "train.temperature=0", "train.embedding_dim=32", "train.learning_rate=0.005",
        "train.mask_known_positives=false", *RANDOM_START]
 # (label, overrides): each row changes one thing of the row before it, but rows 5 and 6 change one thing of
@@ -34,12 +35,13 @@ OLD = ["train.loss=bce", "train.temperature=0", "train.embedding_dim=32", "train
 ROWS = [
     ("old defaults: bce, dot, dim 32, lr 0.005", OLD),
     ("+ sampled softmax (1,024 uniform negatives)", [*OLD, "train.loss=sampled_softmax"]),
-    ("+ cosine / temperature 0.1", [*OLD, "train.loss=sampled_softmax", "train.temperature=0.1"]),
-    ("+ dim 128, lr 0.01", OLD[-2:]),
-    ("+ the user's training items left out of the negatives", RANDOM_START),
-    ("row 4 with the lazy Adam for the tables", [*RANDOM_START, "train.table_update=lazy"]),
-    ("row 4 with the history encoder for the users", [*RANDOM_START, "train.user_encoder=history"]),
-    ("+ the embeddings started from ALS-merged (the current defaults)", []),
+    ("+ cosine / temperature 0.1", [*OLD, "train.loss=sampled_softmax", *ONE_TEMPERATURE]),
+    ("+ dim 128, lr 0.01", [*OLD[-2:], *ONE_TEMPERATURE]),
+    ("+ the user's training items left out of the negatives", [*RANDOM_START, *ONE_TEMPERATURE]),
+    ("row 4 with the lazy Adam for the tables", [*RANDOM_START, *ONE_TEMPERATURE, "train.table_update=lazy"]),
+    ("row 4 with the history encoder for the users", [*RANDOM_START, *ONE_TEMPERATURE, "train.user_encoder=history"]),
+    ("+ the embeddings started from ALS-merged", ONE_TEMPERATURE),
+    ("+ the temperature chosen on validation (the current defaults)", []),
 ]
 
 
@@ -69,7 +71,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="cap train.target_epochs (0: the config's)")
     parser.add_argument("--rows", default="", help="indices into the rows, comma-separated (4: the defaults "
                         "with the random start, 5: them with the lazy Adam for the tables, 6: with the history "
-                        "encoder, 7: the current defaults, started from ALS-merged); empty: every row")
+                        "encoder, 7: started from ALS-merged, 8: the current defaults, the temperature chosen on validation); "
+                        "empty: every row")
     parser.add_argument("--seeds", default="", help="train.seed values, comma-separated; empty: the config's")
     parser.add_argument("--out", default="reports/ablation.json")
     args = parser.parse_args()

@@ -27,9 +27,11 @@ def test_every_shipped_config_loads(name):
 
 def test_overrides_are_typed():
     config = load_config("synthetic", ["train.batch_size=64", "train.methods=[target_only]",
-                                       "score.exclude_seen=false", "features.seed=5"])
+                                       "score.exclude_seen=false", "features.seed=5", "train.temperature=0.2",
+                                       "evaluate.ks=1,5"])
     assert config.train.batch_size == 64
     assert config.train.methods == ["target_only"]
+    assert config.train.temperature == [0.2] and config.evaluate.ks == [1, 5]  # one value: a list of one
     assert config.score.exclude_seen is False
     assert config.features.seed == 5
 
@@ -46,6 +48,7 @@ def test_raw_placeholder_expands_under_the_warehouse(tmp_path):
     ("features.test_ratio=1.5", "features.test_ratio"),
     ("data.domains.movies.format=xlsx", "data.domains.movies.format"),
     ("score.exclude_seen=maybe", "'score.exclude_seen'"),
+    ("train.temperature=[]", "'train.temperature' must be a non-empty list"),
 ])
 def test_bad_keys_are_named(override, named):
     with pytest.raises(XdrecError) as error:

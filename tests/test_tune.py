@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from xdrec import files
+from xdrec.config import load_config
 from xdrec.errors import XdrecError
 from xdrec.training.loop import below_median
 from xdrec.training.tune import (METHOD_SPACE, epoch_medians, inside, run_search, seeded_study, suggest,
-                                 trial_deadline)
+                                 trial_deadline, tuned, tuning_path)
 
 
 def quadratic(trial) -> float:
@@ -47,11 +49,11 @@ def test_a_search_whose_every_trial_failed_names_the_cause():
 
 
 def test_the_configs_own_settings_are_tried_first():
-    own = inside(METHOD_SPACE, {"learning_rate": 0.5, "embedding_dim": 48, "loss": "bce", "temperature": 0.1,
-                                "table_update": "lazy", "user_encoder": "history", "init": "random"})
+    own = inside(METHOD_SPACE, {"learning_rate": 0.5, "embedding_dim": 48, "loss": "bce", "table_update": "lazy",
+                                "user_encoder": "history", "init": "random"})
     # A rate above the range is clamped to it; a dimension that is not a choice is left to the sampler.
-    assert own == {"learning_rate": 3e-2, "loss": "bce", "temperature": 0.1, "table_update": "lazy",
-                   "user_encoder": "history", "init": "random"}
+    assert own == {"learning_rate": 3e-2, "loss": "bce", "table_update": "lazy", "user_encoder": "history",
+                   "init": "random"}
     tried = []
 
     def objective(trial) -> float:
@@ -79,3 +81,13 @@ def test_the_seeded_trials_share_the_time_left_and_drawn_trials_keep_the_searchs
     assert trial_deadline(1, 2, now=1310.0, deadline=1600.0) == 1600.0  # the first ran past its share
     assert trial_deadline(0, 3, now=0.0, deadline=900.0) == 300.0
     assert trial_deadline(2, 2, now=1400.0, deadline=1600.0) == 1600.0  # a drawn trial
+
+
+def test_the_chosen_settings_are_laid_over_the_config_as_a_config_file_would_set_them(tmp_path):
+    """A record from before ``train.temperature`` became a list (one number) reads as a list of one."""
+    config = load_config("synthetic", [f"warehouse={tmp_path}"])
+    files.write_json(tuning_path(config.warehouse), {"als": {"rank": 64}, "train": {"temperature": 0.2,
+                                                                                     "learning_rate": 0.003}})
+    chosen = tuned(config)
+    assert chosen.train.temperature == [0.2] and chosen.train.learning_rate == 0.003 and chosen.als.rank == 64
+    assert chosen.train.methods == config.train.methods and chosen.warehouse == config.warehouse

@@ -61,9 +61,12 @@ def _true_or_false(value: Any) -> Any:
 
 
 def _split_commas(value: Any) -> Any:
-    # ``--set train.methods=a,b`` gives the string "a,b" (and ``--set train.methods=`` the empty list).
+    # ``--set train.methods=a,b`` gives the string "a,b" (and ``--set train.methods=`` the empty list);
+    # ``--set train.temperature=0.2`` the number 0.2, a list of one.
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
     return value
 
 
@@ -308,9 +311,12 @@ class TrainConfig(_Section):
     mask_known_positives: Flag = True
     """loss "sampled_softmax": a drawn negative that is one of the row's user's training items is left out
     (a false negative); off: only draws of the row's own item are."""
-    temperature: NonNegativeFloat = 0.1
+    temperature: ListOf[NonNegativeFloat] = Field([0.05, 0.1, 0.2, 0.4], min_length=1)
     """0: a score is the dot product of the user and item vectors (plus the item bias); above 0: their
-    cosine similarity divided by this temperature (plus the bias)."""
+    cosine similarity divided by the temperature (plus the bias). Several: each trains one epoch of every
+    phase from the same start (and, when the best is the smallest or largest, half or twice it too), and
+    the one that validates best trains the model (the artifact records which, with every one's figure); see
+    docs/methods.md, "Choosing the temperature"."""
     learning_rate: PositiveFloat = 0.01
     """Learning rate of every phase but the source pretraining that has its own ``source_learning_rate``."""
     table_update: Literal["dense", "lazy"] = "dense"

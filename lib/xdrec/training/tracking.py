@@ -89,6 +89,8 @@ def log_training(run_id: str | None, config: Config, meta: dict[str, Any], artif
         figures.update({f"valid.{name}": value for name, value in (epoch.get("validation") or {}).items()})
         mlflow.log_metrics({metric_name(name): value for name, value in figures.items()}, step=step)
     mlflow.log_metric("train_seconds", meta["train_seconds"])
+    if "temperature_probe" in meta:
+        mlflow.log_param("temperature.chosen", meta["temperature_probe"]["chosen"])
     from xdrec.training import pyfunc
 
     # The artifact goes in whole, inside a pyfunc model logged as code (nothing pickled), and is registered.

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ import xdrec
 from xdrec import files
 from xdrec.config import BASELINES, Config
 from xdrec.data import lineage, tables
+from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import model_options, phases_for
 from xdrec.modeling.model import FactorModel, TwoTower
@@ -42,6 +43,9 @@ log = get_logger("train")
 PAIRS_PER_FILE = 1_000_000
 STAGED_BLOCK_BYTES = 64 * 1024 * 1024
 INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
+# When the best of train.temperature is its smallest or largest, how many halvings or doublings past it
+# choose_temperature tries at most: enough to go 8 times further than the list, at an epoch each.
+PROBES_PAST_THE_LIST = 3
 # Train keys that change how a run is watched or launched, not the model it makes.
 _NOT_IN_VERSION = ("methods", "factor_models", "blend", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
                    "mlflow_registered_model", "promote", "start_timeout", "launcher")
@@ -220,7 +224,7 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
     options = model_options(method, train.user_encoder)
     text_dim = 0 if inputs.item_text is None else inputs.item_text[0].shape[1]
     model = TwoTower(inputs.num_users, inputs.num_items, train.embedding_dim, train.hidden_dim, text_dim=text_dim,
-                     item_ids_with_text=train.item_ids_with_text, temperature=train.temperature,
+                     item_ids_with_text=train.item_ids_with_text, temperature=train.temperature[0],
                      **options).hyperparameters()
     model_data = distributed.ModelData()
     if inputs.item_text is not None:
@@ -234,6 +238,54 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
                                  start_factors=None if start is None else (
                                      start.user_embedding.weight.numpy(), start.item_embedding.weight.numpy(),
                                      config.als.regularization))
+
+
+def choose_temperature(spec: distributed.TrainSpec) -> tuple[distributed.TrainSpec, dict]:
+    """``spec`` at the temperature of ``train.temperature`` that validates best after one epoch of every
+    phase, each tried from the same start in a run of its own (checkpointed in ``probe-<temperature>`` of
+    the spec's checkpoint folder, so a rerun reuses it), and what was found: ``{"chosen", "selected_on",
+    "validation": {temperature: figure}}``. When the best is the list's smallest or largest (above 0), half
+    or twice it is tried too, and so on while that validates better, at most :data:`PROBES_PAST_THE_LIST`
+    times. One temperature: ``spec`` as it is, and {}.
+
+    A temperature sets how sharply the loss weighs the negatives that score close to the positive, which
+    suits one dataset and not another (docs/methods.md, "Choosing the temperature"); one epoch already
+    ranks the temperatures as training to the end does."""
+    temperatures = spec.train.temperature
+    if len(temperatures) == 1:
+        return spec, {}
+    if spec.validation is None or not len(spec.validation):
+        raise XdrecError(f"train.temperature lists {len(temperatures)} temperatures to choose from on "
+                         "validation, but the split has no target-domain validation users: give one temperature")
+    validation_group = {phase.name: phase.validation_group for phase in spec.phases}
+    figures, key = {}, ""
+
+    def probe(temperature: float) -> None:
+        nonlocal key
+        run = replace(spec, model={**spec.model, "temperature": temperature},
+                      phases=[replace(phase, epochs=1) for phase in spec.phases],
+                      checkpoint_dir=files.join(spec.checkpoint_dir, f"probe-{temperature:g}"),
+                      prune_after=0, deadline=0.0)
+        last = [epoch for epoch in distributed.run_spec(run) if epoch["validation"]][-1]
+        key = loop.selecting_key(spec.train, last["validation"], validation_group[last["phase"]])
+        figures[temperature] = last["validation"][key]
+        log.info(f"temperature {temperature:g}: {key} {figures[temperature]:.4f} after one epoch")
+
+    for temperature in temperatures:
+        probe(temperature)
+    for _ in range(PROBES_PAST_THE_LIST):
+        best, tried = max(figures, key=figures.get), sorted(t for t in figures if t > 0)
+        if len(tried) < 2 or best not in (tried[0], tried[-1]):
+            break
+        beyond = best / 2 if best == tried[0] else best * 2
+        probe(beyond)
+        if figures[beyond] <= figures[best]:
+            break
+    chosen = max(figures, key=figures.get)  # on a tie, the first tried
+    log.info(f"temperature {chosen:g} chosen, the best on validation {key} of "
+             + ", ".join(f"{temperature:g}" for temperature in figures))
+    return (replace(spec, model={**spec.model, "temperature": chosen}),
+            {"chosen": chosen, "selected_on": key, "validation": {f"{t:g}": f for t, f in figures.items()}})
 
 
 def reused_artifact(config: Config, method: str, version: str) -> dict | None:
@@ -284,6 +336,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
              + "; examples " + ", ".join(f"{domain} {staged.rows:,}" for domain, staged in data.items()))
     with tracking.run(config, method, version) as run_id:
         started = time.perf_counter()
+        spec, probe = choose_temperature(spec)
         history = distributed.run_spec(spec)
         seconds = time.perf_counter() - started
 
@@ -292,6 +345,8 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
         model = TwoTower(**spec.model)
         model.load_state_dict(weights)
         meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)
+        if probe:
+            meta["temperature_probe"] = probe
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)
     log.info(f"{method}: saved {path} ({seconds:.0f}s)")

@@ -5,9 +5,9 @@ of ``tune.minutes``:
 
 1. the ALS factor models' settings (``als.rank``, ``als.regularization``, ``als.alpha``): each trial fits
    Spark ALS on both domains merged and ranks the validation users with it;
-2. the methods' training settings (``METHOD_SPACE``: learning rate, dimension, loss, temperature, user
-   encoder, start...): each trial trains ``tune.method`` through the same launcher and loop as the train
-   stage.
+2. the methods' training settings (``METHOD_SPACE``: learning rate, dimension, loss, user encoder,
+   start...): each trial trains ``tune.method`` through the same launcher and loop as the train stage,
+   which chooses the temperature of ``train.temperature`` itself (:func:`choose_temperature`).
 
 Each search tries the config's own settings first, so its choice never validates worse than them. A
 training trial is pruned (stopped, and marked so in Optuna) once it has validated more than
@@ -36,8 +36,8 @@ from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
 from xdrec.training import distributed, factors
 from xdrec.training.loop import Collective, below_median, selecting_key
-from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, read_inputs, stage_method_examples,
-                                  starting_factors, train_spec, training_rows)
+from xdrec.training.train import (INPUT_TABLES, TrainingInputs, choose_temperature, code_version, read_inputs,
+                                  stage_method_examples, starting_factors, train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
 
 log = get_logger("tune")
@@ -48,7 +48,6 @@ TUNING_FILE = "best.json"
 ALS_SPACE = {"rank": (16, 32, 64, 128, 256), "regularization": (1e-3, 10.0), "alpha": (0.5, 100.0)}
 METHOD_SPACE = {"learning_rate": (1e-4, 3e-2), "embedding_dim": (16, 32, 64, 128, 256),
                 "loss": ("bce", "softmax", "sampled_softmax"),
-                "temperature": (0.0, 0.05, 0.1, 0.2, 0.5),  # 0: dot products; else cosine / temperature
                 "table_update": ("dense", "lazy"), "user_encoder": ("embedding", "history"),
                 "init": ("random", "als_merged")}
 
@@ -85,8 +84,9 @@ def tuned(config: Config) -> Config:
     if not config.tune.enabled or not files.is_file(path):
         return config
     chosen = files.read_json(path)
-    return config.model_copy(update={"als": config.als.model_copy(update=chosen["als"]),
-                                     "train": config.train.model_copy(update=chosen["train"])})
+    # Validated as a config file would be: a record written before a key changed type still reads.
+    return config.model_copy(update={section: type(getattr(config, section)).model_validate(
+        {**getattr(config, section).model_dump(), **chosen[section]}) for section in ("als", "train")})
 
 
 def tuned_method(config: Config) -> str | None:
@@ -198,6 +198,9 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         spec.deadline = trial_deadline(trial.number, len(seeded), time.time(), deadline)
         try:
+            spec, probe = choose_temperature(spec)
+            if probe:
+                trial.set_user_attr("temperature", probe["chosen"])
             history = distributed.run_spec(spec)
         finally:
             files.remove(checkpoint_dir)  # a trial's weights are not kept
@@ -225,8 +228,8 @@ def epoch_medians(curves: list[list[float]]) -> list[float]:
 
 
 def _trials(study) -> list[dict[str, Any]]:
-    return [{"number": trial.number, "params": trial.params, "value": trial.value, "state": trial.state.name}
-            for trial in study.trials]
+    return [{"number": trial.number, "params": trial.params, "value": trial.value, "state": trial.state.name,
+             **trial.user_attrs} for trial in study.trials]
 
 
 def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
