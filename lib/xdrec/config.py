@@ -60,7 +60,7 @@ def _true_or_false(value: Any) -> Any:
     return value
 
 
-def _split_commas(value: Any) -> Any:
+def _as_list(value: Any) -> Any:
     # ``--set train.methods=a,b`` gives the string "a,b" (and ``--set train.methods=`` the empty list);
     # ``--set train.temperature=0.2`` the number 0.2, a list of one.
     if isinstance(value, str):
@@ -80,7 +80,7 @@ NonNegativeFloat = Annotated[Float, Ge(0)]
 Share = Annotated[Float, Ge(0), Le(1)]
 HeldOutShare = Annotated[Float, Ge(0), Lt(1)]  # a share held out of training: some must be left to train on
 _Item = TypeVar("_Item")
-ListOf = Annotated[list[_Item], BeforeValidator(_split_commas)]
+ListOf = Annotated[list[_Item], BeforeValidator(_as_list)]
 
 # Choices: each Literal is the one declaration; the tuples are for code that iterates over them.
 Format = Literal[FORMATS]

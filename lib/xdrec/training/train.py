@@ -258,10 +258,10 @@ def choose_temperature(spec: distributed.TrainSpec) -> tuple[distributed.TrainSp
         raise XdrecError(f"train.temperature lists {len(temperatures)} temperatures to choose from on "
                          "validation, but the split has no target-domain validation users: give one temperature")
     validation_group = {phase.name: phase.validation_group for phase in spec.phases}
-    figures, key = {}, ""
+    figures: dict[float, float] = {}
 
-    def probe(temperature: float) -> None:
-        nonlocal key
+    def probe(temperature: float) -> str:
+        """Train one epoch of every phase at ``temperature``, record its figure, return the figure's key."""
         run = replace(spec, model={**spec.model, "temperature": temperature},
                       phases=[replace(phase, epochs=1) for phase in spec.phases],
                       checkpoint_dir=files.join(spec.checkpoint_dir, f"probe-{temperature:g}"),
@@ -270,9 +270,9 @@ def choose_temperature(spec: distributed.TrainSpec) -> tuple[distributed.TrainSp
         key = loop.selecting_key(spec.train, last["validation"], validation_group[last["phase"]])
         figures[temperature] = last["validation"][key]
         log.info(f"temperature {temperature:g}: {key} {figures[temperature]:.4f} after one epoch")
+        return key
 
-    for temperature in temperatures:
-        probe(temperature)
+    key = [probe(temperature) for temperature in temperatures][-1]
     for _ in range(PROBES_PAST_THE_LIST):
         best, tried = max(figures, key=figures.get), sorted(t for t in figures if t > 0)
         if len(tried) < 2 or best not in (tried[0], tried[-1]):
