@@ -314,9 +314,9 @@ class TrainConfig(_Section):
     temperature: ListOf[NonNegativeFloat] = Field([0.05, 0.1, 0.2, 0.4], min_length=1)
     """0: a score is the dot product of the user and item vectors (plus the item bias); above 0: their
     cosine similarity divided by the temperature (plus the bias). Several: each trains one epoch of every
-    phase from the same start (and, when the best is the smallest or largest, half or twice it too), and
-    the one that validates best trains the model (the artifact records which, with every one's figure); see
-    docs/methods.md, "Choosing the temperature"."""
+    phase from the same start (and, when the best is the smallest or largest, half or twice it too), the two
+    that validate best then train to the end, and the one whose kept epoch validates best is the model (the
+    artifact records which, with every figure); see docs/methods.md, "Choosing the temperature"."""
     learning_rate: PositiveFloat = 0.01
     """Learning rate of every phase but the source pretraining that has its own ``source_learning_rate``."""
     table_update: Literal["dense", "lazy"] = "dense"

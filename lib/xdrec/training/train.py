@@ -27,11 +27,11 @@ from pyspark.sql import functions as F
 
 import xdrec
 from xdrec import files
-from xdrec.config import BASELINES, Config
+from xdrec.config import BASELINES, Config, TrainConfig
 from xdrec.data import lineage, tables
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
-from xdrec.modeling.methods import model_options, phases_for
+from xdrec.modeling.methods import Phase, model_options, phases_for
 from xdrec.modeling.model import FactorModel, TwoTower
 from xdrec.training import artifact, distributed, factors, loop, selection, tracking
 from xdrec.training.validation import ValidationSet
@@ -44,8 +44,11 @@ PAIRS_PER_FILE = 1_000_000
 STAGED_BLOCK_BYTES = 64 * 1024 * 1024
 INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
 # When the best of train.temperature is its smallest or largest, how many halvings or doublings past it
-# choose_temperature tries at most: enough to go 8 times further than the list, at an epoch each.
+# train_at_best_temperature tries at most: enough to go 8 times further than the list, at an epoch each.
 PROBES_PAST_THE_LIST = 3
+# How many of the temperatures that rank best after one epoch are trained to the end, the best kept epoch
+# deciding: one epoch favours the temperature that learns fastest, which is not always the one that ends best.
+FINALISTS = 2
 # Train keys that change how a run is watched or launched, not the model it makes.
 _NOT_IN_VERSION = ("methods", "factor_models", "blend", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
                    "mlflow_registered_model", "promote", "start_timeout", "launcher")
@@ -240,52 +243,77 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
                                      config.als.regularization))
 
 
-def choose_temperature(spec: distributed.TrainSpec) -> tuple[distributed.TrainSpec, dict]:
-    """``spec`` at the temperature of ``train.temperature`` that validates best after one epoch of every
-    phase, each tried from the same start in a run of its own (checkpointed in ``probe-<temperature>`` of
-    the spec's checkpoint folder, so a rerun reuses it), and what was found: ``{"chosen", "selected_on",
-    "validation": {temperature: figure}}``. When the best is the list's smallest or largest (above 0), half
-    or twice it is tried too, and so on while that validates better, at most :data:`PROBES_PAST_THE_LIST`
-    times. One temperature: ``spec`` as it is, and {}.
+def last_phase_curve(train: TrainConfig, history: list[dict], phases: list[Phase]) -> tuple[str, list[float]]:
+    """The figure that selects epochs (its key) and its value per epoch of the last validated phase of a
+    run's ``history``: its best is the figure of the model the run keeps."""
+    validated = [epoch for epoch in history if epoch["validation"]]
+    group = {phase.name: phase.validation_group for phase in phases}[validated[-1]["phase"]]
+    last_phase = [epoch["validation"] for epoch in validated if epoch["phase"] == validated[-1]["phase"]]
+    key = loop.selecting_key(train, last_phase[0], group)
+    return key, [figures[key] for figures in last_phase]
+
+
+def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.TrainSpec, list[dict], dict]:
+    """Train ``spec`` at the temperature of ``train.temperature`` that validates best; returns the run's spec
+    (its temperature, and the checkpoint folder holding its final weights), its history, and what was
+    found: ``{"chosen", "selected_on", "validation": {temperature: figure after one epoch}, "finalists":
+    {temperature: figure of the kept epoch}}``.
+
+    Every temperature first trains one epoch of every phase, from the same start, in a run of its own
+    (checkpointed in ``probe-<temperature>`` of the spec's checkpoint folder, so a rerun reuses it). When
+    the best is the list's smallest or largest (above 0), half or twice it is tried too, and so on while
+    that validates better, at most :data:`PROBES_PAST_THE_LIST` times. The :data:`FINALISTS` best then
+    train to the end (in ``temperature-<temperature>``), and the one whose kept epoch validates best is
+    the model. One temperature: ``spec`` trained as it is, and {}.
 
     A temperature sets how sharply the loss weighs the negatives that score close to the positive, which
-    suits one dataset and not another (docs/methods.md, "Choosing the temperature"); one epoch already
-    ranks the temperatures as training to the end does."""
+    suits one dataset and not another (docs/methods.md, "Choosing the temperature")."""
     temperatures = spec.train.temperature
     if len(temperatures) == 1:
-        return spec, {}
+        return spec, distributed.run_spec(spec), {}
     if spec.validation is None or not len(spec.validation):
         raise XdrecError(f"train.temperature lists {len(temperatures)} temperatures to choose from on "
                          "validation, but the split has no target-domain validation users: give one temperature")
-    validation_group = {phase.name: phase.validation_group for phase in spec.phases}
-    figures: dict[float, float] = {}
+    after_one_epoch: dict[float, float] = {}
+
+    def at_temperature(temperature: float, folder: str, **changes) -> distributed.TrainSpec:
+        return replace(spec, model={**spec.model, "temperature": temperature},
+                       checkpoint_dir=files.join(spec.checkpoint_dir, f"{folder}-{temperature:g}"), **changes)
 
     def probe(temperature: float) -> str:
         """Train one epoch of every phase at ``temperature``, record its figure, return the figure's key."""
-        run = replace(spec, model={**spec.model, "temperature": temperature},
-                      phases=[replace(phase, epochs=1) for phase in spec.phases],
-                      checkpoint_dir=files.join(spec.checkpoint_dir, f"probe-{temperature:g}"),
-                      prune_after=0, deadline=0.0)
-        last = [epoch for epoch in distributed.run_spec(run) if epoch["validation"]][-1]
-        key = loop.selecting_key(spec.train, last["validation"], validation_group[last["phase"]])
-        figures[temperature] = last["validation"][key]
-        log.info(f"temperature {temperature:g}: {key} {figures[temperature]:.4f} after one epoch")
+        one_epoch = [replace(phase, epochs=1) for phase in spec.phases]
+        run = at_temperature(temperature, "probe", phases=one_epoch, prune_after=0, deadline=0.0)
+        key, curve = last_phase_curve(spec.train, distributed.run_spec(run), spec.phases)
+        after_one_epoch[temperature] = curve[-1]
+        log.info(f"temperature {temperature:g}: {key} {curve[-1]:.4f} after one epoch")
         return key
 
     key = [probe(temperature) for temperature in temperatures][-1]
     for _ in range(PROBES_PAST_THE_LIST):
-        best, tried = max(figures, key=figures.get), sorted(t for t in figures if t > 0)
+        best, tried = max(after_one_epoch, key=after_one_epoch.get), sorted(t for t in after_one_epoch if t > 0)
         if len(tried) < 2 or best not in (tried[0], tried[-1]):
             break
         beyond = best / 2 if best == tried[0] else best * 2
         probe(beyond)
-        if figures[beyond] <= figures[best]:
+        if after_one_epoch[beyond] <= after_one_epoch[best]:
             break
-    chosen = max(figures, key=figures.get)  # on a tie, the first tried
+    # sorted() is stable: on a tie, the first tried goes first.
+    finalists = sorted(after_one_epoch, key=after_one_epoch.get, reverse=True)[:FINALISTS]
+    runs: dict[float, tuple[distributed.TrainSpec, list[dict]]] = {}
+    kept: dict[float, float] = {}
+    for temperature in finalists:
+        run = at_temperature(temperature, "temperature")
+        runs[temperature] = run, distributed.run_spec(run)
+        kept[temperature] = max(last_phase_curve(spec.train, runs[temperature][1], spec.phases)[1])
+        log.info(f"temperature {temperature:g}: {key} {kept[temperature]:.4f} at the kept epoch")
+    chosen = max(kept, key=kept.get)  # on a tie, the better after one epoch
     log.info(f"temperature {chosen:g} chosen, the best on validation {key} of "
-             + ", ".join(f"{temperature:g}" for temperature in figures))
-    return (replace(spec, model={**spec.model, "temperature": chosen}),
-            {"chosen": chosen, "selected_on": key, "validation": {f"{t:g}": f for t, f in figures.items()}})
+             + ", ".join(f"{temperature:g}" for temperature in after_one_epoch)
+             + f" (after one epoch; {' and '.join(f'{t:g}' for t in finalists)} trained to the end)")
+    return (*runs[chosen], {"chosen": chosen, "selected_on": key,
+                            "validation": {f"{t:g}": f for t, f in after_one_epoch.items()},
+                            "finalists": {f"{t:g}": f for t, f in kept.items()}})
 
 
 def reused_artifact(config: Config, method: str, version: str) -> dict | None:
@@ -336,12 +364,11 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
              + "; examples " + ", ".join(f"{domain} {staged.rows:,}" for domain, staged in data.items()))
     with tracking.run(config, method, version) as run_id:
         started = time.perf_counter()
-        spec, probe = choose_temperature(spec)
-        history = distributed.run_spec(spec)
+        spec, history, probe = train_at_best_temperature(spec)
         seconds = time.perf_counter() - started
 
-        weights = torch.load(io.BytesIO(files.read_bytes(files.join(checkpoint_dir, distributed.FINAL_WEIGHTS))),
-                             weights_only=True)
+        final_weights = files.join(spec.checkpoint_dir, distributed.FINAL_WEIGHTS)
+        weights = torch.load(io.BytesIO(files.read_bytes(final_weights)), weights_only=True)
         model = TwoTower(**spec.model)
         model.load_state_dict(weights)
         meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)

@@ -7,7 +7,7 @@ of ``tune.minutes``:
    Spark ALS on both domains merged and ranks the validation users with it;
 2. the methods' training settings (``METHOD_SPACE``: learning rate, dimension, loss, user encoder,
    start...): each trial trains ``tune.method`` through the same launcher and loop as the train stage,
-   which chooses the temperature of ``train.temperature`` itself (:func:`choose_temperature`).
+   which chooses the temperature of ``train.temperature`` itself (:func:`train_at_best_temperature`).
 
 Each search tries the config's own settings first, so its choice never validates worse than them. A
 training trial is pruned (stopped, and marked so in Optuna) once it has validated more than
@@ -34,10 +34,11 @@ from xdrec.data import tables
 from xdrec import files
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
-from xdrec.training import distributed, factors
+from xdrec.training import factors
 from xdrec.training.loop import Collective, below_median, selecting_key
-from xdrec.training.train import (INPUT_TABLES, TrainingInputs, choose_temperature, code_version, read_inputs,
-                                  stage_method_examples, starting_factors, train_spec, training_rows)
+from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, last_phase_curve, read_inputs,
+                                  stage_method_examples, starting_factors, train_at_best_temperature, train_spec,
+                                  training_rows)
 from xdrec.training.validation import ranking_figures
 
 log = get_logger("tune")
@@ -198,16 +199,12 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         spec.deadline = trial_deadline(trial.number, len(seeded), time.time(), deadline)
         try:
-            spec, probe = choose_temperature(spec)
+            spec, history, probe = train_at_best_temperature(spec)
             if probe:
                 trial.set_user_attr("temperature", probe["chosen"])
-            history = distributed.run_spec(spec)
         finally:
             files.remove(checkpoint_dir)  # a trial's weights are not kept
-        validated = [epoch for epoch in history if epoch["validation"]]
-        last_phase = [epoch["validation"] for epoch in validated if epoch["phase"] == validated[-1]["phase"]]
-        key = selecting_key(train, last_phase[0])
-        curve = [figures[key] for figures in last_phase]
+        curve = last_phase_curve(train, history, spec.phases)[1]
         for epoch, figure in enumerate(curve):
             trial.report(figure, epoch)
         _trial_log(method, trial.number, trial.params, max(curve), time.perf_counter() - started)
