@@ -24,8 +24,9 @@ from pyspark.sql import functions as F
 from planted_world import make_world, write_tables
 from xdrec.data import tables
 from xdrec.training import artifact, distributed, loop, tracking
-from xdrec.training.train import (FINALISTS, PROBES_PAST_THE_LIST, read_inputs, run_train, stage_examples,
-                                  train_method, train_spec)
+from xdrec.training.train import (FINALIST_WEIGHTS, FINALISTS, PROBES_PAST_THE_LIST, read_inputs, run_train,
+                                  stage_examples, train_method, train_spec)
+from xdrec.training.validation import ranking_figures
 
 METHOD = "distill"
 OVERRIDES = ["data.source_domain=source", "data.target_domain=target",
@@ -148,17 +149,19 @@ def test_a_run_started_from_als_starts_every_process_from_the_als_merged_factors
         assert torch.nn.functional.cosine_similarity(started[fitted], factors[fitted]).min() > 0.999, table
 
 
-def test_of_the_two_temperatures_best_after_one_epoch_the_one_that_ends_best_is_the_model(spark, make_config,
-                                                                                          trained):
+def test_of_the_two_temperatures_best_after_one_epoch_the_one_that_ends_best_leads_the_model(spark, make_config,
+                                                                                             trained):
     """Several ``train.temperature`` values: each trains one epoch in 2 Horovod processes from the same
     start. Of two, the better is an end of the list, so the probe goes on past it (half the smaller, twice
     the larger). The two best after one epoch then train to the end, and the one whose kept epoch
-    validates best is the model. The runs are seeded alike, so a finalist's first epoch is its probe's
-    epoch again; the artifact records the choice and every figure."""
+    validates best is the model, or leads the sum of the two finalists' scores when that validates better.
+    The runs are seeded alike, so a finalist's first epoch is its probe's epoch again; the artifact records
+    the choice and every figure."""
     warehouse = trained[0].warehouse
     config = make_config(warehouse, *OVERRIDES, "train.methods=[joint]", "train.target_epochs=2",
                          "train.temperature=[0.1, 0.4]")
-    meta = train_method(spark, config, "joint", read_inputs(spark, config))
+    inputs = read_inputs(spark, config)
+    meta = train_method(spark, config, "joint", inputs)
     probe = meta["temperature_probe"]
     figures, finalists = probe["validation"], probe["finalists"]
     tried = list(figures)
@@ -168,10 +171,22 @@ def test_of_the_two_temperatures_best_after_one_epoch_the_one_that_ends_best_is_
     assert list(finalists) == sorted(figures, key=figures.get, reverse=True)[:FINALISTS]
     chosen = max(finalists, key=finalists.get)
     assert probe["chosen"] == float(chosen)
-    assert artifact.load(artifact.latest_path(warehouse, "joint")).model.temperature == float(chosen)
     curve = [epoch["validation"][probe["selected_on"]] for epoch in meta["history"]]
     assert curve[0] == figures[chosen] and max(curve) == finalists[chosen]
     assert meta["num_proc"] == 2 and len(meta["history"]) == 2
+    # The finalists together: the kept one alone (weight 1.0) validates as at its kept epoch (the same
+    # ranking, of scores divided by their spread), and the weight kept is the best.
+    together = probe["ensemble"]
+    assert together["runner_up"] == float(next(t for t in finalists if t != chosen))
+    assert list(together["validation"]) == list(FINALIST_WEIGHTS)
+    assert together["validation"][1.0] == pytest.approx(finalists[chosen], rel=1e-6)
+    assert together["validation"][together["weight"]] == max(together["validation"].values())
+    model = artifact.load(artifact.latest_path(warehouse, "joint")).model
+    if together["weight"] == 1.0:
+        assert model.temperature == float(chosen)
+    else:
+        served = ranking_figures(model, inputs.validation, config.train.validation_k, loop.Collective())
+        assert served[probe["selected_on"]] == pytest.approx(together["validation"][together["weight"]], rel=1e-6)
 
 
 def test_bridge_processes_read_which_users_have_history_and_their_source_items(spark, make_config, trained):

@@ -317,6 +317,10 @@ class TrainConfig(_Section):
     phase from the same start (and, when the best is the smallest or largest, half or twice it too), the two
     that validate best then train to the end, and the one whose kept epoch validates best is the model (the
     artifact records which, with every figure); see docs/methods.md, "Choosing the temperature"."""
+    ensemble_finalists: Flag = True
+    """Several temperatures: the model becomes the weighted sum of the two finalists' scores where that
+    validates better than the kept finalist alone, which keeps at least half the weight
+    (docs/methods.md, "The finalists together")."""
     learning_rate: PositiveFloat = 0.01
     """Learning rate of every phase but the source pretraining that has its own ``source_learning_rate``."""
     table_update: Literal["dense", "lazy"] = "dense"

@@ -71,15 +71,16 @@ def score_spread(model: nn.Module, validation: ValidationSet, seed: int, users: 
 
 
 def fit_blend(trained: nn.Module, factor: nn.Module, validation: ValidationSet, train: TrainConfig,
-              num_users: int, num_items: int) -> tuple[FactorModel, dict[str, Any]]:
+              num_users: int, num_items: int,
+              weights: tuple[float, ...] = BLEND_WEIGHTS) -> tuple[FactorModel, dict[str, Any]]:
     """The blend ``w * trained + (1 - w) * factor`` of the two models' scores, each divided by its spread,
-    with the weight ``w`` of :data:`BLEND_WEIGHTS` that validates best. The weights 0 and 1 are the models
-    alone, so the blend never validates below either. Returns the blend and what was chosen:
+    with the weight ``w`` of ``weights`` that validates best. The weights 0 and 1 are the models alone, so
+    a blend over :data:`BLEND_WEIGHTS` never validates below either. Returns the blend and what was chosen:
     ``{"weight", "spreads", "selected_on", "validation": {weight: figure}}``."""
     spreads = (score_spread(trained, validation, train.seed), score_spread(factor, validation, train.seed))
     scaled = [blended((model,), (1 / spread,), num_users, num_items) for model, spread in zip((trained, factor), spreads)]
     figures, key, best = {}, None, None
-    for weight in BLEND_WEIGHTS:
+    for weight in weights:
         candidate = blended(tuple(scaled), (weight, 1 - weight), num_users, num_items)
         ranked = ranking_figures(candidate, validation, train.validation_k, Collective())
         key = key or selecting_key(train, ranked)

@@ -91,6 +91,8 @@ def log_training(run_id: str | None, config: Config, meta: dict[str, Any], artif
     mlflow.log_metric("train_seconds", meta["train_seconds"])
     if "temperature_probe" in meta:
         mlflow.log_param("temperature.chosen", meta["temperature_probe"]["chosen"])
+        if "ensemble" in meta["temperature_probe"]:
+            mlflow.log_param("temperature.finalist_weight", meta["temperature_probe"]["ensemble"]["weight"])
     from xdrec.training import pyfunc
 
     # The artifact goes in whole, inside a pyfunc model logged as code (nothing pickled), and is registered.

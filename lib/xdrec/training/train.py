@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -49,6 +50,10 @@ PROBES_PAST_THE_LIST = 3
 # How many of the temperatures that rank best after one epoch are trained to the end, the best kept epoch
 # deciding: one epoch favours the temperature that learns fastest, which is not always the one that ends best.
 FINALISTS = 2
+# The kept finalist's weights tried in the sum of the two finalists' scores (the runner-up has the rest): the
+# finalist that validated best always leads, and validation, on a few hundred users, only chooses how much of
+# the other to add.
+FINALIST_WEIGHTS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 # Train keys that change how a run is watched or launched, not the model it makes.
 _NOT_IN_VERSION = ("methods", "factor_models", "blend", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
                    "mlflow_registered_model", "promote", "start_timeout", "launcher")
@@ -253,6 +258,45 @@ def last_phase_curve(train: TrainConfig, history: list[dict], phases: list[Phase
     return key, [figures[key] for figures in last_phase]
 
 
+def temperature_dir(checkpoint_dir: str, folder: str, temperature: float) -> str:
+    """Where :func:`train_at_best_temperature` checkpoints the run of one temperature: ``folder`` "probe"
+    for its first epoch, "temperature" for a finalist's whole run."""
+    return files.join(checkpoint_dir, f"{folder}-{temperature:g}")
+
+
+def trained_model(spec: distributed.TrainSpec) -> TwoTower:
+    """The model ``spec``'s run ended with, from its final weights."""
+    weights = torch.load(io.BytesIO(files.read_bytes(files.join(spec.checkpoint_dir, distributed.FINAL_WEIGHTS))),
+                         weights_only=True)
+    model = TwoTower(**spec.model)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def with_runner_up(model: TwoTower, spec: distributed.TrainSpec, probe: dict, inputs: TrainingInputs,
+                   checkpoint_dir: str) -> tuple[nn.Module, dict]:
+    """The kept finalist's ``model`` (of ``spec``, the run :func:`train_at_best_temperature` chose under
+    ``checkpoint_dir``), or the weighted sum of its scores and the other finalist's
+    (:func:`selection.fit_blend` over :data:`FINALIST_WEIGHTS`) where that validates better; and what was
+    chosen (the weight 1.0: the kept finalist alone).
+
+    The two finalists are trained to the end at different temperatures, so they rank the tail of the
+    catalogue differently, and their sum ranks better than either on most datasets measured
+    (docs/methods.md, "The finalists together"). It costs no training, only their validation."""
+    chosen = probe["chosen"]
+    runner_up = next(float(temperature) for temperature in probe["finalists"] if float(temperature) != chosen)
+    other = trained_model(replace(spec, model={**spec.model, "temperature": runner_up},
+                                  checkpoint_dir=temperature_dir(checkpoint_dir, "temperature", runner_up)))
+    blend, ensemble = selection.fit_blend(model, other, inputs.validation, spec.train, inputs.num_users,
+                                          inputs.num_items, FINALIST_WEIGHTS)
+    ensemble = {"runner_up": runner_up, **ensemble}
+    figure = ensemble["validation"][ensemble["weight"]]
+    log.info(f"finalists together: {ensemble['weight']:.1f} x temperature {chosen:g} + "
+             f"{1 - ensemble['weight']:.1f} x {runner_up:g}, {ensemble['selected_on']} {figure:.4f} "
+             f"(the first alone: {ensemble['validation'][1.0]:.4f})")
+    return (model if ensemble["weight"] == 1.0 else blend), ensemble
+
+
 def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.TrainSpec, list[dict], dict]:
     """Train ``spec`` at the temperature of ``train.temperature`` that validates best; returns the run's spec
     (its temperature, and the checkpoint folder holding its final weights), its history, and what was
@@ -278,7 +322,7 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
 
     def at_temperature(temperature: float, folder: str, **changes) -> distributed.TrainSpec:
         return replace(spec, model={**spec.model, "temperature": temperature},
-                       checkpoint_dir=files.join(spec.checkpoint_dir, f"{folder}-{temperature:g}"), **changes)
+                       checkpoint_dir=temperature_dir(spec.checkpoint_dir, folder, temperature), **changes)
 
     def probe(temperature: float) -> str:
         """Train one epoch of every phase at ``temperature``, record its figure, return the figure's key."""
@@ -365,12 +409,10 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
     with tracking.run(config, method, version) as run_id:
         started = time.perf_counter()
         spec, history, probe = train_at_best_temperature(spec)
+        model = trained_model(spec)
+        if probe and config.train.ensemble_finalists:
+            model, probe["ensemble"] = with_runner_up(model, spec, probe, inputs, checkpoint_dir)
         seconds = time.perf_counter() - started
-
-        final_weights = files.join(spec.checkpoint_dir, distributed.FINAL_WEIGHTS)
-        weights = torch.load(io.BytesIO(files.read_bytes(final_weights)), weights_only=True)
-        model = TwoTower(**spec.model)
-        model.load_state_dict(weights)
         meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)
         if probe:
             meta["temperature_probe"] = probe
