@@ -280,9 +280,9 @@ def with_runner_up(model: TwoTower, spec: distributed.TrainSpec, probe: dict, in
     (:func:`selection.fit_blend` over :data:`FINALIST_WEIGHTS`) where that validates better; and what was
     chosen (the weight 1.0: the kept finalist alone).
 
-    The two finalists are trained to the end at different temperatures, so they rank the tail of the
-    catalogue differently, and their sum ranks better than either on most datasets measured
-    (docs/methods.md, "The finalists together"). It costs no training, only their validation."""
+    The two finalists are trained to the end at different temperatures, so they make different mistakes,
+    and their sum ranked better than the kept one alone on most datasets measured (docs/methods.md, "The
+    finalists together"). It costs no training, only their validation."""
     chosen = probe["chosen"]
     runner_up = next(float(temperature) for temperature in probe["finalists"] if float(temperature) != chosen)
     other = trained_model(replace(spec, model={**spec.model, "temperature": runner_up},
@@ -410,7 +410,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
         started = time.perf_counter()
         spec, history, probe = train_at_best_temperature(spec)
         model = trained_model(spec)
-        if probe and config.train.ensemble_finalists:
+        if config.train.ensemble_finalists and len(probe.get("finalists", ())) > 1:
             model, probe["ensemble"] = with_runner_up(model, spec, probe, inputs, checkpoint_dir)
         seconds = time.perf_counter() - started
         meta = artifact_meta(config, method, version, inputs, history, seconds, run_id)
