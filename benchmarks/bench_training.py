@@ -11,7 +11,11 @@ global batch and the same number of steps over the same examples:
   TorchDistributor, each reading its shard with pyarrow;
 - in-memory: this process alone, the pairs read once from the same Parquet into torch tensors and batched
   as the processes batch them (the same negative rows: none under the default sampled softmax, which draws its own); once with torch's default intra-op threads (all cores) and once with one thread
-  (each Horovod process runs one), and the ratio is taken against the faster of the two.
+  (each Horovod process runs one), and the ratio is taken against the faster of the two;
+- side by side: ``--num-proc`` plain processes of one thread, each training its share of every global batch
+  (the distributed path's steps) with no exchange at all: the most that splitting the batch over processes
+  can give on this machine, since a step's fixed costs (the drawn negatives' towers, the optimizer, the
+  operations' dispatch) do not shrink with the share.
 
 Each is measured at every global batch of ``--batch-sizes`` with ``--users`` users, and at every user count of
 ``--user-counts`` with the batch ``--users-batch``: every step pays one gradient exchange (one gather of the
@@ -95,8 +99,11 @@ def steady_throughput(history: list[dict]) -> float:
     return sum(epoch["examples"] for epoch in steady) / sum(epoch["seconds"] for epoch in steady)
 
 
-def in_memory_run(url: str, spec: distributed.TrainSpec, threads: int) -> tuple[list[dict], float]:
-    """The same training in this process with ``threads`` intra-op threads, from tensors: (history, wall seconds)."""
+def in_memory_run(url: str, spec: distributed.TrainSpec, threads: int, share: int = 1,
+                  start=None) -> tuple[list[dict], float]:
+    """The same training in this process with ``threads`` intra-op threads, from tensors: (history, wall seconds).
+    ``share``: take the batch of one of that many processes (the distributed path's steps), not the global one;
+    ``start``: a barrier to wait at before training."""
     frame = pd.read_parquet(url.removeprefix("file://"))
     pairs = tuple(torch.from_numpy(frame[name].to_numpy(np.int64)) for name in distributed.SHARD_COLUMNS)
     known = distributed.known_positives([tuple(column.numpy() for column in pairs)], spec.model["num_users"])
@@ -105,20 +112,48 @@ def in_memory_run(url: str, spec: distributed.TrainSpec, threads: int) -> tuple[
     def batches(phase: Phase, epoch: int):
         seed = spec.train.seed + epoch
         return ((batch,) for batch in distributed.labelled_batches(
-            distributed.memory_batches(pairs, spec.rank_positives(1), seed), candidates, known, spec.negatives(phase), seed))
+            distributed.memory_batches(pairs, spec.rank_positives(share), seed), candidates, known, spec.negatives(phase), seed))
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(spec.train.seed)
     model = TwoTower(**spec.model)
+    if start is not None:
+        start.wait()
     started = time.perf_counter()
     try:
-        history = loop.train(model, spec.phases, batches, lambda phase: spec.steps_per_epoch(phase, 1),
+        history = loop.train(model, spec.phases, batches, lambda phase: spec.steps_per_epoch(phase, share),
                              config=spec.train, domain_items={domain: torch.from_numpy(items)
-                                                             for domain, items in spec.domain_items.items()}, log=lambda message: print(f"[bench] in-memory ({threads} threads) {message}", flush=True))
+                                                             for domain, items in spec.domain_items.items()},
+                             known_positives=known if spec.masks_known_positives else None,
+                             log=lambda message: print(f"[bench] in-memory ({threads} threads) {message}", flush=True))
     finally:
         torch.set_num_threads(default_threads)
     return [vars(epoch) for epoch in history], time.perf_counter() - started
+
+
+def side_by_side_run(url: str, spec: distributed.TrainSpec, processes: int) -> list[dict]:
+    """``processes`` plain processes of one thread each, side by side, each training its share of every global
+    batch with no exchange between them: the most that splitting the batch over processes can give on this
+    machine. Returns the combined history (examples summed, the slowest process's seconds)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=side_by_side_worker, args=(url, spec, processes, start, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    histories = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return [{"examples": sum(epoch["examples"] for epoch in epochs), "seconds": max(epoch["seconds"] for epoch in epochs)}
+            for epochs in zip(*histories)]
+
+
+def side_by_side_worker(url: str, spec: distributed.TrainSpec, processes: int, start, results) -> None:
+    # Every process waits for the others before its first step, so their epochs run at the same time.
+    results.put(in_memory_run(url, spec, 1, processes, start)[0])
 
 
 def main() -> None:
@@ -166,7 +201,9 @@ def main() -> None:
                   f"{entry['distributed_examples_per_second']:,} examples/s; in memory "
                   + ", ".join(f"{threads} thread(s) {run['examples_per_second']:,}/s"
                               for threads, run in entry["in_memory_by_threads"].items())
-                  + f"; ratio {entry['ratio']:.2f} (issue 13 asks for at least 0.8 at the demo's batch)")
+                  + f"; ratio {entry['ratio']:.2f} (issue 13 asks for at least 0.8 at the demo's batch); "
+                  f"{args.num_proc} processes side by side with no exchange {entry['side_by_side_examples_per_second']:,}/s, "
+                  f"ratio {entry['side_by_side_ratio']:.2f} (the most that splitting the batch can give here)")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(figures, handle, indent=2)
@@ -194,10 +231,12 @@ def measure(args, data: distributed.DomainData, users: int, items: int, source: 
         in_memory[threads] = {"examples_per_second": round(steady_throughput(history)), "wall_seconds": round(wall, 1)}
     throughput = steady_throughput(distributed_history)
     best = max(entry["examples_per_second"] for entry in in_memory.values())
+    ceiling = steady_throughput(side_by_side_run(data.url, spec, args.num_proc))
     return {"distributed_examples_per_second": round(throughput), "distributed_first_epoch_seconds":
             round(distributed_history[0]["seconds"], 1), "distributed_wall_seconds": round(distributed_wall, 1),
             "final_loss": round(distributed_history[-1]["loss"], 4),
             "in_memory_by_threads": in_memory, "ratio": round(throughput / best, 3),
+            "side_by_side_examples_per_second": round(ceiling), "side_by_side_ratio": round(ceiling / best, 3),
             "load_average": round(os.getloadavg()[0], 2)}
 
 

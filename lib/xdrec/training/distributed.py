@@ -43,6 +43,7 @@ log = get_logger("train")
 FINAL_WEIGHTS = "final.pt"
 SHARD_COLUMNS = ("user_idx", "item_idx")  # what a process reads of the staged training pairs
 REDRAWS = 8  # rounds of drawing again the negatives that hit one of the user's items
+POLL_SECONDS = 0.0002  # between looks at a Horovod exchange in flight
 
 
 @dataclass
@@ -126,6 +127,11 @@ class TrainSpec:
         its pairs, so the steps are the same)."""
         return self.train.negatives if reads_negative_rows(phase.objective, self.train.loss) else 0
 
+    @property
+    def masks_known_positives(self) -> bool:
+        """Whether the loss leaves each row's user's training items out of its drawn negatives."""
+        return self.train.mask_known_positives and self.train.loss == "sampled_softmax"
+
     def steps_per_epoch(self, phase: Phase, size: int) -> int:
         """Steps every rank takes in an epoch: one pass over the phase's largest domain's pairs."""
         global_positives = self.rank_positives(size) * size
@@ -185,7 +191,13 @@ class HorovodCollective(GatheringCollective):
         self.rank, self.size = hvd.rank(), hvd.size()
 
     def gather(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.hvd.grouped_allgather(tensors, name="gradients")
+        # Horovod's own wait keeps this thread on its core until the result is in. With no core to spare
+        # (a process a core), the background thread that does the exchange then waits for the scheduler to
+        # preempt a spinning thread; polling with short sleeps frees the core for it (performance.md, "Training").
+        handle = self.hvd.grouped_allgather_async(tensors, name="gradients")
+        while not self.hvd.poll(handle):
+            time.sleep(POLL_SECONDS)
+        return self.hvd.synchronize(handle)
 
     def broadcast_model(self, model: nn.Module) -> None:
         # Parameters only: buffers (item text, histories) are the same on every rank, from the spec or read
@@ -434,7 +446,6 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
     spec.model_data.apply(model)
     if spec.start_factors is not None:
         model.start_from_factors(*spec.start_factors)
-    masked = spec.train.mask_known_positives and spec.train.loss == "sampled_softmax"
     # domain -> its training pairs, read here: none passes through the driver
     positives = {domain: read_positives(data.url) for domain, data in spec.data.items()}
     known = known_positives(list(positives.values()), model.num_users)
@@ -481,7 +492,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
         log=lambda message: log.info(f"rank {collective.rank}: {message}"),
         prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
                or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
-        known_positives=known if masked else None,
+        known_positives=known if spec.masks_known_positives else None,
     )
     return model, history
 
@@ -511,7 +522,9 @@ def launch(spec: TrainSpec, num_proc: int, start_timeout: int) -> list[dict]:
     """Run ``train_worker`` in ``num_proc`` Horovod processes on the active SparkSession."""
     import horovod.spark
 
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    # Half Horovod's default cycle (1 ms): a step waits for the next cycle to start its one exchange.
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+               HOROVOD_CYCLE_TIME=os.environ.get("HOROVOD_CYCLE_TIME", "0.5"))
     results = horovod.spark.run(train_worker, args=(spec,), num_proc=num_proc, use_gloo=True,
                                 start_timeout=start_timeout, env=env, verbose=0)
     return results[0]
