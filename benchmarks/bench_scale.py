@@ -7,8 +7,11 @@ For each size s the script generates two domains of realistic shape (:func:`gene
 1,000,209 interactions, 6,040 users and 3,706 items in all, as CSV files and an item catalogue with titles.
 It then runs ingest → features → train → score → evaluate on them through the pipeline's own stages, with
 a config that keeps each stage's work proportional to the data:
-- train: ``joint`` alone, from a random start, one source and one target epoch (a fixed number of steps
-  per row), no blend, no MLflow, the popularity factor model only;
+- train: ``joint`` alone, from a random start, no blend, no MLflow, the popularity factor model only, each
+  epoch ``--train-steps`` steps (``train.max_steps_per_epoch``; 250 by default, about one pass at 1x): the
+  stage's growth is then that of everything but the passes (staging the pairs, reading them, building the
+  tables, validating), and a pass's own cost per row is measured by ``--train-steps 0`` (one full pass an
+  epoch, as the runs in docs/performance.md before 2026-12-05 did);
 - score: ``joint`` (the model UDF), whatever selection chose;
 - evaluate: popularity as the only baseline, 100 bootstrap samples, a seeded sample of 2,000 test users per
   group (cold-start, warm; ``evaluate.users_per_group``): both protocols then cost users x catalogue, which
@@ -125,7 +128,7 @@ def generate(folder: str, size: float, seed: int) -> dict:
     return counts
 
 
-def config_for(work: str, raw: str, size: float) -> str:
+def config_for(work: str, raw: str, size: float, train_steps: int) -> str:
     """Write the size's config (see the module doc) and return its path."""
     config = {
         "warehouse": os.path.join(work, "warehouse"),
@@ -133,7 +136,7 @@ def config_for(work: str, raw: str, size: float) -> str:
                  "domains": {domain: {"interactions": os.path.join(raw, domain, "interactions"),
                                       "items": os.path.join(raw, domain, "items.csv")} for domain in (SOURCE, TARGET)}},
         "train": {"methods": ["joint"], "factor_models": ["popularity"], "blend": False, "source_epochs": 1,
-                  "target_epochs": 1, "mlflow": False, "num_proc": 2,
+                  "target_epochs": 1, "mlflow": False, "num_proc": 2, "max_steps_per_epoch": train_steps,
                   "table_update": "lazy",  # what tables of this size want: a step's cost follows the batch
                   "init": "random"},  # the loop's own cost; the start would add a Spark ALS fit to the stage
         "score": {"model": "joint"},
@@ -181,7 +184,7 @@ class PeakMemory(threading.Thread):
         return {kind: round(rss / 2**20) for kind, rss in sorted(self.peaks.items())}
 
 
-def run_size(spark, size: float, work: str, seed: int) -> list[dict]:
+def run_size(spark, size: float, work: str, seed: int, train_steps: int) -> list[dict]:
     raw = os.path.join(work, "raw")
     started = time.perf_counter()
     counts = generate(raw, size, seed)
@@ -189,7 +192,7 @@ def run_size(spark, size: float, work: str, seed: int) -> list[dict]:
     print(f"\n== {size:g}x: {interactions:,} interactions, "
           + ", ".join(f"{domain} {c['users']:,} users x {c['items']:,} items" for domain, c in counts.items())
           + f" (generated in {time.perf_counter() - started:.0f}s)", flush=True)
-    config = load_config(config_for(work, raw, size))
+    config = load_config(config_for(work, raw, size, train_steps))
     rows = []
     for stage in STAGES:
         sampler = PeakMemory()
@@ -265,6 +268,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--train-steps", type=int, default=250,
+                        help="steps per training epoch at every size; 0: one full pass over the pairs")
     args = parser.parse_args()
     sizes = [float(size) for size in args.sizes.split(",")]
     works = {size: os.path.join(args.work, f"x{size:g}") for size in sizes}
@@ -274,7 +279,7 @@ def main() -> None:
     spark = get_spark(SparkConfig(master="local[2]", driver_memory=args.driver_memory))
     rows = []
     for size in sizes:
-        rows += run_size(spark, size, works[size], args.seed)
+        rows += run_size(spark, size, works[size], args.seed, args.train_steps)
         write_report(args.out, rows, growth(rows))  # after every size, so a long run shows what it has
     print("\n" + open(os.path.join(args.out, "scale.md")).read())
 

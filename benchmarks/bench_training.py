@@ -75,8 +75,8 @@ def stage_generated(spark, examples: pd.DataFrame, folder: str, files: int) -> d
     """Write generated pairs as the train stage stages them: shuffled, one row group a file."""
     from xdrec.training.train import STAGED_BLOCK_BYTES, shuffled_for_training
 
-    frame = shuffled_for_training(spark.createDataFrame(examples), seed=0)
-    frame.repartition(files).write.mode("overwrite").option("parquet.block.size", STAGED_BLOCK_BYTES).parquet(folder)
+    frame = shuffled_for_training(spark.createDataFrame(examples), seed=0, parts=files)
+    frame.write.mode("overwrite").option("parquet.block.size", STAGED_BLOCK_BYTES).parquet(folder)
     return distributed.DomainData(url="file://" + folder, rows=len(examples))
 
 

@@ -43,8 +43,9 @@ def test_the_generator_has_a_long_tail_partial_overlap_and_titles(tmp_path):
 
 def test_its_config_loads_with_the_generated_domains_and_no_tuning(tmp_path):
     counts = bench_scale.generate(str(tmp_path / "raw"), 0.02, seed=0)
-    config = load_config(bench_scale.config_for(str(tmp_path), str(tmp_path / "raw"), 0.02))
+    config = load_config(bench_scale.config_for(str(tmp_path), str(tmp_path / "raw"), 0.02, train_steps=250))
     assert set(config.data.domains) == set(counts) and not config.tune.enabled
+    assert config.train.max_steps_per_epoch == 250
     assert config.train.methods == ["joint"] and config.score.model == "joint"
     assert config.evaluate.users_per_group == bench_scale.EVALUATED_USERS
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from xdrec.config import TrainConfig
-from xdrec.modeling.model import FactorModel, TwoTower, blended
+from xdrec.modeling.model import FactorModel, ScoreSum, TwoTower, blended
 from xdrec.training.loop import Collective
 from xdrec.training.selection import BLEND_WEIGHTS, fit_blend
 from xdrec.training.validation import ValidationSet, ranking_figures
@@ -13,7 +13,7 @@ from xdrec.training.validation import ValidationSet, ranking_figures
 NUM_USERS, NUM_ITEMS = 40, 30
 
 
-def test_a_blend_scores_the_weighted_sum_of_its_models_scores():
+def test_a_blend_and_a_score_sum_score_the_weighted_sum_of_their_models_scores():
     torch.manual_seed(0)
     network = TwoTower(NUM_USERS, NUM_ITEMS, embedding_dim=4, temperature=0.1).eval()
     with torch.no_grad():
@@ -25,6 +25,9 @@ def test_a_blend_scores_the_weighted_sum_of_its_models_scores():
     with torch.no_grad():
         expected = 0.3 * network.score_matrix(users, items) + 2.0 * factors.score_matrix(users, items)
     torch.testing.assert_close(blend.score_matrix(users, items), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # what fit_blend validates each weight with, for the users asked only
+        torch.testing.assert_close(ScoreSum((network, factors), (0.3, 2.0)).score_matrix(users[::3], items),
+                                   expected[::3], rtol=1e-5, atol=1e-5)
 
 
 def planted(rng: np.random.Generator) -> tuple[ValidationSet, np.ndarray]:

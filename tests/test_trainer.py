@@ -197,6 +197,17 @@ def test_global_batch_keeps_steps_and_rate_while_per_process_batch_scales_them()
                      train=TrainConfig(batch_size=1000, seed=0, lr_scaling="sqrt")).learning_rate_factor(4) == 2.0
 
 
+def test_max_steps_per_epoch_caps_a_pass_and_leaves_a_shorter_one_whole():
+    phases = [Phase("target", [TARGET], 1, 0.01)]
+    data = {TARGET: DomainData("file:///unused", rows=2_000)}  # 10 steps a pass at 200 pairs a step
+
+    def steps(cap: int) -> int:
+        return TrainSpec(model={}, phases=phases, data=data, source_domain=SOURCE, checkpoint_dir="",
+                         train=TrainConfig(batch_size=1000, seed=0, max_steps_per_epoch=cap)).steps_per_epoch(phases[0], 2)
+
+    assert [steps(cap) for cap in (0, 3, 10, 50)] == [10, 3, 10, 10]
+
+
 DISTILL_PHASES = [
     Phase("teacher", [SOURCE, TARGET], epochs=2, learning_rate=0.05, objective="joint"),
     Phase("student", [TARGET, SOURCE], epochs=3, learning_rate=0.03, objective="distill", validate=True, student=True),

@@ -339,6 +339,10 @@ class TrainConfig(_Section):
     (``patience``) usually ends it sooner."""
     bridge_epochs: PositiveInt = 5
     """Epochs of the bridge_* methods' bridge phase."""
+    max_steps_per_epoch: NonNegativeInt = 0
+    """Most steps an epoch takes; 0: no limit, an epoch is one pass over its phase's largest domain's pairs.
+    A time box for a first look at a large table, or for a benchmark that measures everything but the
+    passes (benchmarks/bench_scale.py)."""
     freeze: ListOf[Part] = ["user_embedding", "user_tower"]
     """Parts of the model kept fixed while fine-tuning on the target domain."""
     joint_weight: NonNegativeFloat = 1.0

@@ -399,6 +399,23 @@ class FactorModel(nn.Module):
         return self.user_vectors(users) @ self.item_vectors(items).T + self.item_bias(items).squeeze(-1)
 
 
+class ScoreSum(nn.Module):
+    """The score ``sum(weight * model score)`` over ``models``, computed only for the users and items asked
+    for: what :func:`blended` holds for every user, to validate a weight without building it::
+
+        first, second = FactorModel(np.eye(2), np.eye(2)), FactorModel(np.ones((2, 1)), np.array([[0.0], [1.0]]))
+        ScoreSum((first, second), (0.5, 1.0)).score_matrix(torch.tensor([0]), torch.tensor([0, 1]))
+        # tensor([[0.5, 1.0]]), as blended((first, second), (0.5, 1.0), 2, 2) scores
+    """
+
+    def __init__(self, models: tuple[nn.Module, ...], weights: tuple[float, ...]):
+        super().__init__()
+        self.models, self.weights = nn.ModuleList(models), weights
+
+    def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return sum(weight * model.score_matrix(users, items) for model, weight in zip(self.models, self.weights))
+
+
 @torch.no_grad()
 def blended(models: tuple[nn.Module, ...], weights: tuple[float, ...], num_users: int, num_items: int,
             chunk: int = 65536) -> FactorModel:

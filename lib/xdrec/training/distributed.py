@@ -133,9 +133,11 @@ class TrainSpec:
         return self.train.mask_known_positives and self.train.loss == "sampled_softmax"
 
     def steps_per_epoch(self, phase: Phase, size: int) -> int:
-        """Steps every rank takes in an epoch: one pass over the phase's largest domain's pairs."""
+        """Steps every rank takes in an epoch: one pass over the phase's largest domain's pairs, or
+        ``train.max_steps_per_epoch`` where that is fewer."""
         global_positives = self.rank_positives(size) * size
-        return max(1, max(self.data[domain].rows for domain in phase.domains) // global_positives)
+        steps = max(1, max(self.data[domain].rows for domain in phase.domains) // global_positives)
+        return min(steps, self.train.max_steps_per_epoch or steps)
 
     def learning_rate_factor(self, size: int) -> float:
         return {"none": 1.0, "linear": float(size), "sqrt": math.sqrt(size)}[self.train.lr_scaling]

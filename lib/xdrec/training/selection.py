@@ -25,7 +25,7 @@ from xdrec.config import TrainConfig
 from xdrec import files
 from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
-from xdrec.modeling.model import FactorModel, blended
+from xdrec.modeling.model import FactorModel, ScoreSum, blended
 from xdrec.training import artifact
 from xdrec.training.loop import Collective, selecting_key
 from xdrec.training.validation import ValidationSet, ranking_figures
@@ -78,18 +78,22 @@ def fit_blend(trained: nn.Module, factor: nn.Module, validation: ValidationSet, 
     a blend over :data:`BLEND_WEIGHTS` never validates below either. Returns the blend and what was chosen:
     ``{"weight", "spreads", "selected_on", "validation": {weight: figure}}``."""
     spreads = (score_spread(trained, validation, train.seed), score_spread(factor, validation, train.seed))
-    scaled = [blended((model,), (1 / spread,), num_users, num_items) for model, spread in zip((trained, factor), spreads)]
+
+    def scales(weight: float) -> tuple[float, float]:
+        return weight / spreads[0], (1 - weight) / spreads[1]
+
     figures, key, best = {}, None, None
     for weight in weights:
-        candidate = blended(tuple(scaled), (weight, 1 - weight), num_users, num_items)
-        ranked = ranking_figures(candidate, validation, train.validation_k, Collective())
+        # Scored for the validation users only: the blend of every user is built once, for the weight chosen.
+        ranked = ranking_figures(ScoreSum((trained, factor), scales(weight)), validation, train.validation_k,
+                                 Collective())
         key = key or selecting_key(train, ranked)
         figures[weight] = ranked[key]
         # On a tie, the weight nearest to a model alone: no more of a second model than validation asks for.
-        if best is None or (figures[weight], abs(weight - 0.5)) > (figures[best[0]], abs(best[0] - 0.5)):
-            best = (weight, candidate)
-    weight, model = best
-    return model, {"weight": weight, "spreads": list(spreads), "selected_on": key, "validation": figures}
+        if best is None or (figures[weight], abs(weight - 0.5)) > (figures[best], abs(best - 0.5)):
+            best = weight
+    model = blended((trained, factor), scales(best), num_users, num_items)
+    return model, {"weight": best, "spreads": list(spreads), "selected_on": key, "validation": figures}
 
 
 def select_model(warehouse: str, train: TrainConfig, candidates: dict[str, str],

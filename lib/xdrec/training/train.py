@@ -89,11 +89,15 @@ def model_version(method: str, config: Config, input_versions: dict[str, int]) -
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def shuffled_for_training(examples: DataFrame, seed: int) -> DataFrame:
-    """Only what the trainer reads, in a seeded pseudo-random order (Petastorm shuffles row groups only)."""
+def shuffled_for_training(examples: DataFrame, seed: int, parts: int) -> DataFrame:
+    """Only what the trainer reads, in ``parts`` partitions of equal size give or take a row, each in a
+    seeded pseudo-random order (Petastorm shuffles row groups only), the same rows in the same order on
+    every run."""
     order = F.xxhash64("user_idx", "item_idx", F.lit(seed))
+    # Sorted after the round robin: a shuffle fetches its blocks in a different order on every run, and a
+    # partition's rows would follow it (and with them every batch a seeded epoch draws).
     return (examples.select(F.col("user_idx").cast("int"), F.col("item_idx").cast("int"))
-            .withColumn("_order", order).sort("_order").drop("_order"))
+            .withColumn("_order", order).repartition(parts).sortWithinPartitions("_order").drop("_order"))
 
 
 def stage_examples(spark: SparkSession, config: Config, domain: str, version: int, parts: int) -> distributed.DomainData:
@@ -111,7 +115,7 @@ def stage_examples(spark: SparkSession, config: Config, domain: str, version: in
         pairs = examples.where(F.col("domain") == domain)
         count = pairs.count()
         file_count = parts * max(1, math.ceil(count / (parts * PAIRS_PER_FILE)))
-        (shuffled_for_training(pairs, config.features.seed).repartition(file_count).write.mode("overwrite")
+        (shuffled_for_training(pairs, config.features.seed, file_count).write.mode("overwrite")
          .option("parquet.block.size", STAGED_BLOCK_BYTES).parquet(folder))
         files.write_text(marker, str(count))
     rows = int(files.read_text(marker))
