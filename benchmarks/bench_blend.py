@@ -6,7 +6,8 @@
 The train stage blends two models where it validates better (the finalists of two temperatures, and a
 trained method with a factor model): it validates each weight of the blend, then builds the chosen one for
 every user, in the driver's process. Two factor models of random vectors stand in for the two models (the
-blend sees their user and item vectors only), ranked on a validation set of the train stage's size.
+blend sees their user and item vectors only), or with ``--towers`` two untrained two-tower models with item
+text (the finalists), ranked on a validation set of the train stage's size.
 Peak RSS is the process's own (``ru_maxrss``), after building the two models and after the blend.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import numpy as np
 
 from xdrec.config import TrainConfig
-from xdrec.modeling.model import FactorModel
+from xdrec.modeling.model import FactorModel, TwoTower
 from xdrec.training.selection import fit_blend
 from xdrec.training.validation import ValidationSet
 
@@ -36,10 +37,15 @@ def main() -> None:
     parser.add_argument("--validation-users", type=int, default=2_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--towers", action="store_true", help="two-tower models with 384-dimensional item text")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    models = [FactorModel(rng.normal(size=(args.users, args.dim)).astype(np.float32),
-                          rng.normal(size=(args.items, args.dim)).astype(np.float32)) for _ in range(2)]
+    if args.towers:
+        models = [TwoTower(args.users, args.items, args.dim, text_dim=384, temperature=temperature).eval()
+                  for temperature in (0.4, 0.8)]
+    else:
+        models = [FactorModel(rng.normal(size=(args.users, args.dim)).astype(np.float32),
+                              rng.normal(size=(args.items, args.dim)).astype(np.float32)) for _ in range(2)]
     candidates = np.arange(args.items - args.candidates, args.items, dtype=np.int64)
     users = rng.choice(args.users, size=args.validation_users, replace=False).astype(np.int64)
     validation = ValidationSet(users=users, cold=rng.random(len(users)) < 0.5,
@@ -48,7 +54,7 @@ def main() -> None:
     models_mib = peak_mib()
     started = time.perf_counter()
     _, chosen = fit_blend(*models, validation, TrainConfig(), args.users, args.items)
-    result = {"users": args.users, "items": args.items, "candidates": args.candidates, "dim": args.dim,
+    result = {"models": "two-tower" if args.towers else "factor", "users": args.users, "items": args.items, "candidates": args.candidates, "dim": args.dim,
               "validation_users": args.validation_users, "weights": len(chosen["validation"]),
               "seconds": round(time.perf_counter() - started, 1),
               "peak_mib_with_the_models": round(models_mib), "peak_mib_after_the_blend": round(peak_mib())}

@@ -26,8 +26,13 @@ def test_a_blend_and_a_score_sum_score_the_weighted_sum_of_their_models_scores()
         expected = 0.3 * network.score_matrix(users, items) + 2.0 * factors.score_matrix(users, items)
     torch.testing.assert_close(blend.score_matrix(users, items), expected, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # what fit_blend validates each weight with, for the users asked only
-        torch.testing.assert_close(ScoreSum((network, factors), (0.3, 2.0)).score_matrix(users[::3], items),
-                                   expected[::3], rtol=1e-5, atol=1e-5)
+        score_sum = ScoreSum((network, factors), (0.3, 2.0))
+        torch.testing.assert_close(score_sum.score_matrix(users[::3], items), expected[::3], rtol=1e-5, atol=1e-5)
+        # Other users of the same items (their item sides kept), other weights, then other items.
+        torch.testing.assert_close(score_sum.score_matrix(users[1::3], items), expected[1::3], rtol=1e-5, atol=1e-5)
+        score_sum.weights = (1.0, 0.0)
+        torch.testing.assert_close(score_sum.score_matrix(users, items), network.score_matrix(users, items))
+        torch.testing.assert_close(score_sum.score_matrix(users, items[:5]), network.score_matrix(users, items[:5]))
 
 
 def planted(rng: np.random.Generator) -> tuple[ValidationSet, np.ndarray]:

@@ -401,7 +401,9 @@ class FactorModel(nn.Module):
 
 class ScoreSum(nn.Module):
     """The score ``sum(weight * model score)`` over ``models``, computed only for the users and items asked
-    for: what :func:`blended` holds for every user, to validate a weight without building it::
+    for: what :func:`blended` holds for every user, to validate a weight without building it. Each model's
+    item side is kept for the items last asked for, since a ranking asks for the same candidates with every
+    batch of users (and with every weight: set ``weights`` again to try another)::
 
         first, second = FactorModel(np.eye(2), np.eye(2)), FactorModel(np.ones((2, 1)), np.array([[0.0], [1.0]]))
         ScoreSum((first, second), (0.5, 1.0)).score_matrix(torch.tensor([0]), torch.tensor([0, 1]))
@@ -411,9 +413,16 @@ class ScoreSum(nn.Module):
     def __init__(self, models: tuple[nn.Module, ...], weights: tuple[float, ...]):
         super().__init__()
         self.models, self.weights = nn.ModuleList(models), weights
+        self._items: torch.Tensor | None = None
+        self._item_sides: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return sum(weight * model.score_matrix(users, items) for model, weight in zip(self.models, self.weights))
+        if self._items is None or not torch.equal(self._items, items):
+            self._items = items
+            self._item_sides = [(model.item_vectors(items), model.item_bias(items).squeeze(-1)) for model in self.models]
+        # Each model's score_matrix, with its item side computed once.
+        return sum(weight * (model.user_vectors(users) @ vectors.T + bias)
+                   for model, weight, (vectors, bias) in zip(self.models, self.weights, self._item_sides))
 
 
 @torch.no_grad()

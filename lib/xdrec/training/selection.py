@@ -82,11 +82,12 @@ def fit_blend(trained: nn.Module, factor: nn.Module, validation: ValidationSet, 
     def scales(weight: float) -> tuple[float, float]:
         return weight / spreads[0], (1 - weight) / spreads[1]
 
+    # Scored for the validation users only: the blend of every user is built once, for the weight chosen.
+    scorer = ScoreSum((trained, factor), scales(weights[0]))
     figures, key, best = {}, None, None
     for weight in weights:
-        # Scored for the validation users only: the blend of every user is built once, for the weight chosen.
-        ranked = ranking_figures(ScoreSum((trained, factor), scales(weight)), validation, train.validation_k,
-                                 Collective())
+        scorer.weights = scales(weight)
+        ranked = ranking_figures(scorer, validation, train.validation_k, Collective())
         key = key or selecting_key(train, ranked)
         figures[weight] = ranked[key]
         # On a tie, the weight nearest to a model alone: no more of a second model than validation asks for.
