@@ -7,13 +7,14 @@ Twelve to fourteen Horovod launches: the train stage with 2 processes (the refer
 worker spec with 1 process, and with 2 processes killed mid-run and resumed; one single-process run with
 the streaming reader; a history-encoder model, a model started from ALS factors, a personalised-bridge
 model and the choice of a temperature (one-epoch probes of two listed temperatures and of one to three
-past them, then the two best trained to the end) with 2 processes."""
+past them, then the two best going on to the end) with 2 processes."""
 from __future__ import annotations
 
 import os
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -155,8 +156,8 @@ def test_of_the_two_temperatures_best_after_one_epoch_the_one_that_ends_best_lea
     start. Of two, the better is an end of the list, so the probe goes on past it (half the smaller, twice
     the larger). The two best after one epoch then train to the end, and the one whose kept epoch
     validates best is the model, or leads the sum of the two finalists' scores when that validates better.
-    The runs are seeded alike, so a finalist's first epoch is its probe's epoch again; the artifact records
-    the choice and every figure."""
+    A finalist's run goes on from its probe, its own first epoch; the artifact records the choice and
+    every figure."""
     warehouse = trained[0].warehouse
     config = make_config(warehouse, *OVERRIDES, "train.methods=[joint]", "train.target_epochs=2",
                          "train.temperature=[0.1, 0.4]")
@@ -173,6 +174,9 @@ def test_of_the_two_temperatures_best_after_one_epoch_the_one_that_ends_best_lea
     assert probe["chosen"] == float(chosen)
     curve = [epoch["validation"][probe["selected_on"]] for epoch in meta["history"]]
     assert curve[0] == figures[chosen] and max(curve) == finalists[chosen]
+    # One phase: each probe is its temperature's first epoch, paused, and a finalist's run goes on from it.
+    runs = Path(warehouse) / "checkpoints" / "joint" / meta["model_version"]
+    assert sorted(folder.name for folder in runs.iterdir()) == sorted(f"temperature-{t}" for t in tried)
     assert meta["num_proc"] == 2 and len(meta["history"]) == 2
     # The finalists together: the kept one alone (weight 1.0) validates as at its kept epoch (the same
     # ranking, of scores divided by their spread), and the weight kept is the best.

@@ -245,6 +245,21 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, phases, d
         torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_run_paused_after_its_first_epoch_goes_on_to_the_same_weights(tmp_path):
+    """``pause_after``: a temperature's probe is its run's first epoch, which the finalist's run goes on from."""
+    phases = [Phase("target", [TARGET], epochs=3, learning_rate=0.05, validate=True)]
+    options = {"validate": validate, "config": TrainConfig(patience=5)}
+    uninterrupted, full_history = run(phases, checkpoint_dir=str(tmp_path / "full"), **options)
+    _, paused_history = run(phases, checkpoint_dir=str(tmp_path / "paused"), pause_after=1, **options)
+    assert [r.validation for r in paused_history] == [r.validation for r in full_history[:1]]
+    _, again = run(phases, checkpoint_dir=str(tmp_path / "paused"), pause_after=1, **options)  # a rerun trains nothing
+    assert [r.validation for r in again] == [r.validation for r in paused_history]
+    resumed, resumed_history = run(phases, checkpoint_dir=str(tmp_path / "paused"), **options)
+    assert [r.validation for r in resumed_history] == [r.validation for r in full_history]
+    for name, tensor in uninterrupted.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
 def _damage(path, damage, marker):
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:1000])

@@ -113,6 +113,9 @@ class TrainSpec:
     prune_after: int = 0
     # A tune trial's deadline (time.time()): its last validated phase stops after the epoch that passes it.
     deadline: float = 0.0
+    # Return after this many epochs in all (0: never), checkpointed: a temperature's probe, which the
+    # finalist's run then goes on from.
+    pause_after: int = 0
 
     def rank_batch_size(self, size: int) -> int:
         batch_size = self.train.batch_size
@@ -495,6 +498,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
         prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
                or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
         known_positives=known if spec.masks_known_positives else None,
+        pause_after=spec.pause_after,
     )
     return model, history
 

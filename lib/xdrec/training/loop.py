@@ -261,6 +261,7 @@ def train(
     log: Callable[[str], None] = print,
     prune: Callable[[list[float]], bool] | None = None,
     known_positives: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pause_after: int = 0,
 ) -> list[EpochResult]:
     """Train ``model`` through ``phases``; return one result per epoch (of this run and resumed ones).
 
@@ -274,7 +275,8 @@ def train(
     the optimizer, the position, the best epoch and the teacher; a restarted run with the same
     ``checkpoint_dir`` continues from there and ends where an uninterrupted one does. ``prune`` (a tune
     trial's stopping rule, such as :func:`below_median`) is asked after every validated epoch of the last
-    validated phase with that phase's figures so far, and stops the phase when it says so.
+    validated phase with that phase's figures so far, and stops the phase when it says so. ``pause_after``
+    > 0 returns once the history holds that many epochs, checkpointed for a later run to go on from.
     """
     config = config or TrainConfig()
     last_validated = max((number for number, phase in enumerate(phases) if phase.validate), default=-1)
@@ -323,6 +325,8 @@ def train(
         steps = steps_per_epoch(phase)
         total_steps = steps * phase.epochs
         for epoch in range(first_epoch, phase.epochs):
+            if 0 < pause_after <= len(history):
+                return history
             model.train()
             started = time.perf_counter()
             total_loss, examples = 0.0, 0

@@ -263,8 +263,8 @@ def last_phase_curve(train: TrainConfig, history: list[dict], phases: list[Phase
 
 
 def temperature_dir(checkpoint_dir: str, folder: str, temperature: float) -> str:
-    """Where :func:`train_at_best_temperature` checkpoints the run of one temperature: ``folder`` "probe"
-    for its first epoch, "temperature" for a finalist's whole run."""
+    """Where :func:`train_at_best_temperature` checkpoints the run of one temperature: ``folder``
+    "temperature" for its whole run, "probe" for the one-epoch run of a method with several phases."""
     return files.join(checkpoint_dir, f"{folder}-{temperature:g}")
 
 
@@ -307,12 +307,14 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
     found: ``{"chosen", "selected_on", "validation": {temperature: figure after one epoch}, "finalists":
     {temperature: figure of the kept epoch}}``.
 
-    Every temperature first trains one epoch of every phase, from the same start, in a run of its own
-    (checkpointed in ``probe-<temperature>`` of the spec's checkpoint folder, so a rerun reuses it). When
-    the best is the list's smallest or largest (above 0), half or twice it is tried too, and so on while
-    that validates better, at most :data:`PROBES_PAST_THE_LIST` times. The :data:`FINALISTS` best then
-    train to the end (in ``temperature-<temperature>``), and the one whose kept epoch validates best is
-    the model. One temperature: ``spec`` trained as it is, and {}.
+    Every temperature first trains one epoch of every phase, from the same start. With one phase that
+    epoch is the first of the temperature's whole run, checkpointed in ``temperature-<temperature>`` of
+    the spec's checkpoint folder and paused there; with several it is a run of its own, one epoch a
+    phase, in ``probe-<temperature>``. A rerun reuses either. When the best is the list's smallest or largest (above 0), half or
+    twice it is tried too, and so on while that validates better, at most :data:`PROBES_PAST_THE_LIST`
+    times. The :data:`FINALISTS` best then train to the end (in ``temperature-<temperature>``: a paused
+    run goes on from its first epoch), and the one whose kept epoch validates best is the model. One
+    temperature: ``spec`` trained as it is, and {}.
 
     A temperature sets how sharply the loss weighs the negatives that score close to the positive, which
     suits one dataset and not another (docs/methods.md, "Choosing the temperature")."""
@@ -330,11 +332,14 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
 
     def probe(temperature: float) -> str:
         """Train one epoch of every phase at ``temperature``, record its figure, return the figure's key."""
-        one_epoch = [replace(phase, epochs=1) for phase in spec.phases]
-        run = at_temperature(temperature, "probe", phases=one_epoch, prune_after=0, deadline=0.0)
+        if len(spec.phases) == 1:  # the finalist's own first epoch, which its run then goes on from
+            run = at_temperature(temperature, "temperature", pause_after=1, prune_after=0, deadline=0.0)
+        else:
+            one_epoch = [replace(phase, epochs=1) for phase in spec.phases]
+            run = at_temperature(temperature, "probe", phases=one_epoch, prune_after=0, deadline=0.0)
         key, curve = last_phase_curve(spec.train, distributed.run_spec(run), spec.phases)
-        after_one_epoch[temperature] = curve[-1]
-        log.info(f"temperature {temperature:g}: {key} {curve[-1]:.4f} after one epoch")
+        after_one_epoch[temperature] = curve[0]
+        log.info(f"temperature {temperature:g}: {key} {curve[0]:.4f} after one epoch")
         return key
 
     key = [probe(temperature) for temperature in temperatures][-1]
