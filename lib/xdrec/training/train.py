@@ -310,11 +310,11 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
     Every temperature first trains one epoch of every phase, from the same start. With one phase that
     epoch is the first of the temperature's whole run, checkpointed in ``temperature-<temperature>`` of
     the spec's checkpoint folder and paused there; with several it is a run of its own, one epoch a
-    phase, in ``probe-<temperature>``. A rerun reuses either. When the best is the list's smallest or largest (above 0), half or
-    twice it is tried too, and so on while that validates better, at most :data:`PROBES_PAST_THE_LIST`
-    times. The :data:`FINALISTS` best then train to the end (in ``temperature-<temperature>``: a paused
-    run goes on from its first epoch), and the one whose kept epoch validates best is the model. One
-    temperature: ``spec`` trained as it is, and {}.
+    phase, in ``probe-<temperature>``. A rerun reuses either. When the best is the list's smallest or
+    largest (above 0), half or twice it is tried too, and so on while that validates better, at most
+    :data:`PROBES_PAST_THE_LIST` times. The :data:`FINALISTS` best then train to the end (in
+    ``temperature-<temperature>``: a paused run goes on from its first epoch), and the one whose kept
+    epoch validates best is the model. One temperature: ``spec`` trained as it is, and {}.
 
     A temperature sets how sharply the loss weighs the negatives that score close to the positive, which
     suits one dataset and not another (docs/methods.md, "Choosing the temperature")."""
