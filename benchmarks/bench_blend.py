@@ -54,8 +54,9 @@ def main() -> None:
     models_mib = peak_mib()
     started = time.perf_counter()
     _, chosen = fit_blend(*models, validation, TrainConfig(), args.users, args.items)
-    result = {"models": "two-tower" if args.towers else "factor", "users": args.users, "items": args.items, "candidates": args.candidates, "dim": args.dim,
-              "validation_users": args.validation_users, "weights": len(chosen["validation"]),
+    result = {"models": "two-tower" if args.towers else "factor", "users": args.users, "items": args.items,
+              "candidates": args.candidates, "dim": args.dim, "validation_users": args.validation_users,
+              "weights": len(chosen["validation"]),
               "seconds": round(time.perf_counter() - started, 1),
               "peak_mib_with_the_models": round(models_mib), "peak_mib_after_the_blend": round(peak_mib())}
     print(json.dumps(result))

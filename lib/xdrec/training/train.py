@@ -333,10 +333,10 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
     def probe(temperature: float) -> str:
         """Train one epoch of every phase at ``temperature``, record its figure, return the figure's key."""
         if len(spec.phases) == 1:  # the finalist's own first epoch, which its run then goes on from
-            run = at_temperature(temperature, "temperature", pause_after=1, prune_after=0, deadline=0.0)
+            folder, changes = "temperature", {"pause_after": 1}
         else:
-            one_epoch = [replace(phase, epochs=1) for phase in spec.phases]
-            run = at_temperature(temperature, "probe", phases=one_epoch, prune_after=0, deadline=0.0)
+            folder, changes = "probe", {"phases": [replace(phase, epochs=1) for phase in spec.phases]}
+        run = at_temperature(temperature, folder, prune_after=0, deadline=0.0, **changes)
         key, curve = last_phase_curve(spec.train, distributed.run_spec(run), spec.phases)
         after_one_epoch[temperature] = curve[0]
         log.info(f"temperature {temperature:g}: {key} {curve[0]:.4f} after one epoch")
