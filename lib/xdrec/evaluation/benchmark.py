@@ -135,7 +135,8 @@ def bootstrap_lines(per_seed: list[dict], seeds: list[int]) -> list[str]:
     for seed, bootstrap in zip(seeds, per_seed):
         versus = bootstrap.get("versus", {})
         group = bootstrap.get("picked_on")
-        others = YARDSTICKS + (METHODS if bootstrap.get("transfer") == BLEND else ())
+        # target_only is a yardstick and a method: dict.fromkeys lists it once
+        others = dict.fromkeys(YARDSTICKS + (METHODS if bootstrap.get("transfer") == BLEND else ()))
         cells = [f"{yardstick} {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
                  for yardstick in others if group in versus.get(yardstick, {})
                  for b in [versus[yardstick][group]]]
@@ -184,7 +185,8 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
             config = seeded(name, overrides, seed)
             results = {stage: run_stage(spark, config, stage) for stage in MODEL_STAGES}
             per_seed.append(results["evaluate"])
-            # A model reused from an earlier run took no time here: count the time it took to train then.
+            # A reused model (saved by an earlier run, or earlier in this train stage, as ALS-merged is when
+            # the methods start from it) took no time here: count the time it took to train then.
             models = results["train"]["models"].values()
             training_seconds += sum(meta["train_seconds"] for meta in models)
             reused += sum(bool(meta.get("reused")) for meta in models)
@@ -224,7 +226,7 @@ def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
     for name, entry in datasets.items():
         timing = f"{entry['seconds'] / 60:.1f} min wall on this machine"
         if entry.get("reused_models"):
-            timing += (f" ({entry['reused_models']} models reused from earlier runs; training all models took "
+            timing += (f" ({entry['reused_models']} reused rather than trained again; training all models took "
                        f"{entry['training_seconds'] / 60:.1f} min)")
         lines.append(f"{entry['dataset']} ({entry['source_domain']} -> {entry['target_domain']}), seeds "
                      f"{', '.join(map(str, entry['seeds']))}, {timing}, "
