@@ -28,6 +28,10 @@ of ``--rows`` (the rest of an epoch's examples are their four negatives each) of
 ``--items`` items shaped like implicit feedback (:func:`generated_pairs`: Zipf item popularity, log-normal
 user activity, a taste per user), so the loss does not fall to zero.
 
+Each distributed and side-by-side run also prints, per process, the CPU time of its main thread and of its
+busiest other threads, with how often the main thread waited and was preempted (:class:`ThreadTimes`):
+where the CPU goes on a machine whose every core trains.
+
     $VENV/bin/python benchmarks/bench_training.py                          # MovieLens-1M-sized, generated
     $VENV/bin/python benchmarks/bench_training.py --user-counts 100000,1000000   # and as the user table grows
     $VENV/bin/python benchmarks/bench_training.py --conf demo              # the demo's comedy examples
@@ -38,6 +42,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import threading
 import time
 
 import numpy as np
@@ -51,6 +57,10 @@ from xdrec.spark import get_spark
 from xdrec.training import distributed, loop
 
 DOMAIN = "bench"
+# What names a training process in its command line, by launcher (ThreadTimes, a regular expression):
+# Horovod's Spark task, and the script that torchrun runs for TorchDistributor (not torchrun itself).
+PROCESS_MARKERS = {"horovod": r"gloo_exec_fn", "torch_distributor": r"python -u \S+/train\.py\s*$",
+                   "side_by_side": r"spawn_main"}
 
 
 def generated_pairs(positives: int, users: int, items: int, seed: int, tastes: int = 20) -> pd.DataFrame:
@@ -91,6 +101,81 @@ def stage_from_config(spark, conf: str, files: int) -> tuple[distributed.DomainD
     indices = [tables.read(spark, config.warehouse, name).agg({column: "max"}).first()[0] + 1
                for name, column in ((tables.USER_INDEX, "user_idx"), (tables.ITEM_INDEX, "item_idx"))]
     return data, indices[0], indices[1]
+
+
+class ThreadTimes:
+    """Within the block, sample from /proc (Linux) the CPU time of every thread of this process's descendants
+    whose command line matches ``marker``: where a path's CPU goes, its main threads against the threads
+    that Horovod and gloo start. ::
+
+        with ThreadTimes(PROCESS_MARKERS["horovod"]) as times:
+            distributed.run_spec(spec)
+        times.by_process()   # [{"main": {"user": 17.2, "system": 1.0, ...}, "others": [...]}, ...]
+    """
+
+    def __init__(self, marker: str, interval: float = 0.2):
+        self.marker, self.interval = marker, interval
+        self.latest: dict[tuple[int, int], dict] = {}  # (pid, tid) -> the thread's counters when last seen
+        self.stop = threading.Event()
+        self.sampler = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def __enter__(self) -> "ThreadTimes":
+        self.sampler.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.sampler.join()
+
+    def _sample_until_stopped(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self.stop.wait(self.interval):
+            parents = {}
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    parents[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue  # the process ended while listed
+            for pid in parents:
+                ancestor = parents.get(pid)
+                while ancestor not in (None, 0, 1, os.getpid()):
+                    ancestor = parents.get(ancestor)
+                try:
+                    command = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+                    if ancestor != os.getpid() or not re.search(self.marker, command):
+                        continue
+                    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+                        fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+                        status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/task/{tid}/status") if ":" in line)
+                        self.latest[(pid, tid)] = {
+                            "user": int(fields[11]) / tick, "system": int(fields[12]) / tick,
+                            "voluntary": int(status["voluntary_ctxt_switches"]),
+                            "involuntary": int(status["nonvoluntary_ctxt_switches"])}
+                except (OSError, KeyError, IndexError, ValueError):
+                    continue
+
+    def by_process(self) -> list[dict]:
+        """Per process: its main thread's counters, and each other thread's that used the CPU, busiest first."""
+        processes = sorted({pid for pid, _ in self.latest})
+        return [{"main": self.latest[(pid, pid)],
+                 "others": sorted((times for (owner, tid), times in self.latest.items()
+                                   if owner == pid and tid != pid and times["user"] + times["system"] >= 0.05),
+                                  key=lambda times: -(times["user"] + times["system"]))}
+                for pid in processes if (pid, pid) in self.latest and self._cpu(pid) >= 0.1]  # not launch wrappers
+
+    def _cpu(self, pid: int) -> float:
+        return sum(times["user"] + times["system"] for (owner, _), times in self.latest.items() if owner == pid)
+
+
+def cpu_line(path: str, processes: list[dict]) -> str:
+    """One line of :meth:`ThreadTimes.by_process`: per process, the main thread and the busiest others."""
+    def threads(others: list[dict]) -> str:
+        return ", ".join(f"{times['user'] + times['system']:.1f} s ({times['voluntary']:,} waits)" for times in others[:3])
+
+    return f"[bench] CPU of each {path} process: " + "; ".join(
+        f"main thread {p['main']['user']:.1f} s user + {p['main']['system']:.1f} s system "
+        f"({p['main']['voluntary']:,} waits, {p['main']['involuntary']:,} preemptions), other threads "
+        f"{threads(p['others']) or 'none'}" for p in processes)
 
 
 def steady_throughput(history: list[dict]) -> float:
@@ -223,21 +308,26 @@ def measure(args, data: distributed.DomainData, users: int, items: int, source: 
           f"global batch {batch_size}; {args.epochs} epochs of {steps} steps", flush=True)
 
     started = time.perf_counter()
-    distributed_history = distributed.run_spec(spec)
+    with ThreadTimes(PROCESS_MARKERS[args.launcher]) as distributed_cpu:
+        distributed_history = distributed.run_spec(spec)
     distributed_wall = time.perf_counter() - started
+    print(cpu_line(args.launcher, distributed_cpu.by_process()), flush=True)
     in_memory = {}
     for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
         history, wall = in_memory_run(data.url, spec, threads)
         in_memory[threads] = {"examples_per_second": round(steady_throughput(history)), "wall_seconds": round(wall, 1)}
     throughput = steady_throughput(distributed_history)
     best = max(entry["examples_per_second"] for entry in in_memory.values())
-    ceiling = steady_throughput(side_by_side_run(data.url, spec, args.num_proc))
+    with ThreadTimes(PROCESS_MARKERS["side_by_side"]) as side_by_side_cpu:
+        ceiling = steady_throughput(side_by_side_run(data.url, spec, args.num_proc))
+    print(cpu_line("side-by-side", side_by_side_cpu.by_process()), flush=True)
     return {"distributed_examples_per_second": round(throughput), "distributed_first_epoch_seconds":
             round(distributed_history[0]["seconds"], 1), "distributed_wall_seconds": round(distributed_wall, 1),
             "final_loss": round(distributed_history[-1]["loss"], 4),
             "in_memory_by_threads": in_memory, "ratio": round(throughput / best, 3),
             "side_by_side_examples_per_second": round(ceiling), "side_by_side_ratio": round(ceiling / best, 3),
-            "load_average": round(os.getloadavg()[0], 2)}
+            "load_average": round(os.getloadavg()[0], 2),
+            "cpu_by_process": {"distributed": distributed_cpu.by_process(), "side_by_side": side_by_side_cpu.by_process()}}
 
 
 if __name__ == "__main__":
