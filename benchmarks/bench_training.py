@@ -308,26 +308,28 @@ def measure(args, data: distributed.DomainData, users: int, items: int, source: 
           f"global batch {batch_size}; {args.epochs} epochs of {steps} steps", flush=True)
 
     started = time.perf_counter()
-    with ThreadTimes(PROCESS_MARKERS[args.launcher]) as distributed_cpu:
+    with ThreadTimes(PROCESS_MARKERS[args.launcher]) as sampled:
         distributed_history = distributed.run_spec(spec)
     distributed_wall = time.perf_counter() - started
-    print(cpu_line(args.launcher, distributed_cpu.by_process()), flush=True)
+    distributed_cpu = sampled.by_process()
+    print(cpu_line(args.launcher, distributed_cpu), flush=True)
     in_memory = {}
     for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
         history, wall = in_memory_run(data.url, spec, threads)
         in_memory[threads] = {"examples_per_second": round(steady_throughput(history)), "wall_seconds": round(wall, 1)}
     throughput = steady_throughput(distributed_history)
     best = max(entry["examples_per_second"] for entry in in_memory.values())
-    with ThreadTimes(PROCESS_MARKERS["side_by_side"]) as side_by_side_cpu:
+    with ThreadTimes(PROCESS_MARKERS["side_by_side"]) as sampled:
         ceiling = steady_throughput(side_by_side_run(data.url, spec, args.num_proc))
-    print(cpu_line("side-by-side", side_by_side_cpu.by_process()), flush=True)
+    side_by_side_cpu = sampled.by_process()
+    print(cpu_line("side-by-side", side_by_side_cpu), flush=True)
     return {"distributed_examples_per_second": round(throughput), "distributed_first_epoch_seconds":
             round(distributed_history[0]["seconds"], 1), "distributed_wall_seconds": round(distributed_wall, 1),
             "final_loss": round(distributed_history[-1]["loss"], 4),
             "in_memory_by_threads": in_memory, "ratio": round(throughput / best, 3),
             "side_by_side_examples_per_second": round(ceiling), "side_by_side_ratio": round(ceiling / best, 3),
             "load_average": round(os.getloadavg()[0], 2),
-            "cpu_by_process": {"distributed": distributed_cpu.by_process(), "side_by_side": side_by_side_cpu.by_process()}}
+            "cpu_by_process": {"distributed": distributed_cpu, "side_by_side": side_by_side_cpu}}
 
 
 if __name__ == "__main__":
