@@ -1,7 +1,7 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # xdrec: the train stage
-# MAGIC Trains every method in `train.methods` with the configured launcher (Horovod or TorchDistributor), fits the factor models and their blend, and selects the model to serve on validation.
+# MAGIC Trains every method in `train.methods` with the configured launcher (Horovod or TorchDistributor), fits the factor models and their blend (with `train.ensemble`, also the methods' ensemble), and selects the model to serve on validation.
 # MAGIC
 # MAGIC Widgets: `conf`, a config name (`demo`, `synthetic`, ...), a path or a URI; `overrides`, `section.key=value`
 # MAGIC settings, one per line. On Databricks xdrec uses the notebook's session; install the xdrec wheel on the

@@ -35,7 +35,7 @@ def _cold_ndcg(**models: float) -> dict:
 
 def test_verdict_names_the_best_transfer_method_against_every_yardstick():
     beats = aggregate([_cold_ndcg(finetune=0.5, joint=0.6, target_only=0.3, popularity=0.4, emcdr=0.7)])
-    assert verdict(beats, 10) == ("Cold-start users, full-ranking NDCG@10: the best transfer method, joint (0.6000), "
+    assert verdict(beats, 10) == ("Cold-start users, full-ranking NDCG@10: the best transfer model, joint (0.6000), "
                                   "beats target_only (0.3000) and popularity (0.4000) but NOT emcdr (0.7000); "
                                   "the best baseline is emcdr (0.7000).")
     above_all = aggregate([_cold_ndcg(joint=0.8, target_only=0.3, popularity=0.4, als_merged=0.5, emcdr=0.7)])
@@ -45,6 +45,14 @@ def test_verdict_names_the_best_transfer_method_against_every_yardstick():
     assert "finetune (0.3500), beats target_only (0.3000) but NOT popularity (0.4000)" in verdict(between, 10)
     loses = aggregate([_cold_ndcg(finetune=0.25, target_only=0.3, popularity=0.4)])
     assert "finetune (0.2500), does NOT beat target_only (0.3000) or popularity (0.4000)" in verdict(loses, 10)
+
+
+def test_the_ensemble_of_transfer_methods_is_a_transfer_model_not_a_baseline():
+    ensembled = aggregate([_cold_ndcg(joint=0.6, finetune=0.55, ensemble=0.65, als_merged=0.62, blend=0.7)])
+    assert verdict(ensembled, 10) == (
+        "Cold-start users, full-ranking NDCG@10: the best transfer model, ensemble (0.6500), beats als_merged "
+        "(0.6200); the best baseline is als_merged (0.6200); the blend of the best trained and factor models "
+        "scores 0.7000.")
 
 
 @pytest.mark.parametrize("name, label", [("demo", "demo"), ("conf/cdrib_game_video.yaml", "cdrib_game_video"),

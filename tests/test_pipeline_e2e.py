@@ -41,7 +41,8 @@ def test_every_stage_writes_its_tables(spark, pipeline_run):
     assert {"summary.md", "metrics.json", "warm_vs_cold.png", "training_curves.png"} <= set(os.listdir(report))
     with open(os.path.join(report, "metrics.json")) as handle:
         evaluated = json.load(handle)["metrics"]
-    models = {"finetune", "target_only", "popularity", "als_target", "als_merged", "emcdr", "blend"}
+    models = {"finetune", "joint", "target_only", "popularity", "als_target", "als_merged", "emcdr", "ensemble",
+              "blend"}
     assert set(evaluated["full"]) == models and set(evaluated["sampled"]) == models
 
 
@@ -166,17 +167,20 @@ def test_benchmark_takes_a_config_given_by_path(pipeline_run, tmp_path):
 
 @pytest.mark.e2e
 def test_the_served_model_is_the_best_validated_and_the_only_one_scored(pipeline_run):
-    """Selection ranks the methods, the ALS family and their blend on validation; score serves the winner alone."""
+    """Selection ranks the methods, their ensemble, the ALS family and the blend on validation; score serves
+    the winner alone."""
     config, results = pipeline_run
     selected = results["train"]["selected"]
-    assert set(selected["validation"]) == {*config.train.methods, *config.train.factor_models, "blend"}
-    blend = results["train"]["models"]["blend"]["blend"]
-    trained, factor = blend["components"]
-    assert trained in config.train.methods and factor in config.train.factor_models
-    # The weights 0 and 1 are the components alone: the blend validates at least as well as either.
-    assert selected["validation"]["blend"] >= max(selected["validation"][trained],
-                                                  selected["validation"][factor]) - 1e-6
-    assert selected["validation"][selected["method"]] == max(selected["validation"].values())
+    validated = selected["validation"]
+    assert set(validated) == {*config.train.methods, *config.train.factor_models, "ensemble", "blend"}
+    models = results["train"]["models"]
+    assert set(models["ensemble"]["blend"]["components"]) == {"finetune", "joint"}  # target_only is no transfer
+    trained, factor = models["blend"]["blend"]["components"]
+    assert trained in {*config.train.methods, "ensemble"} and factor in config.train.factor_models
+    # The weights 0 and 1 are the components alone: each sum validates at least as well as either part.
+    for name in ("ensemble", "blend"):
+        assert validated[name] >= max(validated[part] for part in models[name]["blend"]["components"]) - 1e-6
+    assert validated[selected["method"]] == max(validated.values())
     assert selected["selected_on"] == f"{config.train.validation_group}/NDCG@10"
     assert set(results["score"]) == {selected["method"]}  # the score stage wrote the served model's partition only
     assert results["evaluate"]["selected"] == selected

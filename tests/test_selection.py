@@ -1,4 +1,5 @@
-"""Model selection's blend: one factor model that adds two models' scores and is served like either."""
+"""Model selection's ensemble and blend: one factor model that adds two models' scores and is served like
+either, and which two candidates each adds."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 from xdrec.config import TrainConfig
 from xdrec.modeling.model import FactorModel, ScoreSum, TwoTower, blended
 from xdrec.training.loop import Collective
-from xdrec.training.selection import BLEND_WEIGHTS, fit_blend
+from xdrec.training.selection import BLEND_WEIGHTS, combined_components, fit_blend, served_candidates
 from xdrec.training.validation import ValidationSet, ranking_figures
 
 NUM_USERS, NUM_ITEMS = 40, 30
@@ -74,3 +75,23 @@ def test_a_useless_second_model_gets_no_weight():
     noise = FactorModel(rng.normal(size=(NUM_USERS, 4)), rng.normal(size=(NUM_ITEMS, 4)))
     _, chosen = fit_blend(good, noise, validation, TrainConfig(validation_group="cold"), NUM_USERS, NUM_ITEMS)
     assert chosen["weight"] == 1.0 and chosen["validation"][1.0] == 1.0
+
+
+def test_the_ensemble_sums_the_two_best_transfer_methods_and_the_blend_the_best_trained_and_factor_models():
+    key, factor_models = "cold/NDCG@10", ["popularity", "als_merged"]
+    methods = ["target_only", "joint", "finetune", "adversarial"]
+    figures = {name: {key: value} for name, value in [("target_only", 0.09), ("joint", 0.05), ("finetune", 0.06),
+                                                      ("adversarial", 0.04), ("popularity", 0.01), ("als_merged", 0.04)]}
+    # target_only validates best here, but learns nothing from the source domain: it is no transfer method.
+    assert combined_components("ensemble", figures, key, methods, factor_models) == ("finetune", "joint")
+    assert combined_components("blend", figures, key, methods, factor_models) == ("target_only", "als_merged")
+    figures["ensemble"] = {key: 0.1}
+    assert combined_components("blend", figures, key, methods, factor_models) == ("ensemble", "als_merged")
+
+
+def test_selection_is_offered_the_ensemble_only_with_two_transfer_methods():
+    every = ["popularity", "als_merged", "emcdr", "blend"]
+    assert served_candidates(TrainConfig(ensemble=True)) == ["joint", "finetune", "ensemble", *every]  # default methods
+    assert served_candidates(TrainConfig(ensemble=True, methods=["joint", "target_only"])) == ["joint", "target_only",
+                                                                                               *every]
+    assert served_candidates(TrainConfig()) == ["joint", "finetune", *every]  # off by default

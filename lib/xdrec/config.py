@@ -259,9 +259,14 @@ class TrainConfig(_Section):
     factor_models: ListOf[Baseline] = ["popularity", "als_merged", "emcdr"]
     """Factor models (section ``als``) fitted beside the methods and offered to model selection, which
     serves whichever validates best (docs/methods.md, "Model selection")."""
+    ensemble: bool = False
+    """Also offer selection the ensemble of the two best transfer methods (with two or more in ``methods``):
+    their scores, each divided by its spread, weighted by the weight that validates best. Off by default:
+    on Video -> Game it served models no better on test, and a blend of it serves three models' vectors
+    instead of two (docs/methods.md, "Model selection")."""
     blend: bool = True
-    """Also offer selection the blend of the best trained method and the best factor model: their scores,
-    each divided by its spread, weighted by the weight that validates best."""
+    """Also offer selection the blend of the best trained model (a method or the ensemble) and the best
+    factor model, weighted the same way."""
     launcher: Literal["horovod", "torch_distributor", "local"] = "horovod"
     """The training backend. "horovod": num_proc Horovod processes inside Spark, reading through Petastorm;
     "torch_distributor": num_proc processes started by Spark's TorchDistributor, averaging through

@@ -26,7 +26,7 @@ from xdrec import files
 from xdrec.config import Config, METHODS, load_config
 from xdrec.data.contract import USER_GROUPS
 from xdrec.logs import get_logger
-from xdrec.training.selection import BLEND
+from xdrec.training.selection import BLEND, COMBINED, ENSEMBLE, transfer_methods
 
 log = get_logger("benchmark")
 
@@ -97,15 +97,16 @@ def _listing(texts: list[str], word: str) -> str:
 
 
 def verdict(summary: dict, k: int) -> str:
-    """Whether the best transfer method beats each of :data:`YARDSTICKS` that ran on cold-start users
-    (full-ranking NDCG@k, mean over seeds), and where it stands against the best baseline."""
+    """Whether the best transfer model (a method or their ensemble) beats each of :data:`YARDSTICKS` that ran
+    on cold-start users (full-ranking NDCG@k, mean over seeds), and where it stands against the best
+    baseline."""
     full, metric = summary["full"], f"NDCG@{k}"
 
     def cold(model: str) -> float:
         return full.get(model, {}).get("cold", {}).get(metric, {}).get("mean", float("nan"))
 
-    transfer = [model for model in METHODS if model != "target_only" and model in full]
-    baselines = [model for model in full if model not in METHODS and model != BLEND]
+    transfer = transfer_methods([model for model in (*METHODS, ENSEMBLE) if model in full])
+    baselines = [model for model in full if model not in METHODS and model not in COMBINED]
     if not transfer:
         return "No transfer method was trained."
     best = max(transfer, key=cold)
@@ -118,7 +119,7 @@ def verdict(summary: dict, k: int) -> str:
         standing = f"does NOT beat {_listing(not_beaten, 'or')}"
     else:
         standing = f"beats {_listing(beaten, 'and')} but NOT {_listing(not_beaten, 'or')}"
-    line = f"Cold-start users, full-ranking {metric}: the best transfer method, {best} ({cold(best):.4f}), {standing}"
+    line = f"Cold-start users, full-ranking {metric}: the best transfer model, {best} ({cold(best):.4f}), {standing}"
     if baselines:
         best_baseline = max(baselines, key=cold)
         line += f"; the best baseline is {best_baseline} ({cold(best_baseline):.4f})"
@@ -129,14 +130,14 @@ def verdict(summary: dict, k: int) -> str:
 
 def bootstrap_lines(per_seed: list[dict], seeds: list[int]) -> list[str]:
     """Markdown lines: per seed, the paired bootstrap 95% interval of the best transfer method (or the
-    blend) minus each of :data:`YARDSTICKS` and, for the blend, each trained method (full ranking, the
-    users it was picked on)."""
+    blend) minus each of :data:`YARDSTICKS` and, for the blend, each trained method and the ensemble (full
+    ranking, the users it was picked on)."""
     lines = []
     for seed, bootstrap in zip(seeds, per_seed):
         versus = bootstrap.get("versus", {})
         group = bootstrap.get("picked_on")
         # target_only is a yardstick and a method: dict.fromkeys lists it once
-        others = dict.fromkeys(YARDSTICKS + (METHODS if bootstrap.get("transfer") == BLEND else ()))
+        others = dict.fromkeys(YARDSTICKS + ((*METHODS, ENSEMBLE) if bootstrap.get("transfer") == BLEND else ()))
         cells = [f"{yardstick} {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
                  for yardstick in others if group in versus.get(yardstick, {})
                  for b in [versus[yardstick][group]]]

@@ -243,10 +243,11 @@ def _nested(rows: list[Any]) -> dict:
 
 def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[str], metric: str,
                  samples: int, seed: int, means: dict) -> dict[str, Any]:
-    """Paired bootstrap of ``metric`` (full protocol) for the best transfer method vs the best baseline,
-    both picked on cold-start users when the test split has any (the users transfer is for), else on all;
-    ``versus`` holds the best transfer method against every baseline (and target_only) the same way."""
-    transfer = [m for m in methods if m != "target_only"]
+    """Paired bootstrap of ``metric`` (full protocol) for the best transfer model of ``methods`` (the trained
+    methods and their ensemble) vs the best baseline, both picked on cold-start users when the test split
+    has any (the users transfer is for), else on all; ``versus`` holds the best transfer model against every
+    baseline (and target_only) the same way."""
+    transfer = selection.transfer_methods(methods)
     yardsticks = [m for m in [*baseline_names, *methods] if m not in transfer]
     if not transfer or not yardsticks:
         return {}
@@ -314,7 +315,9 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
                     .agg(F.max("user_idx")).first()[0]) + 1
     num_items = int(item_index["item_idx"].max()) + 1
     scorers.update(fit_baselines(config, indexed, num_users, num_items))
-    yardsticks = [name for name in scorers if name not in config.train.methods and name != selection.BLEND]
+    yardsticks = [name for name in scorers if name not in config.train.methods and name not in selection.COMBINED]
+    # The ensemble is the transfer methods' own: it competes with them, not as a yardstick.
+    transfer = [name for name in scorers if name in config.train.methods or name == selection.ENSEMBLE]
 
     lines = (indexed.where((F.col("domain") == target) & (F.col("split") == "test"))
              .select("user_idx", "item_idx", "cold"))
@@ -362,10 +365,10 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         "test_users": {group: {"evaluated": evaluated.get(group, 0), "all": count}
                        for group, count in population.items()},
         "coverage": covered,
-        "bootstrap": compare_best(per_user, config.train.methods, yardsticks, headline,
+        "bootstrap": compare_best(per_user, transfer, yardsticks, headline,
                                   settings.bootstrap_samples, settings.seed, summary["values"][FULL]),
-        # The blend against every other model, the trained methods included.
-        "bootstrap_blend": (compare_best(per_user, [selection.BLEND], [*yardsticks, *config.train.methods], headline,
+        # The blend against every other model, the trained ones included.
+        "bootstrap_blend": (compare_best(per_user, [selection.BLEND], [*yardsticks, *transfer], headline,
                                          settings.bootstrap_samples, settings.seed, summary["values"][FULL])
                             if selection.BLEND in scorers else {}),
         "selected": selection.read_selection(config.warehouse),

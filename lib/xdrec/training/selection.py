@@ -1,13 +1,15 @@
 """Model selection: of every model the train stage made, the one to serve, chosen on validation data.
 
-Every candidate (the trained methods, the factor models of ``train.factor_models`` and their blend) is
-ranked on the same validation users that early stopping uses, and the best by
+Every candidate (the trained methods, their ensemble, the factor models of ``train.factor_models`` and the
+blend) is ranked on the same validation users that early stopping uses, and the best by
 ``train.validation_metric`` @ ``train.validation_k`` on ``train.validation_group`` wins; so xdrec never
 serves a model that validates worse than one of its own baselines.
 
-The blend (``train.blend``) adds the best trained method's scores to the best factor model's, each divided
-by its spread, with the weight that validates best: two models that learned from different losses make
-different mistakes, and their blend ranks better than either (docs/methods.md, "Model selection").
+The ensemble (``train.ensemble``) adds the two best transfer methods' scores, the blend (``train.blend``)
+the best trained model's (a method or the ensemble) and the best factor model's; each model's scores are
+divided by their spread, and the weight is the one that validates best. Two models that learned from
+different losses make different mistakes, and their sum ranks better than either (docs/methods.md,
+"Model selection").
 
 The choice, with every candidate's figure, is written atomically to ``<warehouse>/models/SELECTED``
 (JSON), which the score stage serves by default.
@@ -33,8 +35,11 @@ from xdrec.training.validation import ValidationSet, ranking_figures
 log = get_logger("train")
 
 SELECTED = "SELECTED"
+ENSEMBLE = "ensemble"
 BLEND = "blend"
-# The trained model's weights tried in a blend (the factor model has the rest).
+# The models selection builds from other candidates' scores, in the order it builds them.
+COMBINED = (ENSEMBLE, BLEND)
+# The first model's weights tried in a blend (the second has the rest).
 BLEND_WEIGHTS = tuple(step / 10 for step in range(11))
 
 
@@ -42,13 +47,41 @@ def selection_path(warehouse: str) -> str:
     return files.join(warehouse, "models", SELECTED)
 
 
+def transfer_methods(methods: list[str]) -> list[str]:
+    """The ``methods`` that learn from the source domain: all but the target_only yardstick."""
+    return [method for method in methods if method != "target_only"]
+
+
 def served_candidates(train: TrainConfig, methods: list[str] | None = None) -> list[str]:
     """The models the train stage offers to selection: the trained methods (``train.methods`` unless
-    ``methods`` is given), the factor models and, with ``train.blend`` and both kinds present, the blend of
-    the best of each."""
+    ``methods`` is given); with ``train.ensemble`` and two transfer methods or more, their ensemble; the
+    factor models; and, with ``train.blend`` and both kinds present, the blend of the best of each."""
     methods = train.methods if methods is None else methods
+    ensemble = [ENSEMBLE] if train.ensemble and len(transfer_methods(methods)) >= 2 else []
     blend = [BLEND] if train.blend and methods and train.factor_models else []
-    return [*methods, *train.factor_models, *blend]
+    return [*methods, *ensemble, *train.factor_models, *blend]
+
+
+def combined_components(name: str, figures: dict[str, dict], key: str, methods: list[str],
+                        factor_models: list[str]) -> tuple[str, str]:
+    """The two candidates that the model ``name`` of :data:`COMBINED` sums, by their validation ``figures``
+    under ``key``: for the ensemble the two best transfer ``methods``, for the blend the best trained
+    model (a method, or the ensemble where ``figures`` has it) and the best of ``factor_models``. On a tie
+    the one listed first.
+
+    >>> figures = {"joint": {"cold/NDCG@10": 0.05}, "finetune": {"cold/NDCG@10": 0.06},
+    ...            "ensemble": {"cold/NDCG@10": 0.07}, "als_merged": {"cold/NDCG@10": 0.04}}
+    >>> combined_components("blend", figures, "cold/NDCG@10", ["joint", "finetune"], ["als_merged"])
+    ('ensemble', 'als_merged')
+    """
+    def ranked(names: list[str]) -> list[str]:
+        return sorted(names, key=lambda candidate: -figures[candidate][key])
+
+    if name == ENSEMBLE:
+        first, second = ranked(transfer_methods(methods))[:2]
+        return first, second
+    trained = ranked([*methods, *([ENSEMBLE] if ENSEMBLE in figures else [])])[0]
+    return trained, ranked(factor_models)[0]
 
 
 def validation_figures(candidates: dict[str, str], validation: ValidationSet, train: TrainConfig) -> dict[str, dict]:
@@ -70,20 +103,20 @@ def score_spread(model: nn.Module, validation: ValidationSet, seed: int, users: 
     return float((scores - scores.mean(axis=1, keepdims=True)).std()) or 1.0
 
 
-def fit_blend(trained: nn.Module, factor: nn.Module, validation: ValidationSet, train: TrainConfig,
+def fit_blend(first: nn.Module, second: nn.Module, validation: ValidationSet, train: TrainConfig,
               num_users: int, num_items: int,
               weights: tuple[float, ...] = BLEND_WEIGHTS) -> tuple[FactorModel, dict[str, Any]]:
-    """The blend ``w * trained + (1 - w) * factor`` of the two models' scores, each divided by its spread,
+    """The blend ``w * first + (1 - w) * second`` of the two models' scores, each divided by its spread,
     with the weight ``w`` of ``weights`` that validates best. The weights 0 and 1 are the models alone, so
     a blend over :data:`BLEND_WEIGHTS` never validates below either. Returns the blend and what was chosen:
     ``{"weight", "spreads", "selected_on", "validation": {weight: figure}}``."""
-    spreads = (score_spread(trained, validation, train.seed), score_spread(factor, validation, train.seed))
+    spreads = (score_spread(first, validation, train.seed), score_spread(second, validation, train.seed))
 
     def scales(weight: float) -> tuple[float, float]:
         return weight / spreads[0], (1 - weight) / spreads[1]
 
     # Scored for the validation users only: the blend of every user is built once, for the weight chosen.
-    scorer = ScoreSum((trained, factor), scales(weights[0]))
+    scorer = ScoreSum((first, second), scales(weights[0]))
     figures, key, best = {}, None, None
     for weight in weights:
         scorer.weights = scales(weight)
@@ -93,7 +126,7 @@ def fit_blend(trained: nn.Module, factor: nn.Module, validation: ValidationSet, 
         # On a tie, the weight nearest to a model alone: no more of a second model than validation asks for.
         if best is None or (figures[weight], abs(weight - 0.5)) > (figures[best], abs(best - 0.5)):
             best = weight
-    model = blended((trained, factor), scales(best), num_users, num_items)
+    model = blended((first, second), scales(best), num_users, num_items)
     return model, {"weight": best, "spreads": list(spreads), "selected_on": key, "validation": figures}
 
 

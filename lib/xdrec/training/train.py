@@ -55,8 +55,8 @@ FINALISTS = 2
 # the other to add.
 FINALIST_WEIGHTS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 # Train keys that change how a run is watched or launched, not the model it makes.
-_NOT_IN_VERSION = ("methods", "factor_models", "blend", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
-                   "mlflow_registered_model", "promote", "start_timeout", "launcher")
+_NOT_IN_VERSION = ("methods", "factor_models", "ensemble", "blend", "mlflow", "mlflow_tracking_uri",
+                   "mlflow_experiment", "mlflow_registered_model", "promote", "start_timeout", "launcher")
 
 
 @functools.cache
@@ -473,40 +473,39 @@ def starting_factors(spark: SparkSession, config: Config, inputs: TrainingInputs
     return artifact.load(files.join(artifact.models_dir(config.warehouse, "als_merged"), meta["model_version"])).model
 
 
-def fit_blend_model(config: Config, inputs: TrainingInputs, paths: dict[str, str], figures: dict[str, dict],
-                    methods: list[str]) -> dict:
-    """Blend the best of the trained ``methods`` with the best factor model on validation
-    (:func:`selection.fit_blend`) and save the blend as an artifact; skip if that exact blend exists."""
-    key = loop.selecting_key(config.train, next(iter(figures.values())))
-    best = lambda names: max(names, key=lambda name: figures[name][key])  # noqa: E731
-    trained = best(methods)
-    factor = best([name for name in paths if name not in methods])
-    components = {trained: files.basename(paths[trained]), factor: files.basename(paths[factor])}
+def fit_combined_model(config: Config, inputs: TrainingInputs, name: str, components: tuple[str, str],
+                       paths: dict[str, str], key: str) -> dict:
+    """Blend the two ``components`` (artifact folders in ``paths``) on the validation figure ``key``
+    (:func:`selection.fit_blend`) and save the result as the artifact of ``name`` (one of
+    :data:`selection.COMBINED`); skip if that exact blend exists."""
+    versions = {component: files.basename(paths[component]) for component in components}
     train = config.train
     version = hashlib.sha256(json.dumps(
-        {"components": components, "inputs": inputs.versions, "code": code_version(),
+        {"components": versions, "inputs": inputs.versions, "code": code_version(),
          "validation": [key, train.validation_max_users, train.seed]}, sort_keys=True).encode()).hexdigest()[:12]
-    reused = reused_artifact(config, selection.BLEND, version)
+    reused = reused_artifact(config, name, version)
     if reused is not None:
         return reused
-    path = files.join(artifact.models_dir(config.warehouse, selection.BLEND), version)
-    with tracking.run(config, selection.BLEND, version) as run_id:
+    path = files.join(artifact.models_dir(config.warehouse, name), version)
+    first, second = components
+    with tracking.run(config, name, version) as run_id:
         started = time.perf_counter()
-        model, chosen = selection.fit_blend(artifact.load(paths[trained]).model, artifact.load(paths[factor]).model,
+        model, chosen = selection.fit_blend(artifact.load(paths[first]).model, artifact.load(paths[second]).model,
                                             inputs.validation, train, inputs.num_users, inputs.num_items)
         seconds = time.perf_counter() - started
-        meta = {**artifact_meta(config, selection.BLEND, version, inputs, [], seconds, run_id),
-                "blend": {"components": components, **chosen}}
+        meta = {**artifact_meta(config, name, version, inputs, [], seconds, run_id),
+                "blend": {"components": versions, **chosen}}
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)
-    log.info(f"blend: {chosen['weight']:.1f} x {trained} + {1 - chosen['weight']:.1f} x {factor} "
+    log.info(f"{name}: {chosen['weight']:.1f} x {first} + {1 - chosen['weight']:.1f} x {second} "
              f"({chosen['selected_on']} {chosen['validation'][chosen['weight']]:.4f}), saved {path} ({seconds:.0f}s)")
     return meta
 
 
 def run_train(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict:
     """Train every configured method (or ``methods``) and fit the factor models on the current feature
-    tables, blend the best of each (``train.blend``), select the model to serve on validation, and record
+    tables, sum the best two methods (``train.ensemble``) and the best trained and factor models
+    (``train.blend``), select the model to serve on validation, and record
     the run (the pinned input versions, and each model's version) in ``runs``. Returns
     ``{"models": {name: artifact meta}, "selected": record}``."""
     started, run_id = time.time(), lineage.new_run_id()
@@ -521,12 +520,13 @@ def run_train(spark: SparkSession, config: Config, methods: list[str] | None = N
     paths = {name: files.join(artifact.models_dir(config.warehouse, name), meta["model_version"])
              for name, meta in models.items()}
     figures = selection.validation_figures(paths, inputs.validation, config.train)
-    if selection.BLEND in selection.served_candidates(config.train, methods):
-        models[selection.BLEND] = fit_blend_model(config, inputs, paths, figures, methods)
-        paths[selection.BLEND] = files.join(artifact.models_dir(config.warehouse, selection.BLEND),
-                                              models[selection.BLEND]["model_version"])
-        figures.update(selection.validation_figures({selection.BLEND: paths[selection.BLEND]}, inputs.validation,
-                                                    config.train))
+    key = loop.selecting_key(config.train, next(iter(figures.values())))
+    candidates = selection.served_candidates(config.train, methods)
+    for name in [name for name in selection.COMBINED if name in candidates]:
+        components = selection.combined_components(name, figures, key, methods, config.train.factor_models)
+        models[name] = fit_combined_model(config, inputs, name, components, paths, key)
+        paths[name] = files.join(artifact.models_dir(config.warehouse, name), models[name]["model_version"])
+        figures.update(selection.validation_figures({name: paths[name]}, inputs.validation, config.train))
     selected = selection.select_model(config.warehouse, config.train, paths, figures)
     tracking.promote(config, selected, inputs.versions)
     lineage.record_run(spark, config.warehouse, "train", run_id, started, inputs.versions, {},
