@@ -8,7 +8,7 @@ serves a model that validates worse than one of its own baselines.
 The ensemble (``train.ensemble``) adds the two best transfer methods' scores, the blend (``train.blend``)
 the best trained model's (a method or the ensemble) and the best factor model's; each model's scores are
 divided by their spread, and the weight is the one that validates best. Two models that learned from
-different losses make different mistakes, and their sum ranks better than either (docs/methods.md,
+different losses make different mistakes, and their sum can rank better than either (docs/methods.md,
 "Model selection").
 
 The choice, with every candidate's figure, is written atomically to ``<warehouse>/models/SELECTED``

@@ -505,8 +505,8 @@ def fit_combined_model(config: Config, inputs: TrainingInputs, name: str, compon
 def run_train(spark: SparkSession, config: Config, methods: list[str] | None = None) -> dict:
     """Train every configured method (or ``methods``) and fit the factor models on the current feature
     tables, sum the best two methods (``train.ensemble``) and the best trained and factor models
-    (``train.blend``), select the model to serve on validation, and record
-    the run (the pinned input versions, and each model's version) in ``runs``. Returns
+    (``train.blend``), select the model to serve on validation, and record the run (the pinned input
+    versions, and each model's version) in ``runs``. Returns
     ``{"models": {name: artifact meta}, "selected": record}``."""
     started, run_id = time.time(), lineage.new_run_id()
     methods = methods or config.train.methods
