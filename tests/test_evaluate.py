@@ -163,6 +163,18 @@ def test_bootstrap_pairs_the_models_best_on_cold_start_users(spark):
     assert versus["als_merged"]["cold"] == result["cold"]
 
 
+def test_the_bootstrap_interval_does_not_depend_on_the_order_spark_returns_the_users_in(spark):
+    """Resampling draws user positions: the same users in another order gave another interval."""
+    rng = np.random.default_rng(3)
+    means = {model: {"all": {"NDCG@10": 0.0}} for model in ("joint", "als_merged")}
+    rows = [(model, user, False, "NDCG@10", float(rng.random())) for model in means for user in range(300)]
+    schema = "model string, user_idx int, cold boolean, metric string, value double"
+    intervals = [compare_best(spark.createDataFrame(order, schema).repartition(partitions), ["joint"], ["als_merged"],
+                              "NDCG@10", 200, 0, means)["all"]
+                 for order, partitions in ((rows, 1), (rows[::-1], 7))]
+    assert intervals[0] == intervals[1]
+
+
 def test_draw_per_group_keeps_the_same_users_of_each_group_on_any_partitioning(spark):
     users = spark.createDataFrame([(user, user % 3 == 0) for user in range(300)], "user_idx int, cold boolean")
     drawn = draw_per_group(users, per_group=20, seed=5)

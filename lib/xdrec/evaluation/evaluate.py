@@ -257,7 +257,9 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
     rows = (per_user.where(F.col("metric") == metric)
             .where(F.col("model").isin(best_transfer, *yardsticks))
             .groupBy("user_idx", "cold").pivot("model", [best_transfer, *yardsticks]).agg(F.first("value"))
-            .toPandas())
+            .toPandas()
+            # Resampling draws positions: in Spark's order, the same users could give another interval.
+            .sort_values("user_idx", ignore_index=True))
 
     def against(yardstick: str) -> dict[str, dict[str, float]]:
         groups = {}
