@@ -140,9 +140,10 @@ class ThreadTimes:
                 ancestor = parents.get(pid)
                 while ancestor not in (None, 0, 1, os.getpid()):
                     ancestor = parents.get(ancestor)
+                if ancestor != os.getpid():
+                    continue  # not this run's: its command line need not be read
                 try:
-                    command = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
-                    if ancestor != os.getpid() or not re.search(self.marker, command):
+                    if not re.search(self.marker, open(f"/proc/{pid}/cmdline").read().replace("\0", " ")):
                         continue
                     for tid in map(int, os.listdir(f"/proc/{pid}/task")):
                         fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
