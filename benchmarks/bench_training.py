@@ -211,7 +211,7 @@ def in_memory_run(url: str, spec: distributed.TrainSpec, threads: int, share: in
         history = loop.train(model, spec.phases, batches, lambda phase: spec.steps_per_epoch(phase, share),
                              config=spec.train, domain_items={domain: torch.from_numpy(items)
                                                              for domain, items in spec.domain_items.items()},
-                             known_positives=known if spec.masks_known_positives else None,
+                             known_positives=known,
                              log=lambda message: print(f"[bench] in-memory ({threads} threads) {message}", flush=True))
     finally:
         torch.set_num_threads(default_threads)

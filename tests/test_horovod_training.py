@@ -3,10 +3,10 @@ inside Spark -> artifact and MLflow run (each process reading its shard into mem
 reader is checked once too). Distillation exercises the most: two domains read at every step,
 a teacher phase, then a student phase that must get its teacher back after a crash.
 
-Twelve to fourteen Horovod launches: the train stage with 2 processes (the reference), then the same
+Thirteen to fifteen Horovod launches: the train stage with 2 processes (the reference), then the same
 worker spec with 1 process, and with 2 processes killed mid-run and resumed; one single-process run with
 the streaming reader; a history-encoder model, a model started from ALS factors, a personalised-bridge
-model and the choice of a temperature (one-epoch probes of two listed temperatures and of one to three
+model, a self-trained model and the choice of a temperature (one-epoch probes of two listed temperatures and of one to three
 past them, then the two best going on to the end) with 2 processes."""
 from __future__ import annotations
 
@@ -208,6 +208,24 @@ def test_bridge_processes_read_which_users_have_history_and_their_source_items(s
     assert set(model.has_target_history.nonzero().squeeze(1).tolist()) == {user for user, _ in target}
     kept = csr_pairs(model.history_offsets, model.history_items)
     assert len(kept) == len(source) and set(kept) == source
+
+
+def test_self_training_processes_label_users_and_end_with_the_model_that_validates_best(spark, make_config, trained):
+    """Self-training through 2 processes: the joint phase, pseudo-labels drawn in each process from the
+    training items it reads itself, joint training with them; the artifact holds whichever of the joint
+    model and the self-trained epochs validated best."""
+    warehouse = trained[0].warehouse
+    config = make_config(warehouse, *OVERRIDES, "train.target_epochs=2")
+    inputs = read_inputs(spark, config)
+    meta = train_method(spark, config, "self_training", inputs)
+    history = meta["history"]
+    assert meta["num_proc"] == 2
+    assert [epoch["phase"] for epoch in history] == ["teacher", "teacher", "self_training", "self_training"]
+    best = max(epoch["validation"]["all/NDCG@10"] for epoch in history)
+    model = artifact.load(artifact.latest_path(warehouse, "self_training")).model
+    kept = ranking_figures(model, inputs.validation, 10, loop.Collective())["all/NDCG@10"]
+    # Chance is about 0.2; the joint phase alone reaches 0.6-0.7 on this world.
+    assert kept == pytest.approx(best, abs=1e-6) and kept > 0.5
 
 
 def test_torch_distributor_trains_what_horovod_trains(trained, tmp_path):

@@ -17,8 +17,8 @@ from xdrec.errors import XdrecError
 from xdrec.training import artifact, loop
 from xdrec.modeling.methods import (OBJECTIVES, GradientReversal, StepContext, adversarial_schedule,
                                     batch_softmax_loss, distill_loss, known_positive_mask, labelled_loss,
-                                    model_options, phases_for, reads_negative_rows, sampled_softmax_loss,
-                                    soft_loss)
+                                    model_options, phases_for, pseudo_labels, reads_negative_rows,
+                                    sampled_softmax_loss, soft_loss, users_without_target_history)
 from xdrec.modeling.model import BRIDGED_VIEW, TwoTower, csr
 from xdrec.training.loop import Collective
 from xdrec.training.validation import ranking_figures
@@ -168,6 +168,29 @@ def test_sampled_softmax_leaves_out_draws_the_user_already_has():
             scores = model(torch.full((1 + len(negatives),), user), torch.cat([torch.tensor([item]), negatives]))
             expected.append(-torch.log_softmax(scores, 0)[0])
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+
+
+def test_pseudo_labels_go_to_the_users_without_target_history_the_model_is_surest_of():
+    world = make_world(0)
+    offsets, items = map(torch.from_numpy, world.training_history)
+    unlabelled = users_without_target_history((offsets, items), torch.from_numpy(TARGET_ITEMS), NUM_ITEMS)
+    target = set(TARGET_ITEMS.tolist())
+    has = [set(items[offsets[user]:offsets[user + 1]].tolist()) for user in range(NUM_USERS)]
+    assert unlabelled.tolist() == [user for user in range(NUM_USERS) if has[user] and not has[user] & target]
+    assert set(COLD_USERS) <= set(unlabelled.tolist())
+
+    torch.manual_seed(0)
+    model = TwoTower(NUM_USERS, NUM_ITEMS, 4, 8).eval()
+    candidates = torch.from_numpy(TARGET_ITEMS)
+    labels = pseudo_labels(model, unlabelled, candidates, share=0.5, users_per_batch=3)
+    with torch.no_grad():
+        probabilities = torch.softmax(model.score_matrix(unlabelled, candidates), dim=1)
+    confidence, first = probabilities.max(dim=1)
+    surest = set(unlabelled[confidence.argsort(descending=True)[:round(len(unlabelled) / 2)]].tolist())
+    for position, user in enumerate(unlabelled.tolist()):
+        assert labels[user] == (candidates[first[position]] if user in surest else -1), user
+    assert int((labels >= 0).sum()) == len(surest) > 0
+    assert set((labels >= 0).nonzero().squeeze(-1).tolist()) <= set(unlabelled.tolist())
 
 
 def bridge_model(kind: str) -> TwoTower:
@@ -392,6 +415,7 @@ def train_method(method: str, world, loss: str, user_encoder: str = "embedding")
                          domain_items={domain: torch.from_numpy(items)
                                        for domain, items in ((SOURCE, SOURCE_ITEMS), (TARGET, TARGET_ITEMS))},
                          validate=lambda m: ranking_figures(m, world.validation, 10, Collective()),
+                         known_positives=tuple(map(torch.from_numpy, world.training_history)),
                          log=lambda message: None)
     return history[-1].validation
 
@@ -426,6 +450,8 @@ def test_every_method_has_phases_and_a_validated_last_phase():
         assert TARGET in phases[-1].domains, method
     assert [phase.name for phase in phases_for("bridge_emcdr", config)] == ["target", "source", "bridge"]
     assert [phase.objective for phase in phases_for("distill", config)] == ["joint", "distill"]
+    assert [(phase.objective, phase.keeps_start_if_best) for phase in phases_for("self_training", config)] == [
+        ("joint", False), ("self_training", True)]
     finetune_teacher = load_config("synthetic", [*CONFIG_OVERRIDES, "train.distill_teacher=finetune"])
     assert [phase.name for phase in phases_for("distill", finetune_teacher)] == ["source", "teacher", "student"]
 

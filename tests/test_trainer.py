@@ -208,9 +208,31 @@ def test_max_steps_per_epoch_caps_a_pass_and_leaves_a_shorter_one_whole():
     assert [steps(cap) for cap in (0, 3, 10, 50)] == [10, 3, 10, 10]
 
 
+def test_a_phase_that_keeps_its_start_ends_with_it_when_no_epoch_validates_higher():
+    figures = iter([0.3, 0.5, 0.4, 0.45, 0.2])  # the first phase's epoch, the second's start, its 3 epochs
+    states = []
+
+    def scripted_validate(model):
+        states.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
+        return {"all/NDCG@10": next(figures)}
+
+    model, history = run([Phase("target", [TARGET], epochs=1, learning_rate=0.05, validate=True),
+                          Phase("more", [TARGET], epochs=3, learning_rate=0.05, validate=True, keeps_start_if_best=True)],
+                         validate=scripted_validate, config=TrainConfig(patience=5))
+    assert [result.validation["all/NDCG@10"] for result in history] == [0.3, 0.4, 0.45, 0.2]
+    for name, tensor in states[1].items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert not torch.equal(states[1]["item_embedding.weight"], states[4]["item_embedding.weight"])
+
+
 DISTILL_PHASES = [
     Phase("teacher", [SOURCE, TARGET], epochs=2, learning_rate=0.05, objective="joint"),
     Phase("student", [TARGET, SOURCE], epochs=3, learning_rate=0.03, objective="distill", validate=True, student=True),
+]
+SELF_TRAINING_PHASES = [
+    Phase("teacher", [SOURCE, TARGET], epochs=2, learning_rate=0.05, objective="joint", validate=True),
+    Phase("self_training", [SOURCE, TARGET], epochs=3, learning_rate=0.03, objective="self_training", validate=True,
+          keeps_start_if_best=True),
 ]
 
 
@@ -218,9 +240,11 @@ DISTILL_PHASES = [
     ([Phase("source", [SOURCE], epochs=2, learning_rate=0.05),
       Phase("target", [TARGET], epochs=3, learning_rate=0.02, validate=True)], 4),
     (DISTILL_PHASES, 4),  # dies at the start of the student's second epoch: the teacher must come back
+    (SELF_TRAINING_PHASES, 4),  # the pseudo-labels must come back, not be drawn again from the moved model
 ])
 def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, phases, dies_at_epoch):
-    options = {"validate": validate, "config": TrainConfig(patience=5)}
+    options = {"validate": validate, "config": TrainConfig(patience=5),
+               "known_positives": tuple(map(torch.from_numpy, WORLD.training_history))}
     uninterrupted, full_history = run(phases, checkpoint_dir=str(tmp_path / "full"), **options)
 
     class Killed(Exception):

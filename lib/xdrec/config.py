@@ -85,7 +85,8 @@ ListOf = Annotated[list[_Item], BeforeValidator(_as_list)]
 # Choices: each Literal is the one declaration; the tuples are for code that iterates over them.
 Format = Literal[FORMATS]
 Part = Literal[PARTS]
-Method = Literal["target_only", "finetune", "joint", "adversarial", "distill", "bridge_emcdr", "bridge_ptupcdr"]
+Method = Literal["target_only", "finetune", "joint", "adversarial", "distill", "self_training", "bridge_emcdr",
+                 "bridge_ptupcdr"]
 Baseline = Literal["popularity", "als_target", "als_merged", "emcdr"]
 Fetcher = Literal["movielens-1m", "cdrib", "synthetic", "none"]
 WarmHoldout = Literal["random", "leave_last_out", "none", "given"]
@@ -363,6 +364,11 @@ class TrainConfig(_Section):
     """Temperature of the teacher's soft scores."""
     distill_weight: Share = 0.5
     """Share of the student's loss that follows the teacher's soft scores (the rest follows the labels)."""
+    pseudo_label_share: Share = 0.5
+    """self_training: the share of the users without target history that get a pseudo-label, those whose
+    first target item the joint model is most sure of."""
+    self_training_weight: NonNegativeFloat = 1.0
+    """self_training: the weight of the pseudo-labelled pairs' loss beside the joint loss."""
     item_text: Literal["auto", "off"] = "auto"
     """"auto": build item vectors from the item text embeddings when the table has them; "off": ids only."""
     item_ids_with_text: Flag = True

@@ -33,7 +33,8 @@ class Phase:
     Every step takes one batch of each domain in ``domains``, in that order. A ``student`` phase first
     keeps the model as it is as the teacher, then trains freshly initialised weights (distillation).
     ``validate`` evaluates the ranking metric after every epoch, stops early and keeps the best epoch's
-    weights; ``validation_group`` overrides which user group selects it.
+    weights; ``validation_group`` overrides which user group selects it. ``keeps_start_if_best`` also
+    validates the weights the phase starts from and ends with them when no epoch validates higher.
     """
 
     name: str
@@ -46,6 +47,7 @@ class Phase:
     validate: bool = False
     validation_group: str | None = None
     student: bool = False
+    keeps_start_if_best: bool = False
 
 
 @dataclass
@@ -57,6 +59,8 @@ class StepContext:
     candidates: tuple[torch.Tensor, ...] = ()
     # Every user's training items as CSR (offsets [num_users + 1], items): negatives the sampled softmax leaves out.
     known_positives: tuple[torch.Tensor, torch.Tensor] | None = None
+    # [num_users]: a self-training phase's pseudo-label of each user (a target item index), -1 for none.
+    pseudo_labels: torch.Tensor | None = None
 
 
 def known_positive_mask(users: torch.Tensor, drawn: torch.Tensor, offsets: torch.Tensor, items: torch.Tensor,
@@ -224,6 +228,65 @@ def distill_loss(model, batches, train, context) -> torch.Tensor:
     return (1.0 - weight) * hard + weight * soft
 
 
+def users_without_target_history(known_positives: tuple[torch.Tensor, torch.Tensor],
+                                 target_items: torch.Tensor, num_items: int) -> torch.Tensor:
+    """The users with training items, none of them in the target domain (``target_items``): the users
+    target labels never reach, cold-start users among them. ``known_positives``: every user's training
+    items as CSR (offsets, items)::
+
+        offsets, items = torch.tensor([0, 2, 3, 3]), torch.tensor([0, 1, 2])   # user 0: items 0, 1; user 1: item 2
+        users_without_target_history((offsets, items), torch.tensor([2]), num_items=3)   # tensor([0])
+    """
+    offsets, items = known_positives
+    in_target = torch.zeros(num_items, dtype=torch.bool, device=items.device)
+    in_target[target_items] = True
+    owners = torch.repeat_interleave(torch.arange(len(offsets) - 1, device=items.device), offsets[1:] - offsets[:-1])
+    has_target = torch.zeros(len(offsets) - 1, dtype=torch.bool, device=items.device)
+    has_target[owners[in_target[items]]] = True
+    has_items = offsets[1:] > offsets[:-1]
+    return (has_items & ~has_target).nonzero().squeeze(-1)
+
+
+@torch.no_grad()
+def pseudo_labels(model: TwoTower, users: torch.Tensor, candidates: torch.Tensor, share: float,
+                  users_per_batch: int = 1024) -> torch.Tensor:
+    """``[model.num_users]``: for the ``share`` of ``users`` the model is most confident about, the
+    candidate it ranks first; -1 for every other user. Confidence is the first candidate's softmax
+    probability over all ``candidates``, so a user whose top items are close gets no label."""
+    labels = torch.full((model.num_users,), -1, dtype=torch.long, device=candidates.device)
+    keep = int(round(share * len(users)))
+    if keep == 0:
+        return labels
+    best, confidence = [], []
+    for start in range(0, len(users), users_per_batch):
+        probabilities = torch.softmax(model.score_matrix(users[start:start + users_per_batch], candidates), dim=1)
+        top_probability, top = probabilities.max(dim=1)
+        best.append(candidates[top])
+        confidence.append(top_probability)
+    best, confidence = torch.cat(best), torch.cat(confidence)
+    # A stable sort keeps the order of equal confidences, so every rank labels the same users.
+    chosen = torch.sort(confidence, descending=True, stable=True).indices[:keep]
+    labels[users[chosen]] = best[chosen]
+    return labels
+
+
+def self_training_loss(model, batches, train, context) -> torch.Tensor:
+    """The joint loss, plus the target loss of pseudo-labelled pairs: each of the source batch's users that
+    holds a pseudo-label (``context.pseudo_labels``, the teacher's confident first choice among the target
+    items for a user with no target history) with that item, weighted by ``train.self_training_weight``.
+    The pairs' loss is the sampled softmax whatever ``train.loss``: they come without negative rows."""
+    loss = joint_loss(model, batches, train, context)
+    users = torch.unique(batches[0][0])
+    items = context.pseudo_labels[users]
+    labelled = items >= 0
+    if not bool(labelled.any()):
+        return loss
+    pairs = (users[labelled], items[labelled], torch.ones(int(labelled.sum()), device=users.device))
+    return loss + train.self_training_weight * sampled_softmax_loss(
+        model, pairs, context.candidates[1], train.sampled_negatives, context.generator,
+        known_positives=context.known_positives)
+
+
 def _overlapping(model: TwoTower, users: torch.Tensor) -> torch.Tensor:
     """Which of ``users`` have training history in both domains: the ones a bridge can learn from."""
     return model.has_source_history[users] & model.has_target_history[users]
@@ -262,6 +325,7 @@ OBJECTIVES: dict[str, Objective] = {
     "joint": joint_loss,
     "adversarial": adversarial_loss,
     "distill": distill_loss,
+    "self_training": self_training_loss,
     "emcdr": mapping_loss,
     "ptupcdr": bridge_task_loss,
 }
@@ -308,6 +372,14 @@ def phases_for(method: str, config: "Config") -> list[Phase]:
         student = Phase("student", [target_domain, source_domain], train.target_epochs, train.learning_rate,
                         objective="distill", validate=True, student=True)
         return [*teacher, student]
+    if method == "self_training":
+        # The joint model first; then joint training goes on with its confident picks for the users
+        # without target history as labels, and keeps the joint model if that never validates higher.
+        teacher = Phase("teacher", [source_domain, target_domain], train.target_epochs, train.learning_rate,
+                        objective="joint", validate=True)
+        return [teacher, Phase("self_training", [source_domain, target_domain], train.target_epochs,
+                               train.learning_rate, objective="self_training", validate=True,
+                               keeps_start_if_best=True)]
     if method in ("bridge_emcdr", "bridge_ptupcdr"):
         # The target model first, as target_only trains it; then source embeddings through its fixed
         # towers, so both live in one input space; then the bridge between them.

@@ -130,11 +130,6 @@ class TrainSpec:
         its pairs, so the steps are the same)."""
         return self.train.negatives if reads_negative_rows(phase.objective, self.train.loss) else 0
 
-    @property
-    def masks_known_positives(self) -> bool:
-        """Whether the loss leaves each row's user's training items out of its drawn negatives."""
-        return self.train.mask_known_positives and self.train.loss == "sampled_softmax"
-
     def steps_per_epoch(self, phase: Phase, size: int) -> int:
         """Steps every rank takes in an epoch: one pass over the phase's largest domain's pairs, or
         ``train.max_steps_per_epoch`` where that is fewer."""
@@ -497,7 +492,7 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
         log=lambda message: log.info(f"rank {collective.rank}: {message}"),
         prune=(lambda figures: loop.below_median(figures, spec.prune_below, spec.prune_after)
                or 0 < spec.deadline < time.time()) if spec.prune_after or spec.deadline else None,
-        known_positives=known if spec.masks_known_positives else None,
+        known_positives=known,
         pause_after=spec.pause_after,
     )
     return model, history

@@ -19,7 +19,8 @@ from torch import nn
 
 from xdrec import files
 from xdrec.config import TrainConfig
-from xdrec.modeling.methods import Batch, OBJECTIVES, Phase, StepContext
+from xdrec.modeling.methods import (Batch, OBJECTIVES, Phase, StepContext, pseudo_labels,
+                                    users_without_target_history)
 from xdrec.modeling.model import TwoTower
 
 
@@ -269,11 +270,13 @@ def train(
     domain of the phase; the loop takes exactly ``steps_per_epoch(phase)`` of them, the same on every
     rank, so uneven shards cannot hang a collective. ``domain_items`` (domain -> item indices) is what the
     sampled softmax (``config.loss``) draws negatives from, and ``known_positives`` (every user's training
-    items, CSR) what it leaves out of them. ``validate(model)`` returns validation figures
+    items, CSR) what it leaves out of them (``config.mask_known_positives``) and which users a self-training
+    phase labels (those with none in its target domain). ``validate(model)`` returns validation figures
     (already combined over ranks); validated phases stop after ``config.patience`` epochs without
     improvement and end with their best epoch's weights. After every epoch rank 0 checkpoints the model,
-    the optimizer, the position, the best epoch and the teacher; a restarted run with the same
-    ``checkpoint_dir`` continues from there and ends where an uninterrupted one does. ``prune`` (a tune
+    the optimizer, the position, the best epoch, a student's teacher and a self-training phase's labels;
+    a restarted run with the same ``checkpoint_dir`` continues from there and ends where an uninterrupted
+    one does. ``prune`` (a tune
     trial's stopping rule, such as :func:`below_median`) is asked after every validated epoch of the last
     validated phase with that phase's figures so far, and stops the phase when it says so. ``pause_after``
     > 0 returns once the history holds that many epochs, checkpointed for a later run to go on from.
@@ -284,6 +287,7 @@ def train(
     table_ids = sparse_tables(model)
     if known_positives is not None:
         known_positives = tuple(tensor.to(device) for tensor in known_positives)
+    mask = known_positives if config.mask_known_positives else None
     history: list[EpochResult] = []
     start_phase, start_epoch = 0, 0
     checkpoint = restore_checkpoint(checkpoint_dir, model, set_aside=collective.rank == 0, log=log)
@@ -307,6 +311,17 @@ def train(
                 model.reset_parameters()
                 collective.broadcast_model(model)
             teacher.requires_grad_(False)
+        labels = None
+        if phase.objective == "self_training":  # labels from the model as the phase finds it: the teacher
+            if resumed_mid_phase:
+                labels = checkpoint["pseudo_labels"].to(device)
+            else:
+                target_items = domain_items[phase.domains[1]].to(device)
+                unlabelled = users_without_target_history(known_positives, target_items, model.num_items)
+                labels = pseudo_labels(model.eval(), unlabelled, target_items, config.pseudo_label_share)
+                if collective.rank == 0:
+                    log(f"{phase.name}: pseudo-labels for {int((labels >= 0).sum()):,} of the {len(unlabelled):,} "
+                        "users without target history")
         model.requires_grad_(True)
         model.freeze(phase.freeze)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
@@ -320,6 +335,13 @@ def train(
             optimizer.load_state_dict(checkpoint["optimizer"])
             best = Best(**checkpoint["best"]) if checkpoint["best"] else None
             first_epoch = start_epoch
+        elif phase.keeps_start_if_best and validate is not None:
+            model.eval()
+            figures = validate(model)
+            selecting = selecting_key(config, figures, phase.validation_group)
+            best = Best(selecting, figures[selecting], -1, _cpu_state(model))
+            if collective.rank == 0:
+                log(f"{phase.name}: starts from {selecting} {best.value:.4f}")
         objective = OBJECTIVES[phase.objective]
         candidates = tuple(domain_items[domain].to(device) for domain in phase.domains) if domain_items else ()
         steps = steps_per_epoch(phase)
@@ -337,7 +359,8 @@ def train(
             for step in range(steps):
                 step_batches = tuple(tuple(tensor.to(device) for tensor in batch) for batch in next(iterator))
                 context = StepContext(progress=(epoch * steps + step) / total_steps, teacher=teacher,
-                                      generator=generator, candidates=candidates, known_positives=known_positives)
+                                      generator=generator, candidates=candidates, known_positives=mask,
+                                      pseudo_labels=labels)
                 optimizer.zero_grad()
                 loss = objective(model, step_batches, config, context)
                 loss.backward()
@@ -390,8 +413,8 @@ def train(
             if last and best is not None and best.epoch != epoch:
                 model.load_state_dict(best.state)
                 if collective.rank == 0:
-                    log(f"{phase.name}: {'stopped early, ' if stop else ''}keeping epoch {best.epoch + 1} "
-                        f"({best.key} {best.value:.4f})")
+                    kept = f"epoch {best.epoch + 1}" if best.epoch >= 0 else "the weights it started from"
+                    log(f"{phase.name}: {'stopped early, ' if stop else ''}keeping {kept} ({best.key} {best.value:.4f})")
             if collective.rank == 0 and checkpoint_dir:
                 save_checkpoint(checkpoint_dir, {
                     "model": model.state_dict(),
@@ -401,6 +424,7 @@ def train(
                     "history": [vars(item) for item in history],
                     "best": None if last or best is None else vars(best),
                     "teacher": teacher.state_dict() if teacher is not None and not last else None,
+                    "pseudo_labels": labels.cpu() if labels is not None and not last else None,
                 })
             collective.barrier()
             if last:
