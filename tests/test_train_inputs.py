@@ -10,6 +10,7 @@ import torch
 
 import xdrec
 from xdrec.config import load_config
+from xdrec.modeling.methods import phases_for
 from xdrec.modeling.model import csr, csr_contains
 from xdrec.training import train
 from xdrec.training.distributed import known_positives, labelled_batches, memory_batches, user_histories
@@ -124,3 +125,17 @@ def test_a_change_to_the_training_code_gives_models_a_new_version(tmp_path, monk
     current = model_version("finetune", config, versions)
     monkeypatch.setattr(train, "code_version", lambda: "another")
     assert model_version("finetune", config, versions) != current
+
+
+def test_the_curve_of_a_phase_that_keeps_its_start_begins_with_the_best_epoch_before_it():
+    config = load_config("synthetic", ["data.source_domain=source", "data.target_domain=target",
+                                       "data.domains={source: {interactions: s.csv}, target: {interactions: t.csv}}"])
+    phases = phases_for("self_training", config)
+
+    def epoch(phase: str, figure: float) -> dict:
+        return {"phase": phase, "validation": {"all/NDCG@10": figure, "cold/NDCG@10": figure / 2}}
+
+    history = [epoch("teacher", 0.3), epoch("teacher", 0.5), epoch("teacher", 0.4), epoch("self_training", 0.45)]
+    assert train.last_phase_curve(config.train, history, phases) == ("all/NDCG@10", [0.5, 0.45])
+    joint = [epoch("joint", 0.3), epoch("joint", 0.5)]
+    assert train.last_phase_curve(config.train, joint, phases_for("joint", config)) == ("all/NDCG@10", [0.3, 0.5])

@@ -254,12 +254,18 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
 
 def last_phase_curve(train: TrainConfig, history: list[dict], phases: list[Phase]) -> tuple[str, list[float]]:
     """The figure that selects epochs (its key) and its value per epoch of the last validated phase of a
-    run's ``history``: its best is the figure of the model the run keeps."""
+    run's ``history``: its best is the figure of the model the run keeps. A last phase that keeps the
+    weights it started from when no epoch beats them (``keeps_start_if_best``) starts from the best epoch
+    of the validated phase before it, so the curve begins with that epoch's figure."""
     validated = [epoch for epoch in history if epoch["validation"]]
-    group = {phase.name: phase.validation_group for phase in phases}[validated[-1]["phase"]]
-    last_phase = [epoch["validation"] for epoch in validated if epoch["phase"] == validated[-1]["phase"]]
-    key = loop.selecting_key(train, last_phase[0], group)
-    return key, [figures[key] for figures in last_phase]
+    last = {phase.name: phase for phase in phases}[validated[-1]["phase"]]
+    last_phase = [epoch["validation"] for epoch in validated if epoch["phase"] == last.name]
+    key = loop.selecting_key(train, last_phase[0], last.validation_group)
+    curve = [figures[key] for figures in last_phase]
+    earlier = [epoch for epoch in validated if epoch["phase"] != last.name]
+    if not (last.keeps_start_if_best and earlier):
+        return key, curve
+    return key, [max(epoch["validation"][key] for epoch in earlier if epoch["phase"] == earlier[-1]["phase"]), *curve]
 
 
 def temperature_dir(checkpoint_dir: str, folder: str, temperature: float) -> str:
