@@ -276,10 +276,10 @@ def train(
     improvement and end with their best epoch's weights. After every epoch rank 0 checkpoints the model,
     the optimizer, the position, the best epoch, a student's teacher and a self-training phase's labels;
     a restarted run with the same ``checkpoint_dir`` continues from there and ends where an uninterrupted
-    one does. ``prune`` (a tune
-    trial's stopping rule, such as :func:`below_median`) is asked after every validated epoch of the last
-    validated phase with that phase's figures so far, and stops the phase when it says so. ``pause_after``
-    > 0 returns once the history holds that many epochs, checkpointed for a later run to go on from.
+    one does. ``prune`` (a tune trial's stopping rule, such as :func:`below_median`) is asked after every
+    validated epoch of the last validated phase with that phase's figures so far, and stops the phase when
+    it says so. ``pause_after`` > 0 returns once the history holds that many epochs, checkpointed for a
+    later run to go on from.
     """
     config = config or TrainConfig()
     last_validated = max((number for number, phase in enumerate(phases) if phase.validate), default=-1)
