@@ -238,13 +238,13 @@ def users_without_target_history(known_positives: tuple[torch.Tensor, torch.Tens
         users_without_target_history((offsets, items), torch.tensor([2]), num_items=3)   # tensor([0])
     """
     offsets, items = known_positives
+    users = torch.arange(len(offsets) - 1, device=items.device)
+    owners, entries, lengths = csr_entries(offsets, users)
     in_target = torch.zeros(num_items, dtype=torch.bool, device=items.device)
     in_target[target_items] = True
-    owners = torch.repeat_interleave(torch.arange(len(offsets) - 1, device=items.device), offsets[1:] - offsets[:-1])
-    has_target = torch.zeros(len(offsets) - 1, dtype=torch.bool, device=items.device)
-    has_target[owners[in_target[items]]] = True
-    has_items = offsets[1:] > offsets[:-1]
-    return (has_items & ~has_target).nonzero().squeeze(-1)
+    has_target = torch.zeros(len(users), dtype=torch.bool, device=items.device)
+    has_target[owners[in_target[items[entries]]]] = True
+    return users[(lengths > 0) & ~has_target]
 
 
 @torch.no_grad()
