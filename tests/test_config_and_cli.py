@@ -36,6 +36,17 @@ def test_overrides_are_typed():
     assert config.features.seed == 5
 
 
+def test_only_true_and_false_are_booleans(tmp_path):
+    # YAML 1.1 reads off, on, yes and no as booleans too; a setting whose choices include "off" would then
+    # get false.
+    assert load_config("synthetic", ["train.item_text=off"]).train.item_text == "off"
+    path = tmp_path / "mine.yaml"
+    path.write_text((CONF_DIR / "synthetic.yaml").read_text().replace("train:\n", "train:\n  item_text: off\n", 1))
+    assert load_config(str(path)).train.item_text == "off"
+    with pytest.raises(XdrecError, match="'score.exclude_seen'"):
+        load_config("synthetic", ["score.exclude_seen=yes"])
+
+
 def test_raw_placeholder_expands_under_the_warehouse(tmp_path):
     config = load_config("synthetic", [f"warehouse={tmp_path}"])
     assert config.domain_input("movies").interactions == f"{tmp_path}/raw/synthetic/movies/interactions.csv"

@@ -588,10 +588,18 @@ class Config(_Section):
 # ----- loading --------------------------------------------------------------------------------------------
 
 class _Loader(yaml.SafeLoader):
-    """YAML without timestamps: a date stays the text written, for its key's own check (``score.run_date``)."""
+    """YAML without timestamps: a date stays the text written, for its key's own check (``score.run_date``).
+    Only true and false are booleans, as in YAML 1.2: ``item_text: off`` is the word a setting names, not
+    false."""
+
+
+def _boolean_or_word(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool | str:
+    word = loader.construct_scalar(node)
+    return word.lower() == "true" if word.lower() in ("true", "false") else word
 
 
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+_Loader.add_constructor("tag:yaml.org,2002:bool", _boolean_or_word)
 
 
 def _model_inside(annotation: Any) -> type[BaseModel] | None:
