@@ -92,6 +92,19 @@ def test_item_text_matrix_places_vectors_by_item_and_flags_the_rest():
     assert has_text.tolist() == [True, False, False, True, False]
 
 
+def test_a_model_reads_the_item_text_unless_its_config_turns_it_off():
+    # The tune stage's trials share one read of the inputs and may each turn the text off.
+    inputs = train.TrainingInputs(versions={}, user_index=pd.DataFrame({"user_idx": [0, 1]}),
+                                  item_index=pd.DataFrame({"domain": ["movies"] * 3, "item_idx": [0, 1, 2]}),
+                                  validation=None, item_text=item_text_matrix(
+                                      pd.DataFrame({"item_idx": [1], "embedding": [np.ones(4)]}), num_items=3))
+    for setting, text_dim in (("auto", 4), ("off", 0)):
+        config = load_config("synthetic", [f"train.item_text={setting}"])
+        spec = train.train_spec(config, "target_only", inputs, data={}, checkpoint_dir="")
+        assert spec.model["text_dim"] == text_dim
+        assert (spec.model_data.item_text is None) == (text_dim == 0)
+
+
 def test_model_version_follows_the_model_not_how_it_is_watched():
     versions = {"training_examples": 3}
     base = load_config("synthetic")

@@ -9,8 +9,8 @@ from xdrec import files
 from xdrec.config import load_config
 from xdrec.errors import XdrecError
 from xdrec.training.loop import below_median
-from xdrec.training.tune import (METHOD_SPACE, epoch_medians, inside, run_search, seeded_study, suggest,
-                                 trial_deadline, tuned, tuning_path)
+from xdrec.training.tune import (METHOD_SPACE, epoch_medians, first_method_points, inside, method_space,
+                                 run_search, seeded_study, suggest, trial_deadline, tuned, tuning_path)
 
 
 def quadratic(trial) -> float:
@@ -62,6 +62,20 @@ def test_the_configs_own_settings_are_tried_first():
 
     run_search(seeded_study(0), objective, "finetune", trials=3, seconds=60, first=(own,))
     assert {key: tried[0][key] for key in own} == own and len(tried) == 3
+
+
+def test_the_other_user_encoder_and_item_text_setting_are_tried_next():
+    own = {"learning_rate": 0.01, "embedding_dim": 128, "loss": "sampled_softmax", "table_update": "dense",
+           "user_encoder": "history", "init": "als_merged", "item_text": "auto"}
+    assert "item_text" not in method_space(has_text=False)
+    without_text = first_method_points(method_space(has_text=False), own)
+    assert [point["user_encoder"] for point in without_text] == ["history", "embedding"]
+    assert all("item_text" not in point for point in without_text)
+    with_text = first_method_points(method_space(has_text=True), own)
+    assert [(point["user_encoder"], point["item_text"]) for point in with_text] == [
+        ("history", "auto"), ("embedding", "auto"), ("history", "off")]
+    assert all({key: point[key] for key in ("learning_rate", "loss", "init")} == {
+        key: own[key] for key in ("learning_rate", "loss", "init")} for point in with_text)
 
 
 def test_the_median_rule_stops_a_run_below_the_finished_runs_once_past_its_grace_epochs():

@@ -234,13 +234,14 @@ def train_spec(config: Config, method: str, inputs: TrainingInputs, data: dict[s
     factors its embeddings ``start`` from (:func:`starting_factors`)."""
     train = config.train
     options = model_options(method, train.user_encoder)
-    text_dim = 0 if inputs.item_text is None else inputs.item_text[0].shape[1]
+    item_text = None if train.item_text == "off" else inputs.item_text  # a tune trial may turn the text off
+    text_dim = 0 if item_text is None else item_text[0].shape[1]
     model = TwoTower(inputs.num_users, inputs.num_items, train.embedding_dim, train.hidden_dim, text_dim=text_dim,
                      item_ids_with_text=train.item_ids_with_text, temperature=train.temperature[0],
                      **options).hyperparameters()
     model_data = distributed.ModelData()
-    if inputs.item_text is not None:
-        model_data.item_text, model_data.item_has_text = inputs.item_text
+    if item_text is not None:
+        model_data.item_text, model_data.item_has_text = item_text
     domain_items = {domain: np.sort(inputs.item_index.loc[inputs.item_index["domain"] == domain, "item_idx"]
                                     .to_numpy(np.int64)) for domain in data}
     return distributed.TrainSpec(model=model, phases=phases_for(method, config), data=data,

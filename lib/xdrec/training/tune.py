@@ -6,8 +6,9 @@ of ``tune.minutes``:
 1. the ALS factor models' settings (``als.rank``, ``als.regularization``, ``als.alpha``): each trial fits
    Spark ALS on both domains merged and ranks the validation users with it;
 2. the methods' training settings (``METHOD_SPACE``: learning rate, dimension, loss, user encoder,
-   start...): each trial trains ``tune.method`` through the same launcher and loop as the train stage,
-   which chooses the temperature of ``train.temperature`` itself (:func:`train_at_best_temperature`).
+   start...; where the items have text, whether the model reads it): each trial trains ``tune.method``
+   through the same launcher and loop as the train stage, which chooses the temperature of
+   ``train.temperature`` itself (:func:`train_at_best_temperature`).
 
 Each search tries the config's own settings first, so its choice never validates worse than them. A
 training trial is pruned (stopped, and marked so in Optuna) once it has validated more than
@@ -51,6 +52,8 @@ METHOD_SPACE = {"learning_rate": (1e-4, 3e-2), "embedding_dim": (16, 32, 64, 128
                 "loss": ("bce", "softmax", "sampled_softmax"),
                 "table_update": ("dense", "lazy"), "user_encoder": ("embedding", "history"),
                 "init": ("random", "als_merged")}
+# Searched too where the items have text: whether the item vectors read it.
+TEXT_SPACE = {"item_text": ("auto", "off")}
 
 
 def _is_range(choices: tuple) -> bool:
@@ -160,6 +163,31 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
         train_rows.unpersist()
 
 
+def method_space(has_text: bool) -> dict[str, tuple]:
+    """The training settings searched: :data:`METHOD_SPACE`, and :data:`TEXT_SPACE` when the items have text."""
+    return {**METHOD_SPACE, **(TEXT_SPACE if has_text else {})}
+
+
+def first_method_points(space: dict[str, tuple], settings: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The training trials tried before the sampler's: the config's own ``settings``, then the same with
+    the other user encoder, then (where ``space`` searches it) the other item text setting. The encoder is
+    the largest choice on the sparse sets, and whether text helps differs from one catalogue to the next
+    (docs/methods.md, "Tuning"), so neither is left to the sampler, nor to a budget that the first trial
+    could spend alone.
+
+    >>> own = {"learning_rate": 0.01, "embedding_dim": 128, "loss": "sampled_softmax", "table_update": "dense",
+    ...        "user_encoder": "history", "init": "als_merged", "item_text": "auto"}
+    >>> [(point["user_encoder"], point["item_text"]) for point in first_method_points(method_space(True), own)]
+    [('history', 'auto'), ('embedding', 'auto'), ('history', 'off')]
+    """
+    own = inside(space, settings)
+    points = [own]
+    for name in ("user_encoder", *TEXT_SPACE):
+        if name in space:
+            points.append({**own, name: next(choice for choice in space[name] if choice != own.get(name))})
+    return tuple(points)
+
+
 def trial_deadline(number: int, seeded: int, now: float, deadline: float) -> float:
     """When training trial ``number`` (from 0) must stop. The ``seeded`` trials tried first share what is left
     of the search's time equally, so the last of them runs however long the earlier ones take; the trials
@@ -178,17 +206,13 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
 
     curves: list[list[float]] = []  # the finished trials' figures per epoch of the last validated phase
     deadline = time.time() + seconds  # a trial running past it stops after its epoch and keeps its best
-    # The config's own settings first, then the same with the other user encoder: the choice between them
-    # is the largest one on the sparse sets (docs/methods.md), so it is not left to the sampler, nor to a
-    # budget that the first of them could spend alone.
-    own = inside(METHOD_SPACE, config.train.model_dump())
-    other = next(encoder for encoder in METHOD_SPACE["user_encoder"] if encoder != own["user_encoder"])
-    seeded = (own, {**own, "user_encoder": other})
+    space = method_space(inputs.item_text is not None)
+    seeded = first_method_points(space, config.train.model_dump())
     starts: dict[str, Any] = {}  # by train.init: ALS-merged is fitted once, when a trial first starts from it
 
     def objective(trial) -> float:
         started = time.perf_counter()
-        train = config.train.model_copy(update=suggest(trial, METHOD_SPACE))
+        train = config.train.model_copy(update=suggest(trial, space))
         trial_config = config.model_copy(update={"train": train})
         if train.init not in starts:
             starts[train.init] = starting_factors(spark, trial_config, inputs, method)
