@@ -3,8 +3,11 @@ partitions, idempotent reruns, failed runs, incremental runs and the unknown-use
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +24,8 @@ from xdrec.training import artifact, selection, tracking
 from xdrec.serving.score import (COLD_START, POPULARITY, WARM, changed_users, recommend_top_k, run_score,
                                  score_pairs, served_model)
 from xdrec.modeling.topk import TopKScorer, blocked_top_k, stable_top_k
+
+REPO = Path(__file__).resolve().parents[1]
 
 SOURCE, TARGET = "books", "movies"
 NUM_USERS, SOURCE_ITEMS, TARGET_ITEMS = 12, 8, 12
@@ -414,6 +419,24 @@ def test_a_write_that_loses_a_commit_race_is_redone_not_failed(spark, tmp_path, 
     history = spark.sql(f"DESCRIBE HISTORY delta.`{tables.table_path(warehouse, 'pairs')}`").collect()
     assert len(history) == 3  # created, the fast run's replace, the slow run's redone replace: nothing else
     assert "pairs: another writer committed first (Concurrent" in capsys.readouterr().out
+
+
+def test_reading_the_registry_writes_nothing_where_the_process_runs(tmp_path, make_config):
+    # A fresh process, as a train stage whose models were all reused is: it reads the registry only.
+    config = make_config(str(tmp_path / "warehouse"))
+    client, name = tracking.registry(config), tracking.registered_model(config)
+    client.create_registered_model(name)
+    version = client.create_model_version(name, str(tmp_path), tags={"method": "finetune", "model_version": "v1"})
+    client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    reader = ("from xdrec.config import load_config; from xdrec.training import tracking; "
+              f"print(tracking.aliased_model(load_config('synthetic', ['warehouse={config.warehouse}']), 'champion'))")
+    result = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=300, cwd=workdir,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "lib")})
+    assert result.returncode == 0, result.stderr
+    assert "'model_version': 'v1'" in result.stdout
+    assert not list(workdir.iterdir())
 
 
 def test_score_model_names_an_alias_the_selection_a_method_or_a_version(tmp_path, make_config):

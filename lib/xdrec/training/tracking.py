@@ -146,10 +146,15 @@ def promote(config: Config, selected: dict[str, Any], input_versions: dict[str, 
 
 
 def registry(config: Config):
-    """An MLflow client of the configured tracking store."""
+    """An MLflow client of the configured tracking store. MLflow 3 reads part of a model version (its
+    logged model) through the process's tracking URI, not the client's, and that URI defaults to
+    ``./mlflow.db``: so it is set too, or a process that only reads the registry (a train stage whose
+    models were all reused) would create that database wherever it ran."""
     import mlflow
 
-    return mlflow.MlflowClient(allow_file_store(tracking_uri(config)))
+    uri = allow_file_store(tracking_uri(config))
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
 
 
 def alias_holder(client, name: str, alias: str):
