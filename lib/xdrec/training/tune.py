@@ -207,7 +207,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
     curves: list[list[float]] = []  # the finished trials' figures per epoch of the last validated phase
     deadline = time.time() + seconds  # a trial running past it stops after its epoch and keeps its best
     space = method_space(inputs.item_text is not None)
-    seeded = first_method_points(space, config.train.model_dump())
+    seeded = first_method_points(space, config.train.model_dump())[:config.tune.method_trials]
     starts: dict[str, Any] = {}  # by train.init: ALS-merged is fitted once, when a trial first starts from it
 
     def objective(trial) -> float:
