@@ -21,8 +21,8 @@ from xdrec.data import tables
 from xdrec.errors import XdrecError
 from xdrec.modeling.model import FactorModel, TwoTower
 from xdrec.training import artifact, selection, tracking
-from xdrec.serving.score import (COLD_START, POPULARITY, WARM, changed_users, recommend_top_k, run_score,
-                                 score_pairs, served_model)
+from xdrec.serving.score import (COLD_START, POPULARITY, WARM, changed_users, models_to_score, recommend_top_k,
+                                 run_score, score_pairs, served_model)
 from xdrec.modeling.topk import TopKScorer, blocked_top_k, stable_top_k
 
 REPO = Path(__file__).resolve().parents[1]
@@ -295,7 +295,7 @@ def scenario(spark, tmp_path_factory, make_config):
 
     def config(day, *more):
         return make_config(warehouse, "score.k=4", f"score.run_date={day}", "train.methods=[finetune]",
-                           "train.factor_models=[]", "score.models=trained", *more)
+                           "train.factor_models=[]", "score.model=finetune", *more)
 
     rows, users = base_interactions()
     write_tables(spark, warehouse, rows, users)
@@ -437,6 +437,23 @@ def test_reading_the_registry_writes_nothing_where_the_process_runs(tmp_path, ma
     assert result.returncode == 0, result.stderr
     assert "'model_version': 'v1'" in result.stdout
     assert not list(workdir.iterdir())
+
+
+def test_every_model_is_scored_at_the_version_the_train_run_offered_to_selection(tmp_path, make_config):
+    warehouse = str(tmp_path)
+    offered = {"finetune": save_artifact(warehouse, "finetune", "v1", random_model(1)),
+               "joint": save_artifact(warehouse, "joint", "j1", random_model(2))}
+    settings = ("train.methods=[finetune,joint]", "train.ensemble=false", "train.factor_models=[]",
+                "score.models=trained")
+    config = make_config(warehouse, *settings)
+    key = f"{config.train.validation_group}/{config.train.validation_metric}@{config.train.validation_k}"
+    selection.select_model(warehouse, config.train, offered, {"finetune": {key: 0.1}, "joint": {key: 0.2}})
+    # A later run that failed after training finetune again moved its LATEST, not the record.
+    save_artifact(warehouse, "finetune", "v2", random_model(3))
+    assert models_to_score(config) == offered
+    with pytest.raises(XdrecError, match=r"SELECTED: the last train run offered no target_only to selection "
+                                         r"\(it offered finetune, joint\): run the train stage"):
+        models_to_score(make_config(warehouse, *settings, "train.methods=[finetune,joint,target_only]"))
 
 
 def test_score_model_names_an_alias_the_selection_a_method_or_a_version(tmp_path, make_config):

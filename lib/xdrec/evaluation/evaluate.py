@@ -285,8 +285,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     headline = f"NDCG@{10 if 10 in ks else ks[-1]}"
     versions = {name: tables.version(spark, config.warehouse, name)
                 for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
-    trained = selection.served_candidates(config.train)
-    scorers = {method: artifacts.latest_path(config.warehouse, method) for method in trained}
+    scorers = selection.offered_models(config.warehouse, selection.served_candidates(config.train))
     folder = files.join(config.warehouse, "reports", "latest")
     # The test figures depend on the split, the models and the settings; the coverage on the recommendations too.
     values = config.to_dict()

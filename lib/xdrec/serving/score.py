@@ -424,8 +424,7 @@ def models_to_score(config: Config) -> dict[str, str]:
     the train stage offered to selection."""
     if config.score.models == "selected":
         return dict([served_model(config)])
-    return {method: artifacts.latest_path(config.warehouse, method)
-            for method in selection.served_candidates(config.train)}
+    return selection.offered_models(config.warehouse, selection.served_candidates(config.train))
 
 
 def run_score(spark: SparkSession, config: Config) -> dict[str, Any]:

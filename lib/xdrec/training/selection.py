@@ -11,8 +11,8 @@ divided by their spread, and the weight is the one that validates best. Two mode
 different losses make different mistakes, and their sum can rank better than either (docs/methods.md,
 "Model selection").
 
-The choice, with every candidate's figure, is written atomically to ``<warehouse>/models/SELECTED``
-(JSON), which the score stage serves by default.
+The choice, with every candidate's figure and version, is written atomically to
+``<warehouse>/models/SELECTED`` (JSON), which the score stage serves by default.
 """
 from __future__ import annotations
 
@@ -141,6 +141,7 @@ def select_model(warehouse: str, train: TrainConfig, candidates: dict[str, str],
     winner = max(candidates, key=lambda name: figures[name][key])
     record = {"method": winner, "model_version": files.basename(candidates[winner]),
               "path": candidates[winner], "selected_on": key,
+              "models": {name: files.basename(path) for name, path in candidates.items()},
               "validation": {name: figures[name][key] for name in candidates},
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     ranked = sorted(record["validation"].items(), key=lambda item: -item[1])
@@ -157,3 +158,17 @@ def read_selection(warehouse: str) -> dict[str, Any]:
     if not files.is_file(path):
         raise XdrecError(f"no model selected to serve ({path} is missing): run the train stage first")
     return files.read_json(path)
+
+
+def offered_models(warehouse: str, names: list[str]) -> dict[str, str]:
+    """``{name: artifact folder}`` of the models ``names`` at the versions the last train run offered to
+    selection, as its record holds them. Scoring every model and evaluating read these, not each method's
+    ``LATEST``, which a train run that failed midway, or another run on the same warehouse, may have moved."""
+    record = read_selection(warehouse)
+    offered = record.get("models", {})
+    missing = [name for name in names if name not in offered]
+    if missing:
+        raise XdrecError(f"{selection_path(warehouse)}: the last train run offered no {', '.join(missing)} to "
+                         f"selection (it offered {', '.join(offered) or 'none on record'}): run the train stage "
+                         "with this config")
+    return {name: files.join(artifact.models_dir(warehouse, name), offered[name]) for name in names}
