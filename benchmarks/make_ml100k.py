@@ -1,12 +1,13 @@
-"""A dataset that no default was fitted to: MovieLens-100K as two domains, Drama (target) and the rest.
+"""Datasets that no default was fitted to: MovieLens-100K as two domains, one genre (target) and the rest.
 
     $VENV/bin/python benchmarks/make_ml100k.py                        # writes conf/ml100k_drama.yaml's inputs
     $VENV/bin/python jobs/pipeline.py --conf ml100k_drama             # the default settings, tune on
+    $VENV/bin/python benchmarks/make_ml100k.py --conf ml100k_action   # Action movies as the target instead
 
 MovieLens-100K (943 users, 1,682 movies, 100,000 ratings with titles and genres; GroupLens terms:
 research use, cite GroupLens) is read from the ``recbole==1.2.1`` wheel on PyPI (MIT), downloaded once
-into the xdrec cache. A movie whose genres include Drama is a ``drama`` item, every other movie an
-``other`` item; each domain gets xdrec's documented input files (``interactions.csv``: user_id, item_id,
+into the xdrec cache. The config's target domain names the genre: with ``drama``, a movie whose genres
+include Drama is a ``drama`` item, and every other movie is an item of the source domain. Each domain gets xdrec's documented input files (``interactions.csv``: user_id, item_id,
 rating, timestamp; ``items.csv``: item_id, title, category) under the config's ``{raw}`` folder, so the
 pipeline reads it as it would a user's own data.
 """
@@ -48,16 +49,17 @@ def main() -> None:
                         "-d", os.path.dirname(wheel_path)], check=True)
     with zipfile.ZipFile(wheel_path) as wheel:
         ratings, movies = read_member(wheel, "inter"), read_member(wheel, "item")
+    target, source = config.data.target_domain, config.data.source_domain
     genres = movies["class"].str.split()
     items = pd.DataFrame({"item_id": movies["item_id"],
                           "title": movies["movie_title"] + " (" + movies["release_year"] + ")",
                           "category": genres.str.join("|"),
-                          "domain": np.where(genres.apply(lambda names: "Drama" in names), "drama", "other")})
+                          "domain": np.where(genres.apply(lambda names: target.capitalize() in names), target, source)})
     interactions = pd.DataFrame({"user_id": ratings["user_id"], "item_id": ratings["item_id"],
                                  "rating": ratings["rating"].astype(float).astype(int),
                                  "timestamp": ratings["timestamp"].astype(float).astype(np.int64)})
     interactions = interactions.merge(items[["item_id", "domain"]], on="item_id")
-    for domain in ("drama", "other"):
+    for domain in (target, source):
         interactions_path = config.expand(config.data.domains[domain].interactions)
         items_path = config.expand(config.data.domains[domain].items)
         os.makedirs(os.path.dirname(interactions_path), exist_ok=True)
