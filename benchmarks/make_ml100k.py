@@ -7,9 +7,10 @@
 MovieLens-100K (943 users, 1,682 movies, 100,000 ratings with titles and genres; GroupLens terms:
 research use, cite GroupLens) is read from the ``recbole==1.2.1`` wheel on PyPI (MIT), downloaded once
 into the xdrec cache. The config's target domain names the genre: with ``drama``, a movie whose genres
-include Drama is a ``drama`` item, and every other movie is an item of the source domain. Each domain gets xdrec's documented input files (``interactions.csv``: user_id, item_id,
-rating, timestamp; ``items.csv``: item_id, title, category) under the config's ``{raw}`` folder, so the
-pipeline reads it as it would a user's own data.
+include Drama is a ``drama`` item, and every other movie is an item of the source domain. Each domain
+gets xdrec's documented input files (``interactions.csv``: user_id, item_id, rating, timestamp;
+``items.csv``: item_id, title, category) under the config's ``{raw}`` folder, so the pipeline reads it
+as it would a user's own data.
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def main() -> None:
     items = pd.DataFrame({"item_id": movies["item_id"],
                           "title": movies["movie_title"] + " (" + movies["release_year"] + ")",
                           "category": genres.str.join("|"),
-                          "domain": np.where(genres.apply(lambda names: target.capitalize() in names), target, source)})
+                          "domain": np.where(genres.apply(lambda names: target.capitalize() in names),
+                                             target, source)})
     interactions = pd.DataFrame({"user_id": ratings["user_id"], "item_id": ratings["item_id"],
                                  "rating": ratings["rating"].astype(float).astype(int),
                                  "timestamp": ratings["timestamp"].astype(float).astype(np.int64)})
