@@ -33,6 +33,10 @@ def exercise(root: str) -> None:
     files.write_text(pointer, "v1\n")
     files.write_text(pointer, "v2\n")  # replaced whole
     assert files.read_text(pointer) == "v2\n" and files.is_file(pointer)
+    lock = files.join(root, "_LOCK")
+    assert files.create(lock, "first") and not files.create(lock, "second")  # only where none exists
+    assert files.read_text(lock) == "first"
+    files.remove(lock)
     files.write_json(files.join(root, "tuning", "best.json"), {"rank": 64})
     assert files.read_json(files.join(root, "tuning", "best.json")) == {"rank": 64}
 

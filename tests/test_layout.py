@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "xdrec"
 # A module may import modules of its own layer or lower ones. Most specific prefix wins.
 LAYERS = {
     "errors": 0, "files": 0, "logs": 0, "data.contract": 0, "modeling.parts": 0,  # contracts
-    "config": 1, "spark": 2,
+    "config": 1, "locks": 1, "spark": 2,
     "data": 3, "modeling": 4, "training": 5, "serving": 6, "evaluation": 7,  # the stages, in data order
     "pipeline": 8, "evaluation.benchmark": 9, "cli": 10, "notebook": 10,  # what runs the stages
 }

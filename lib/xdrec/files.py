@@ -166,6 +166,44 @@ def write_bytes(path: str, data: bytes) -> None:
             os.remove(temporary)
 
 
+def create(path: str, text: str) -> bool:
+    """Write the file ``path`` only where none exists; whether this call wrote it. Of several processes
+    creating one path at once, one wins: a hard link locally, a conditional PUT (If-None-Match) on a store.
+
+    >>> create(os.path.join(tempfile.mkdtemp(), "LOCK"), "mine")
+    True
+    """
+    store, inner = filesystem(path)
+    if not _is_local_store(store):
+        try:
+            store.pipe_file(inner, text.encode("utf-8"), mode="create")
+            return True
+        except OSError:  # s3fs raises the store's PreconditionFailed as an OSError
+            if exists(path):
+                return False
+            raise
+    # Written beside it first and linked into place, so that no reader sees it half written.
+    folder = os.path.dirname(inner)
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(inner)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        try:
+            os.link(temporary, inner)
+        except FileExistsError:
+            raise
+        except OSError:  # a mount without hard links (FUSE): an exclusive open, briefly empty to readers
+            with open(inner, "x", encoding="utf-8") as handle:
+                handle.write(text)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 

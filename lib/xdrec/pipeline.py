@@ -7,6 +7,7 @@ import time
 from pyspark.sql import SparkSession
 
 from xdrec.config import Config
+from xdrec.locks import warehouse_lock
 from xdrec.logs import get_logger
 
 log = get_logger("pipeline")
@@ -24,6 +25,10 @@ STAGES: dict[str, str] = {
 }
 
 
+# The stages that hold the warehouse's lock (xdrec.locks): all but score, which serves the model version it
+# reads once and may run beside them.
+LOCKED_STAGES = ("fetch", "ingest", "features", "tune", "train", "evaluate")
+
 # The stages that run with the tune stage's chosen settings laid over the config (xdrec.training.tune.tuned).
 TUNED_STAGES = ("train", "score", "evaluate")
 
@@ -37,7 +42,11 @@ def run_stage(spark: SparkSession, config: Config, stage: str) -> dict:
         config = tuned(config)
     started = time.perf_counter()
     log.info(f"== {stage} ==")
-    result = function(spark, config)
+    if stage in LOCKED_STAGES:
+        with warehouse_lock(config.warehouse, stage):
+            result = function(spark, config)
+    else:
+        result = function(spark, config)
     log.info(f"== {stage} done in {time.perf_counter() - started:.1f}s ==")
     return result
 
@@ -45,7 +54,8 @@ def run_stage(spark: SparkSession, config: Config, stage: str) -> dict:
 def run_pipeline(spark: SparkSession, config: Config) -> dict:
     """Every stage in order: fetch -> ingest -> features -> tune -> train -> score -> evaluate."""
     started = time.perf_counter()
-    results = {stage: run_stage(spark, config, stage) for stage in STAGES}
+    with warehouse_lock(config.warehouse, "pipeline"):  # from the first stage to the last
+        results = {stage: run_stage(spark, config, stage) for stage in STAGES}
     served = results["train"]["selected"]
     log.info(f"pipeline finished in {time.perf_counter() - started:.0f}s; serving {served['method']} "
              f"({served['model_version']}), {served['reason']}")

@@ -25,6 +25,7 @@ import numpy as np
 from xdrec import files
 from xdrec.config import Config, METHODS, load_config
 from xdrec.data.contract import USER_GROUPS
+from xdrec.locks import warehouse_lock
 from xdrec.logs import get_logger
 from xdrec.training.selection import BLEND, COMBINED, ENSEMBLE, transfer_methods
 
@@ -179,22 +180,23 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
         spark = get_spark(base.spark)
         started = time.perf_counter()
         log.info(f"=== {label}: {base.data.name}, seeds {seeds} ===")
-        for stage in PREPARE_STAGES:
-            run_stage(spark, base, stage)
-        per_seed, training_seconds, reused = [], 0.0, 0
-        for seed in seeds:
-            config = seeded(name, overrides, seed)
-            results = {stage: run_stage(spark, config, stage) for stage in MODEL_STAGES}
-            per_seed.append(results["evaluate"])
-            # A reused model (saved by an earlier run, or earlier in this train stage, as ALS-merged is when
-            # the methods start from it) took no time here: count the time it took to train then.
-            models = results["train"]["models"].values()
-            training_seconds += sum(meta["train_seconds"] for meta in models)
-            reused += sum(bool(meta.get("reused")) for meta in models)
-            seed_folder = os.path.join(out, label, f"seed{seed}")
-            shutil.rmtree(seed_folder, ignore_errors=True)
-            with files.local_copy(files.join(config.warehouse, "reports", "latest")) as report:
-                shutil.copytree(report, seed_folder)
+        with warehouse_lock(base.warehouse, "benchmark"):  # every seed's stages, as one pipeline run
+            for stage in PREPARE_STAGES:
+                run_stage(spark, base, stage)
+            per_seed, training_seconds, reused = [], 0.0, 0
+            for seed in seeds:
+                config = seeded(name, overrides, seed)
+                results = {stage: run_stage(spark, config, stage) for stage in MODEL_STAGES}
+                per_seed.append(results["evaluate"])
+                # A reused model (saved by an earlier run, or earlier in this train stage, as ALS-merged is when
+                # the methods start from it) took no time here: count the time it took to train then.
+                models = results["train"]["models"].values()
+                training_seconds += sum(meta["train_seconds"] for meta in models)
+                reused += sum(bool(meta.get("reused")) for meta in models)
+                seed_folder = os.path.join(out, label, f"seed{seed}")
+                shutil.rmtree(seed_folder, ignore_errors=True)
+                with files.local_copy(files.join(config.warehouse, "reports", "latest")) as report:
+                    shutil.copytree(report, seed_folder)
         datasets[label] = {
             "dataset": base.data.name, "source_domain": base.data.source_domain,
             "target_domain": base.data.target_domain, "seeds": seeds, "ks": per_seed[0]["ks"],
