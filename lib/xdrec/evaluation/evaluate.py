@@ -285,13 +285,14 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     headline = f"NDCG@{10 if 10 in ks else ks[-1]}"
     versions = {name: tables.version(spark, config.warehouse, name)
                 for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
-    scorers = selection.offered_models(config.warehouse, selection.served_candidates(config.train))
+    selected = selection.read_selection(config.warehouse)  # once: the report names the models it scored
+    scorers = selection.offered_models(config.warehouse, selection.served_candidates(config.train), selected)
     folder = files.join(config.warehouse, "reports", "latest")
     # The test figures depend on the split, the models and the settings; the coverage on the recommendations too.
     values = config.to_dict()
     ranking_key = lineage.fingerprint(values["evaluate"], values["als"], versions,
                                       {method: files.basename(path) for method, path in scorers.items()},
-                                      selection.read_selection(config.warehouse)["model_version"])
+                                      selected["model_version"])
     recommendations = (tables.version(spark, config.warehouse, tables.RECOMMENDATIONS)
                        if tables.exists(spark, config.warehouse, tables.RECOMMENDATIONS) else None)
     evaluation_key = lineage.fingerprint(ranking_key, config.score.k, recommendations)
@@ -372,7 +373,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
         "bootstrap_blend": (compare_best(per_user, [selection.BLEND], [*yardsticks, *transfer], headline,
                                          settings.bootstrap_samples, settings.seed, summary["values"][FULL])
                             if selection.BLEND in scorers else {}),
-        "selected": selection.read_selection(config.warehouse),
+        "selected": selected,
         "inputs": versions,
         "written": {tables.USER_METRICS: user_metrics_version, tables.METRICS: metrics_version},
         "ranking_key": ranking_key,

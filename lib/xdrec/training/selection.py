@@ -160,11 +160,11 @@ def read_selection(warehouse: str) -> dict[str, Any]:
     return files.read_json(path)
 
 
-def offered_models(warehouse: str, names: list[str]) -> dict[str, str]:
+def offered_models(warehouse: str, names: list[str], record: dict[str, Any] | None = None) -> dict[str, str]:
     """``{name: artifact folder}`` of the models ``names`` at the versions the last train run offered to
-    selection, as its record holds them. Scoring every model and evaluating read these, not each method's
-    ``LATEST``, which a train run that failed midway, or another run on the same warehouse, may have moved."""
-    record = read_selection(warehouse)
+    selection, as its ``record`` holds them (read here unless given). Scoring every model and evaluating
+    read these, not each method's ``LATEST``, which a train run that failed midway may have moved."""
+    record = read_selection(warehouse) if record is None else record
     offered = record.get("models", {})
     missing = [name for name in names if name not in offered]
     if missing:
