@@ -60,6 +60,16 @@ def test_nested_holds_share_one_lock_and_the_outer_one_releases_it(tmp_path):
     assert not files.exists(locks.lock_path(warehouse))
 
 
+def test_the_holder_renews_its_lease(tmp_path, monkeypatch):
+    monkeypatch.setattr(locks, "RENEW_SECONDS", 0.05)
+    path = locks.lock_path(str(tmp_path / "warehouse"))
+    with locks.warehouse_lock(str(tmp_path / "warehouse"), "train"):
+        first = json.loads(files.read_text(path))
+        time.sleep(0.5)
+        renewed = json.loads(files.read_text(path))
+    assert renewed["token"] == first["token"] and renewed["renewed"] > first["renewed"]
+
+
 def test_a_lock_this_process_left_behind_does_not_block_its_rerun(tmp_path):
     """As when a stage fails while its store is down, and so cannot remove its lock."""
     path = locks.lock_path(str(tmp_path / "warehouse"))
@@ -83,6 +93,10 @@ def test_on_an_object_store_a_live_lock_holds_and_an_expired_lease_is_taken_over
     path = locks.lock_path(warehouse)
     record = json.loads(files.read_text(path))
     assert not files.create(path, "{}")  # the store refuses a second create
+    files.write_json(path, {**record, "machine": "another-machine", "renewed": time.time()})  # renewed: it holds
+    with pytest.raises(XdrecError, match="in use by a train run"):
+        with locks.warehouse_lock(warehouse, "train"):
+            pass
     files.write_json(path, {**record, "machine": "another-machine", "renewed": time.time() - locks.LEASE_SECONDS - 1})
     with locks.warehouse_lock(warehouse, "train"):
         assert json.loads(files.read_text(path))["pid"] == os.getpid()

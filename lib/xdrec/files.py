@@ -192,13 +192,14 @@ def create(path: str, text: str) -> bool:
         try:
             os.link(temporary, inner)
         except FileExistsError:
-            raise
+            return False
         except OSError:  # a mount without hard links (FUSE): an exclusive open, briefly empty to readers
-            with open(inner, "x", encoding="utf-8") as handle:
-                handle.write(text)
+            try:
+                with open(inner, "x", encoding="utf-8") as handle:
+                    handle.write(text)
+            except FileExistsError:
+                return False
         return True
-    except FileExistsError:
-        return False
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

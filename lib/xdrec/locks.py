@@ -8,7 +8,7 @@ takes no lock: it serves the model version it reads once, into Delta tables with
 so scheduled batch scoring runs while a new model trains.
 
 The lock is a small JSON file naming its holder (host, process, stage, start). It is created only where
-none exists (``files.create``: ``O_EXCL`` locally, a conditional PUT on an object store) and renewed every
+none exists (``files.create``: a hard link locally, a conditional PUT on an object store) and renewed every
 :data:`RENEW_SECONDS` by a thread. A run killed outright cannot remove it, so a lock is **stale**, and the
 next run takes it over with a warning, when its holder was a process on this machine that has ended, or
 when nobody renewed it for :data:`LEASE_SECONDS` (a driver lost on a cluster)::
