@@ -128,8 +128,8 @@ def _acquire(path: str, stage: str) -> dict:
     if current is not None:
         reason = stale_reason(current, time.time())
         if reason is None:
-            raise XdrecError(f"the warehouse is in use by {describe(current)} (lock {path}); run again when it "
-                             f"has finished, or delete the lock if that run is gone")
+            raise XdrecError(f"the warehouse is in use by {describe(current)}; run again when it has finished, "
+                             f"or delete its lock {path} if that run is gone")
         # Read again just before removing, so that a run which took it over meanwhile keeps it.
         if _read(path) == current:
             log.warning(f"taking over the stale lock {path} of {describe(current)}: {reason}")
