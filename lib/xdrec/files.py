@@ -168,7 +168,8 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def create(path: str, text: str) -> bool:
     """Write the file ``path`` only where none exists; whether this call wrote it. Of several processes
-    creating one path at once, one wins: a hard link locally, a conditional PUT (If-None-Match) on a store.
+    creating one path at once, one wins: a hard link locally, a conditional PUT (If-None-Match) on a store
+    (s3fs). A store whose filesystem takes no write mode is looked at, then written: not exclusive.
 
     >>> create(os.path.join(tempfile.mkdtemp(), "LOCK"), "mine")
     True
@@ -182,6 +183,11 @@ def create(path: str, text: str) -> bool:
             if exists(path):
                 return False
             raise
+        except TypeError:  # a filesystem whose writes take no mode: look, then write (not exclusive)
+            if exists(path):
+                return False
+            store.pipe_file(inner, text.encode("utf-8"))
+            return True
     # Written beside it first and linked into place, so that no reader sees it half written.
     folder = os.path.dirname(inner)
     os.makedirs(folder, exist_ok=True)
