@@ -148,22 +148,30 @@ def read_json(path: str) -> Any:
     return json.loads(read_text(path))
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Write the file ``path`` whole: a reader, or a run killed mid-write, sees the old content or the new."""
-    store, inner = filesystem(path)
-    if not _is_local_store(store):
-        store.pipe_file(inner, data)  # one PUT: an object appears whole or not at all
-        return
+@contextmanager
+def _written_beside(inner: str, data: bytes) -> Iterator[str]:
+    """A hidden file beside the local path ``inner`` holding ``data``, for the block to move or link into
+    place; removed after the block if it is still there."""
     folder = os.path.dirname(inner)
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".{os.path.basename(inner)}.tmp-{uuid.uuid4().hex}")
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)
-        os.replace(temporary, inner)
+        yield temporary
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write the file ``path`` whole: a reader, or a run killed mid-write, sees the old content or the new."""
+    store, inner = filesystem(path)
+    if not _is_local_store(store):
+        store.pipe_file(inner, data)  # one PUT: an object appears whole or not at all
+        return
+    with _written_beside(inner, data) as temporary:
+        os.replace(temporary, inner)
 
 
 def create(path: str, text: str) -> bool:
@@ -188,13 +196,8 @@ def create(path: str, text: str) -> bool:
                 return False
             store.pipe_file(inner, text.encode("utf-8"))
             return True
-    # Written beside it first and linked into place, so that no reader sees it half written.
-    folder = os.path.dirname(inner)
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(inner)}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    # Linked into place whole, so that no reader sees it half written.
+    with _written_beside(inner, text.encode("utf-8")) as temporary:
         try:
             os.link(temporary, inner)
         except FileExistsError:
@@ -206,9 +209,6 @@ def create(path: str, text: str) -> bool:
             except FileExistsError:
                 return False
         return True
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def write_text(path: str, text: str) -> None:

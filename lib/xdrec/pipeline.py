@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from contextlib import nullcontext
 
 from pyspark.sql import SparkSession
 
@@ -42,10 +43,7 @@ def run_stage(spark: SparkSession, config: Config, stage: str) -> dict:
         config = tuned(config)
     started = time.perf_counter()
     log.info(f"== {stage} ==")
-    if stage in LOCKED_STAGES:
-        with warehouse_lock(config.warehouse, stage):
-            result = function(spark, config)
-    else:
+    with warehouse_lock(config.warehouse, stage) if stage in LOCKED_STAGES else nullcontext():
         result = function(spark, config)
     log.info(f"== {stage} done in {time.perf_counter() - started:.1f}s ==")
     return result
