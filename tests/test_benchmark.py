@@ -65,7 +65,7 @@ def test_bootstrap_lines_give_each_seeds_interval_against_the_yardsticks():
     interval = {"difference": 0.02, "low": 0.01, "high": 0.03}
     bootstrap = {"metric": "NDCG@10", "picked_on": "cold", "transfer": "joint",
                  "versus": {"als_merged": {"cold": interval}, "emcdr": {"cold": interval}, "other": {"cold": interval}}}
-    lines = bootstrap_lines([bootstrap, {}], [1, 2])
+    lines = bootstrap_lines([bootstrap, {}], ["seed 1", "seed 2"])
     assert lines == ["- seed 1, `joint` minus, NDCG@10 cold users (paired bootstrap, 95%): "
                      "als_merged +0.0200 [+0.0100, +0.0300]; emcdr +0.0200 [+0.0100, +0.0300]", ""]
 
@@ -74,5 +74,5 @@ def test_the_blends_intervals_name_target_only_once_though_it_is_a_yardstick_and
     interval = {"difference": 0.02, "low": 0.01, "high": 0.03}
     bootstrap = {"metric": "NDCG@10", "picked_on": "cold", "transfer": "blend",
                  "versus": {"target_only": {"cold": interval}, "joint": {"cold": interval}}}
-    line, _ = bootstrap_lines([bootstrap], [1])
+    line, _ = bootstrap_lines([bootstrap], ["seed 1"])
     assert line.count("target_only") == 1 and line.endswith("joint +0.0200 [+0.0100, +0.0300]")

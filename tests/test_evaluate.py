@@ -6,9 +6,9 @@ import pytest
 
 from reference_metrics import reference_user_metrics
 from xdrec.evaluation import baselines
-from xdrec.evaluation.evaluate import (FULL, compare_best, coverage, draw_per_group, full_ranking_metrics,
+from xdrec.evaluation.evaluate import (FULL, SERVED, compare_best, coverage, draw_per_group, full_ranking_metrics,
                                        group_means, long_format, paired_bootstrap, rating_error_means,
-                                       sampled_metrics, sampled_names, target_test_users)
+                                       sampled_metrics, sampled_names, seed_pooled, target_test_users)
 from xdrec.modeling.metrics import metric_names
 from xdrec.modeling.model import FactorModel
 
@@ -173,6 +173,27 @@ def test_the_bootstrap_interval_does_not_depend_on_the_order_spark_returns_the_u
                               "NDCG@10", 200, 0, means)["all"]
                  for order, partitions in ((rows, 1), (rows[::-1], 7))]
     assert intervals[0] == intervals[1]
+
+
+def test_seeds_pooled_compare_each_users_mean_over_the_seeds_and_each_seeds_served_model(spark):
+    """Two seeds' runs over users 0-3 (user 3 evaluated by the first only): joint beats als_merged by 0.1 on
+    the first seed and 0.3 on the second, so by 0.2 on each user's mean; the second seed served
+    als_merged, so the served model's mean is joint's 0.1 margin halved."""
+    schema = "model string, user_idx int, cold boolean, metric string, value double"
+    first = [(model, user, True, "NDCG@10", value) for user in range(4)
+             for model, value in (("joint", 0.5), ("als_merged", 0.4))]
+    second = [(model, user, True, "NDCG@10", value) for user in range(3)
+              for model, value in (("joint", 0.6), ("als_merged", 0.3))]
+    pooled = seed_pooled([spark.createDataFrame(first, schema), spark.createDataFrame(second, schema)],
+                         ["joint", "als_merged"])
+    assert sorted({row["user_idx"] for row in pooled.collect()}) == [0, 1, 2]
+    means = {"joint": {"cold": {"NDCG@10": 0.55}}, "als_merged": {"cold": {"NDCG@10": 0.35}},
+             SERVED: {"cold": {"NDCG@10": 0.4}}}
+    best = compare_best(pooled, ["joint"], ["als_merged"], "NDCG@10", 200, 0, means)
+    assert best["transfer"] == "joint" and best["cold"]["users"] == 3
+    assert best["cold"]["difference"] == pytest.approx(0.2) and best["cold"]["significant"]
+    served = compare_best(pooled, [SERVED], ["als_merged"], "NDCG@10", 200, 0, means)
+    assert served["cold"]["difference"] == pytest.approx((0.1 + 0.0) / 2)
 
 
 def test_draw_per_group_keeps_the_same_users_of_each_group_on_any_partitioning(spark):

@@ -4,7 +4,9 @@ For each dataset config the data stages and tuning run once (fetch, ingest, feat
 each seed the model stages run with ``train.seed``, ``evaluate.seed`` and ``als.seed`` set to it (train,
 score, evaluate), and the seed's evaluation report is kept. The summary averages every figure over the
 seeds (mean ± std) and is written as Markdown, JSON and PNG to the output folder, and the Markdown is
-copied to ``docs/`` when asked.
+copied to ``docs/`` when asked. Each seed's paired bootstrap intervals are listed, and with several seeds
+one more over the seeds together: each test user's mean over the seeds' models
+(:func:`~xdrec.evaluation.evaluate.seed_pooled`), for the best transfer model and for the served one.
 
     python jobs/benchmark.py --conf demo --conf cdrib_game_video --seeds 1,2,3 --out reports/benchmark
 
@@ -21,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pyspark.sql import SparkSession
 
 from xdrec import files
 from xdrec.config import Config, METHODS, load_config
+from xdrec.data import tables
 from xdrec.data.contract import USER_GROUPS
+from xdrec.evaluation.evaluate import SERVED, compare_best, headline_metric, seed_pooled
 from xdrec.locks import warehouse_lock
 from xdrec.logs import get_logger
 from xdrec.training.selection import BLEND, COMBINED, ENSEMBLE, transfer_methods
@@ -129,23 +134,47 @@ def verdict(summary: dict, k: int) -> str:
     return line + "."
 
 
-def bootstrap_lines(per_seed: list[dict], seeds: list[int]) -> list[str]:
-    """Markdown lines: per seed, the paired bootstrap 95% interval of the best transfer method (or the
-    blend) minus each of :data:`YARDSTICKS` and, for the blend, each trained method and the ensemble (full
-    ranking, the users it was picked on)."""
+def bootstrap_lines(bootstraps: list[dict], labels: list[str]) -> list[str]:
+    """Markdown lines: per run (``labels``: "seed 1", ...), the paired bootstrap 95% interval of the best
+    transfer method (or the blend, or the served model) minus each of :data:`YARDSTICKS` and, for the blend
+    and the served model, each trained method and the ensemble (full ranking, the users it was picked on)."""
     lines = []
-    for seed, bootstrap in zip(seeds, per_seed):
+    for label, bootstrap in zip(labels, bootstraps):
         versus = bootstrap.get("versus", {})
         group = bootstrap.get("picked_on")
         # target_only is a yardstick and a method: dict.fromkeys lists it once
-        others = dict.fromkeys(YARDSTICKS + ((*METHODS, ENSEMBLE) if bootstrap.get("transfer") == BLEND else ()))
+        against_methods = bootstrap.get("transfer") in (BLEND, SERVED)
+        others = dict.fromkeys(YARDSTICKS + ((*METHODS, ENSEMBLE) if against_methods else ()))
         cells = [f"{yardstick} {b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
                  for yardstick in others if group in versus.get(yardstick, {})
                  for b in [versus[yardstick][group]]]
         if cells:
-            lines.append(f"- seed {seed}, `{bootstrap['transfer']}` minus, {bootstrap['metric']} {group} users "
+            lines.append(f"- {label}, `{bootstrap['transfer']}` minus, {bootstrap['metric']} {group} users "
                          f"(paired bootstrap, 95%): " + "; ".join(cells))
     return [*lines, ""] if lines else []
+
+
+def pooled_bootstraps(spark: SparkSession, config: Config, per_seed: list[dict], summary: dict) -> dict[str, dict]:
+    """The seeds' evaluations (``per_seed``, of ``config``'s warehouse; ``summary``, their :func:`aggregate`)
+    together, each test user's values read at the version its seed's evaluation wrote and pooled by
+    :func:`~xdrec.evaluation.evaluate.seed_pooled`: the best transfer model on the seeds' mean against every
+    other model (``best``), and each seed's served model against them (``served``), as
+    :func:`~xdrec.evaluation.evaluate.compare_best` gives them."""
+    per_user = seed_pooled([tables.read(spark, config.warehouse, tables.USER_METRICS,
+                                        results["written"][tables.USER_METRICS]) for results in per_seed],
+                           [results["selected"]["method"] for results in per_seed])
+    metric, samples, seed = headline_metric(per_seed[0]["ks"]), config.evaluate.bootstrap_samples, config.evaluate.seed
+    full = summary["full"]
+    means = {model: {group: {name: figure["mean"] for name, figure in metrics.items()}
+                     for group, metrics in groups.items()}
+             for model, groups in full.items()}
+    served = [results["metrics"]["full"][results["selected"]["method"]] for results in per_seed]
+    means[SERVED] = {group: {metric: float(np.mean([groups[group][metric] for groups in served]))}
+                     for group in USER_GROUPS if all(metric in groups.get(group, {}) for groups in served)}
+    methods = [model for model in full if model in METHODS or model == ENSEMBLE]
+    baselines = [model for model in full if model not in METHODS and model not in COMBINED]
+    return {"best": compare_best(per_user, methods, baselines, metric, samples, seed, means),
+            "served": compare_best(per_user, [SERVED], [*baselines, *methods], metric, samples, seed, means)}
 
 
 def plot(datasets: dict[str, dict], path: str) -> None:
@@ -155,7 +184,7 @@ def plot(datasets: dict[str, dict], path: str) -> None:
     figure, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4), squeeze=False)
     for axis, (name, entry) in zip(axes[0], datasets.items()):
         full = entry["summary"]["full"]
-        metric = f"NDCG@{10 if 10 in entry['ks'] else entry['ks'][-1]}"
+        metric = headline_metric(entry["ks"])
         models = sorted(full)
         figures = {group: [full[m].get(group, {}).get(metric, {}) for m in models] for group in ("warm", "cold")}
         warm_cold_bars(axis, models, {g: [f.get("mean", 0.0) for f in fs] for g, fs in figures.items()},
@@ -197,11 +226,14 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
                 shutil.rmtree(seed_folder, ignore_errors=True)
                 with files.local_copy(files.join(config.warehouse, "reports", "latest")) as report:
                     shutil.copytree(report, seed_folder)
+            means = aggregate(per_seed)
+            pooled = pooled_bootstraps(spark, base, per_seed, means) if len(seeds) > 1 else {}
         datasets[label] = {
             "dataset": base.data.name, "source_domain": base.data.source_domain,
             "target_domain": base.data.target_domain, "seeds": seeds, "ks": per_seed[0]["ks"],
-            "summary": aggregate(per_seed), "bootstrap": [results.get("bootstrap") or {} for results in per_seed],
+            "summary": means, "bootstrap": [results.get("bootstrap") or {} for results in per_seed],
             "bootstrap_blend": [results.get("bootstrap_blend") or {} for results in per_seed],
+            "bootstrap_pooled": pooled,
             "coverage": {model: float(np.mean([results["coverage"][model] for results in per_seed]))
                          for model in per_seed[0].get("coverage", {})
                          if all(model in results.get("coverage", {}) for results in per_seed)},
@@ -236,8 +268,12 @@ def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
                      f"input versions {entry['inputs']}:")
         lines.append("")
         lines += dataset_table(name, entry["summary"], entry["ks"], entry.get("coverage"))
-        lines += bootstrap_lines(entry.get("bootstrap", []), entry["seeds"])
-        lines += bootstrap_lines(entry.get("bootstrap_blend", []), entry["seeds"])
+        labels = [f"seed {seed}" for seed in entry["seeds"]]
+        lines += bootstrap_lines(entry.get("bootstrap", []), labels)
+        lines += bootstrap_lines(entry.get("bootstrap_blend", []), labels)
+        pooled = entry.get("bootstrap_pooled") or {}
+        label = f"seeds {', '.join(map(str, entry['seeds']))} together (each test user's mean over them)"
+        lines += bootstrap_lines([pooled.get("best", {}), pooled.get("served", {})], [label, label])
     summary = "\n".join(lines)
     with open(os.path.join(out, "summary.md"), "w") as handle:
         handle.write(summary)

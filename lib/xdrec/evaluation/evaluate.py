@@ -14,11 +14,13 @@ rating-prediction baselines (:func:`xdrec.evaluation.baselines.rating_prediction
 
 Per-user values go to the ``user_metrics`` table so methods can be compared pairwise; means to
 ``metrics``; a paired bootstrap confidence interval compares the best transfer method with the best
-baseline; catalogue coverage comes from the ``recommendations`` table. Ranking takes one pass over
+baseline (:func:`compare_best`; over several seeds' runs, each test user's mean over them:
+:func:`seed_pooled`); catalogue coverage comes from the ``recommendations`` table. Ranking takes one pass over
 the test users per protocol (``mapInPandas``): each task loads every model's artifact or factors once.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Iterator
 
@@ -42,6 +44,13 @@ from xdrec.training import artifact as artifacts, factors, selection
 log = get_logger("evaluate")
 
 FULL, SAMPLED, RATING = "full", "sampled", "rating"
+# The model each seed's run served (its ``models/SELECTED``), under one name in :func:`seed_pooled`.
+SERVED = "served"
+
+
+def headline_metric(ks: list[int]) -> str:
+    """The figure that reports lead with and that the bootstrap compares: NDCG@10, or at the largest K."""
+    return f"NDCG@{10 if 10 in ks else max(ks)}"
 
 
 def load_scorer(path: str):
@@ -246,7 +255,8 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
     """Paired bootstrap of ``metric`` (full protocol) for the best transfer model of ``methods`` (the trained
     methods and their ensemble) vs the best baseline, both picked on cold-start users when the test split
     has any (the users transfer is for), else on all; ``versus`` holds the best transfer model against every
-    baseline (and target_only) the same way."""
+    baseline (and target_only) the same way. A user with several values of a model (:func:`seed_pooled`)
+    counts with their mean."""
     transfer = selection.transfer_methods(methods)
     yardsticks = [m for m in [*baseline_names, *methods] if m not in transfer]
     if not transfer or not yardsticks:
@@ -256,7 +266,7 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
     best_transfer, best_baseline = best(transfer), best(yardsticks)
     rows = (per_user.where(F.col("metric") == metric)
             .where(F.col("model").isin(best_transfer, *yardsticks))
-            .groupBy("user_idx", "cold").pivot("model", [best_transfer, *yardsticks]).agg(F.first("value"))
+            .groupBy("user_idx", "cold").pivot("model", [best_transfer, *yardsticks]).agg(F.mean("value"))
             .toPandas()
             # Resampling draws positions: in Spark's order, the same users could give another interval.
             .sort_values("user_idx", ignore_index=True))
@@ -275,6 +285,26 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
             **versus[best_baseline], "versus": versus}
 
 
+def seed_pooled(per_seed_users: list[DataFrame], served: list[str]) -> DataFrame:
+    """Several seeds' ``user_metrics`` as one table for :func:`compare_best`, which then compares each test
+    user's mean over the seeds: a difference that one seed's few hundred cold-start users cannot separate
+    from zero may be clear over three seeds' models. Only the users that every seed evaluated are kept, and
+    each seed's served model (``served[i]`` for ``per_seed_users[i]``) is added once more as :data:`SERVED`,
+    whichever model it was.
+
+        >>> pooled = seed_pooled([tables.read(spark, warehouse, tables.USER_METRICS, version)
+        ...                       for version in (3, 4, 5)], ["blend", "finetune", "blend"])
+        >>> compare_best(pooled, [SERVED], ["als_merged"], "NDCG@10", 1000, 1, means)["versus"]
+    """
+    seeds = [rows.withColumn("seed", F.lit(number)) for number, rows in enumerate(per_seed_users)]
+    seeds += [rows.where(F.col("model") == model).withColumn("model", F.lit(SERVED))
+              for rows, model in zip(seeds, served)]
+    rows = functools.reduce(DataFrame.unionByName, seeds)
+    everywhere = (rows.groupBy("user_idx").agg(F.countDistinct("seed").alias("seeds"))
+                  .where(F.col("seeds") == len(per_seed_users)))
+    return rows.join(everywhere, "user_idx", "left_semi").drop("seed")
+
+
 def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     """Evaluate every trained method and baseline; write ``user_metrics``, ``metrics`` and a report, and
     record the run in ``runs``. When only the recommendations changed since the last report (a new scoring
@@ -282,7 +312,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     run_started, run_id = time.time(), lineage.new_run_id()
     settings, target = config.evaluate, config.data.target_domain
     ks = sorted(settings.ks)
-    headline = f"NDCG@{10 if 10 in ks else ks[-1]}"
+    headline = headline_metric(ks)
     versions = {name: tables.version(spark, config.warehouse, name)
                 for name in (tables.INDEXED_INTERACTIONS, tables.USER_INDEX, tables.ITEM_INDEX)}
     selected = selection.read_selection(config.warehouse)  # once: the report names the models it scored
