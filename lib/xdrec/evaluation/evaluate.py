@@ -287,19 +287,19 @@ def compare_best(per_user: DataFrame, methods: list[str], baseline_names: list[s
 
 def seed_pooled(per_seed_users: list[DataFrame], served: list[str]) -> DataFrame:
     """Several seeds' ``user_metrics`` as one table for :func:`compare_best`, which then compares each test
-    user's mean over the seeds: a difference that one seed's few hundred cold-start users cannot separate
-    from zero may be clear over three seeds' models. Only the users that every seed evaluated are kept, and
-    each seed's served model (``served[i]`` for ``per_seed_users[i]``) is added once more as :data:`SERVED`,
-    whichever model it was.
+    user's mean over the seeds, so that the training's randomness is averaged over the seeds rather than
+    drawn once per interval. Only the users that every seed evaluated are kept, and each seed's served
+    model (``served[i]`` for ``per_seed_users[i]``) is added once more as :data:`SERVED`, whichever model
+    it was.
 
         >>> pooled = seed_pooled([tables.read(spark, warehouse, tables.USER_METRICS, version)
         ...                       for version in (3, 4, 5)], ["blend", "finetune", "blend"])
         >>> compare_best(pooled, [SERVED], ["als_merged"], "NDCG@10", 1000, 1, means)["versus"]
     """
-    seeds = [rows.withColumn("seed", F.lit(number)) for number, rows in enumerate(per_seed_users)]
-    seeds += [rows.where(F.col("model") == model).withColumn("model", F.lit(SERVED))
-              for rows, model in zip(seeds, served)]
-    rows = functools.reduce(DataFrame.unionByName, seeds)
+    numbered = [rows.withColumn("seed", F.lit(number)) for number, rows in enumerate(per_seed_users)]
+    served_rows = [rows.where(F.col("model") == model).withColumn("model", F.lit(SERVED))
+                   for rows, model in zip(numbered, served)]
+    rows = functools.reduce(DataFrame.unionByName, numbered + served_rows)
     everywhere = (rows.groupBy("user_idx").agg(F.countDistinct("seed").alias("seeds"))
                   .where(F.col("seeds") == len(per_seed_users)))
     return rows.join(everywhere, "user_idx", "left_semi").drop("seed")
