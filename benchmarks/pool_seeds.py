@@ -1,6 +1,6 @@
 """The benchmark's seeds-together intervals for seed runs it already made, from their kept reports.
 
-    PYTHONPATH=lib $VENV/bin/python benchmarks/pool_seeds.py --conf cdrib_video_game \
+    $VENV/bin/python benchmarks/pool_seeds.py --conf cdrib_video_game \
         --reports reports/bench-vg-noens-s123/cdrib_video_game --set warehouse=warehouse-vg-ens
 
 Each ``seed*/metrics.json`` under ``--reports`` (or each folder given) is one seed's evaluation report; the
