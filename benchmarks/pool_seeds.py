@@ -17,7 +17,7 @@ import os
 from glob import glob
 
 from xdrec.config import load_config
-from xdrec.evaluation.benchmark import aggregate, bootstrap_lines, pooled_bootstraps
+from xdrec.evaluation.benchmark import aggregate, bootstrap_lines, pooled_bootstraps, together_label
 from xdrec.spark import get_spark
 
 
@@ -37,7 +37,7 @@ def main() -> None:
             per_seed.append(json.load(handle))
     config = load_config(args.conf, args.overrides)
     pooled = pooled_bootstraps(get_spark(config.spark), config, per_seed, aggregate(per_seed))
-    label = f"{', '.join(os.path.basename(folder) for folder in folders)} together (each test user's mean over them)"
+    label = together_label(", ".join(os.path.basename(folder) for folder in folders))
     print("\n".join([f"served per seed: {[results['selected']['method'] for results in per_seed]}",
                      *bootstrap_lines([pooled["best"], pooled["served"]], [label, label])]))
 

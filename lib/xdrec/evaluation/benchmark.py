@@ -29,7 +29,7 @@ from xdrec import files
 from xdrec.config import Config, METHODS, load_config
 from xdrec.data import tables
 from xdrec.data.contract import USER_GROUPS
-from xdrec.evaluation.evaluate import SERVED, compare_best, headline_metric, seed_pooled
+from xdrec.evaluation.evaluate import SERVED, compare_best, headline_k, headline_metric, seed_pooled
 from xdrec.locks import warehouse_lock
 from xdrec.logs import get_logger
 from xdrec.training.selection import BLEND, COMBINED, ENSEMBLE, transfer_methods
@@ -74,7 +74,7 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict:
 def dataset_table(name: str, summary: dict, ks: list[int], coverage: dict[str, float] | None = None) -> list[str]:
     """Markdown rows: per model, full-ranking NDCG@10/HR@10 warm and cold, sampled cold MRR/NDCG@10/HR@10,
     and the catalogue coverage of its top-K lists (mean over seeds) when given."""
-    k = 10 if 10 in ks else ks[-1]
+    k = headline_k(ks)
     columns = [("full", group, f"{metric}@{k}") for metric in ("NDCG", "HR")
                for group in USER_GROUPS if group != "all"]
     columns += [("sampled", "cold", metric) for metric in ("MRR", f"NDCG@{k}", f"HR@{k}")]
@@ -154,6 +154,11 @@ def bootstrap_lines(bootstraps: list[dict], labels: list[str]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def together_label(runs: str) -> str:
+    """How the summary names the seeds-together comparison of ``runs`` ("seeds 1, 2, 3")."""
+    return f"{runs} together (each test user's mean over them)"
+
+
 def pooled_bootstraps(spark: SparkSession, config: Config, per_seed: list[dict], summary: dict) -> dict[str, dict]:
     """The seeds' evaluations (``per_seed``, of ``config``'s warehouse; ``summary``, their :func:`aggregate`)
     together, each test user's values read at the version its seed's evaluation wrote and pooled by
@@ -162,7 +167,7 @@ def pooled_bootstraps(spark: SparkSession, config: Config, per_seed: list[dict],
     :func:`~xdrec.evaluation.evaluate.compare_best` gives them."""
     per_user = seed_pooled([tables.read(spark, config.warehouse, tables.USER_METRICS,
                                         results["written"][tables.USER_METRICS]) for results in per_seed],
-                           [results["selected"]["method"] for results in per_seed])
+                           [results["selected"]["method"] for results in per_seed]).cache()  # read by both
     metric, samples, seed = headline_metric(per_seed[0]["ks"]), config.evaluate.bootstrap_samples, config.evaluate.seed
     full = summary["full"]
     means = {model: {group: {name: figure["mean"] for name, figure in metrics.items()}
@@ -173,8 +178,10 @@ def pooled_bootstraps(spark: SparkSession, config: Config, per_seed: list[dict],
                      for group in USER_GROUPS if all(metric in groups.get(group, {}) for groups in served)}
     methods = [model for model in full if model in METHODS or model == ENSEMBLE]
     baselines = [model for model in full if model not in METHODS and model not in COMBINED]
-    return {"best": compare_best(per_user, methods, baselines, metric, samples, seed, means),
-            "served": compare_best(per_user, [SERVED], [*baselines, *methods], metric, samples, seed, means)}
+    pooled = {"best": compare_best(per_user, methods, baselines, metric, samples, seed, means),
+              "served": compare_best(per_user, [SERVED], [*baselines, *methods], metric, samples, seed, means)}
+    per_user.unpersist()
+    return pooled
 
 
 def plot(datasets: dict[str, dict], path: str) -> None:
@@ -272,7 +279,7 @@ def write_report(datasets: dict[str, dict], out: str, docs: str | None) -> str:
         lines += bootstrap_lines(entry.get("bootstrap", []), labels)
         lines += bootstrap_lines(entry.get("bootstrap_blend", []), labels)
         pooled = entry.get("bootstrap_pooled") or {}
-        label = f"seeds {', '.join(map(str, entry['seeds']))} together (each test user's mean over them)"
+        label = together_label(f"seeds {', '.join(map(str, entry['seeds']))}")
         lines += bootstrap_lines([pooled.get("best", {}), pooled.get("served", {})], [label, label])
     summary = "\n".join(lines)
     with open(os.path.join(out, "summary.md"), "w") as handle:

@@ -48,9 +48,14 @@ FULL, SAMPLED, RATING = "full", "sampled", "rating"
 SERVED = "served"
 
 
+def headline_k(ks: list[int]) -> int:
+    """The K that reports lead with: 10, or the largest of ``evaluate.ks`` without it."""
+    return 10 if 10 in ks else max(ks)
+
+
 def headline_metric(ks: list[int]) -> str:
-    """The figure that reports lead with and that the bootstrap compares: NDCG@10, or at the largest K."""
-    return f"NDCG@{10 if 10 in ks else max(ks)}"
+    """The figure that reports lead with and that the bootstrap compares."""
+    return f"NDCG@{headline_k(ks)}"
 
 
 def load_scorer(path: str):
