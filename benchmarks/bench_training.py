@@ -150,6 +150,7 @@ class ThreadTimes:
                         status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/task/{tid}/status") if ":" in line)
                         self.latest[(pid, tid)] = {
                             "user": int(fields[11]) / tick, "system": int(fields[12]) / tick,
+                            "page_faults": int(fields[7]),  # minor: a fresh page the kernel zeroes
                             "voluntary": int(status["voluntary_ctxt_switches"]),
                             "involuntary": int(status["nonvoluntary_ctxt_switches"])}
                 except (OSError, KeyError, IndexError, ValueError):
@@ -175,7 +176,8 @@ def cpu_line(path: str, processes: list[dict]) -> str:
 
     return f"[bench] CPU of each {path} process: " + "; ".join(
         f"main thread {p['main']['user']:.1f} s user + {p['main']['system']:.1f} s system "
-        f"({p['main']['voluntary']:,} waits, {p['main']['involuntary']:,} preemptions), other threads "
+        f"({p['main']['voluntary']:,} waits, {p['main']['involuntary']:,} preemptions, "
+        f"{p['main']['page_faults']:,} page faults), other threads "
         f"{threads(p['others']) or 'none'}" for p in processes)
 
 
@@ -239,6 +241,7 @@ def side_by_side_run(url: str, spec: distributed.TrainSpec, processes: int) -> l
 
 def side_by_side_worker(url: str, spec: distributed.TrainSpec, processes: int, start, results) -> None:
     # Every process waits for the others before its first step, so their epochs run at the same time.
+    distributed.keep_freed_memory()  # as the training processes do
     results.put(in_memory_run(url, spec, 1, processes, start)[0])
 
 
@@ -260,6 +263,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/xdrec-bench-training")
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args()
+    distributed.keep_freed_memory()  # the in-memory loop runs here: as the training processes do
 
     spark = get_spark(SparkConfig(master=f"local[{args.num_proc}]", shuffle_partitions=4, driver_memory="4g"))
     files = args.num_proc * 4

@@ -1,9 +1,12 @@
 """The training loop on its own, single-process: learning, freezing, learning rates, validation, early
-stopping, checkpoint and resume (also inside a distillation's student phase)."""
+stopping, checkpoint and resume (also inside a distillation's student phase); and the memory setting of a
+training process."""
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -347,3 +350,26 @@ def test_a_pruned_run_stops_its_last_validated_phase_and_keeps_its_best_epoch():
                      config=TrainConfig(patience=0), prune=prune)
     assert [(r.phase, r.epoch) for r in history] == [("source", 0), ("target", 0), ("target", 1), ("target", 2)]
     assert asked == [[0.1], [0.1, 0.3], [0.1, 0.3, 0.2]]
+
+
+# Writes a 16 MiB tensor, frees it and prints how many MiB the process gave back to the kernel.
+GIVEN_BACK = """
+import os, sys, torch
+from xdrec.training.distributed import keep_freed_memory
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+resident = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+block = torch.ones(1 << 22)
+held = resident()
+del block
+print((held - resident()) >> 20)
+"""
+
+
+def test_a_training_process_keeps_the_memory_it_frees_for_its_next_steps():
+    """By default glibc serves a block this large from a fresh mapping and unmaps it when freed, so the next
+    step faults its pages in again. Measured 16 MiB given back by default and 0 kept, eight runs each."""
+    given_back = {setting: int(subprocess.run([sys.executable, "-c", GIVEN_BACK, setting], capture_output=True,
+                                              text=True, check=True).stdout)
+                  for setting in ("default", "keep")}
+    assert given_back == {"default": 16, "keep": 0}
