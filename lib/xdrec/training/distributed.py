@@ -440,10 +440,10 @@ def keep_freed_memory() -> None:
     By default it hands freed memory at the top of its heap back to the kernel, and serves large blocks
     from fresh mappings, so a step's large tensors (the sampled softmax's logits and their gradients)
     land on new pages that the kernel faults in and zeroes every step. Keeping them took a Horovod
-    process from 210,000-220,000 page faults in a benchmark run to 124,000-126,000, and made its training
-    6-40% faster, 20% in the median of five pairs of runs
-    (docs/performance.md, "Training"). A training process's memory then stays at its peak, which it
-    reaches in its first steps anyway. Where the C library is not glibc, nothing changes."""
+    process of the training benchmark from 210,000-220,000 page faults to 123,000-126,000 and its
+    throughput up 20% in the median of five pairs of runs; the demo's epochs, 6% in two pairs, within
+    the noise (docs/performance.md, "Training"). A training process's memory then stays at its peak,
+    which it reaches in its first steps anyway. Where the C library is not glibc, nothing changes."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
