@@ -182,6 +182,59 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
         assert torch.equal(model.state_dict()[name], tensor), name
 
 
+def _cloned(model):
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("plateau_decay", [0.1, 1.0])
+def test_an_epoch_below_the_best_sends_training_back_to_its_weights_at_smaller_rates(tmp_path, plateau_decay):
+    figures = [0.3, 0.1, 0.2, 0.25]  # by epoch: the first is best, the next three fall short of it
+    phases = [Phase("target", [TARGET], epochs=4, learning_rate=0.05, validate=True)]
+    config = TrainConfig(patience=5, plateau_decay=plateau_decay)
+    base_batches, _ = in_memory_batches(WORLD.examples, BATCH)
+
+    class Killed(Exception):
+        pass
+
+    def recorded_run(checkpoint_dir, dies_at_epoch=None):
+        model, starts, ends = fresh_model(), {}, {}
+
+        def batches(phase, epoch):
+            if epoch == dies_at_epoch:
+                raise Killed()
+            starts[epoch] = _cloned(model)
+            return base_batches(phase, epoch)
+
+        def scripted_validate(model):
+            epoch = max(starts)
+            ends[epoch] = _cloned(model)
+            return {"all/NDCG@10": figures[epoch]}
+
+        run(phases, checkpoint_dir=checkpoint_dir, model=model, batches=batches, validate=scripted_validate,
+            config=config)
+        return model, starts, ends
+
+    model, starts, ends = recorded_run(str(tmp_path / "full"))
+
+    def moved(epoch):
+        return float((ends[epoch]["item_embedding.weight"] - starts[epoch]["item_embedding.weight"]).norm())
+
+    from_best = [all(torch.equal(starts[epoch][name], ends[0][name]) for name in ends[0]) for epoch in (1, 2, 3)]
+    if plateau_decay < 1:
+        # Epoch 2 follows the best; epochs 3 and 4 start again from it, with steps a tenth as long each time.
+        assert from_best == [True, True, True]
+        assert moved(2) < 0.3 * moved(1) and moved(3) < 0.3 * moved(2)
+    else:
+        assert from_best == [True, False, False]
+    # Killed before epoch 4, a resumed run goes on from the same weights at the same rates.
+    with pytest.raises(Killed):
+        recorded_run(str(tmp_path / "killed"), dies_at_epoch=3)
+    resumed, _, _ = recorded_run(str(tmp_path / "killed"))
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(ends[3]["item_embedding.weight"], ends[0]["item_embedding.weight"])
+
+
 def test_global_batch_keeps_steps_and_rate_while_per_process_batch_scales_them():
     phases = [Phase("target", [TARGET], 1, 0.01, part_learning_rates={"item_bias": 0.001})]
     data = {TARGET: DomainData("file:///unused", rows=2_000)}  # pairs: 10,000 examples with 4 negatives each

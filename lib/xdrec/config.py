@@ -383,6 +383,9 @@ class TrainConfig(_Section):
     """Early stopping: at most this many validation users (a seeded sample)."""
     patience: NonNegativeInt = 3
     """Epochs without a better validation metric before a phase stops (0: never stop early)."""
+    plateau_decay: Annotated[Float, Gt(0), Le(1)] = 1.0
+    """After a validated epoch that does not beat the phase's best, go back to the best epoch's weights and
+    multiply every learning rate by this (1: keep the weights and the rates)."""
     mlflow: Flag = True
     """Whether to track runs in MLflow."""
     mlflow_tracking_uri: str = ""

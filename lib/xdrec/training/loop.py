@@ -69,6 +69,10 @@ class Best:
     epoch: int
     state: dict[str, torch.Tensor]
 
+    @property
+    def name(self) -> str:
+        return f"epoch {self.epoch + 1}" if self.epoch >= 0 else "the weights it started from"
+
 
 def selecting_key(train: TrainConfig, validation: dict[str, float], group: str | None = None) -> str:
     """The validation figure that selects epochs and models, ``<group>/<metric>@<k>``; the "all" users'
@@ -218,6 +222,11 @@ class TableAdam:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
 
+    def scale_learning_rates(self, factor: float) -> None:
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+
     def state_dict(self) -> list[dict]:
         return [optimizer.state_dict() for optimizer in self.optimizers]
 
@@ -272,14 +281,15 @@ def train(
     sampled softmax (``config.loss``) draws negatives from, and ``known_positives`` (every user's training
     items, CSR) what it leaves out of them (``config.mask_known_positives``) and which users a self-training
     phase labels (those with none in its target domain). ``validate(model)`` returns validation figures
-    (already combined over ranks); validated phases stop after ``config.patience`` epochs without
-    improvement and end with their best epoch's weights. After every epoch rank 0 checkpoints the model,
-    the optimizer, the position, the best epoch, a student's teacher and a self-training phase's labels;
-    a restarted run with the same ``checkpoint_dir`` continues from there and ends where an uninterrupted
-    one does. ``prune`` (a tune trial's stopping rule, such as :func:`below_median`) is asked after every
-    validated epoch of the last validated phase with that phase's figures so far, and stops the phase when
-    it says so. ``pause_after`` > 0 returns once the history holds that many epochs, checkpointed for a
-    later run to go on from.
+    (already combined over ranks); validated phases stop after ``config.patience`` epochs without improvement
+    and end with their best epoch's weights (with ``config.plateau_decay`` below 1, an epoch below the best
+    sends the weights back to it and scales the learning rates). After every epoch rank 0 checkpoints the model,
+    the optimizer, the position, the best epoch, a student's teacher and a self-training phase's labels; a
+    restarted run with the same ``checkpoint_dir`` continues from there and ends where an uninterrupted one
+    does. ``prune`` (a tune trial's stopping rule, such as :func:`below_median`) is asked after every validated
+    epoch of the last validated phase with that phase's figures so far, and stops the phase when it says so.
+    ``pause_after`` > 0 returns once the history holds that many epochs, checkpointed for a later run to go on
+    from.
     """
     config = config or TrainConfig()
     last_validated = max((number for number, phase in enumerate(phases) if phase.validate), default=-1)
@@ -405,16 +415,24 @@ def train(
                         log(f"{phase.name}: stopped after epoch {epoch + 1} by the trial's rule (below the "
                             "earlier trials' median, or past the tune budget)")
             last = stop or epoch + 1 == phase.epochs
+            back_to_best = validation is not None and not last and best.epoch != epoch and config.plateau_decay < 1
+            if back_to_best:
+                # Past the best epoch the steps overshoot: smaller ones from the best weights (saved with the
+                # optimizer's rates in the checkpoint, so a resumed run goes on from the same point).
+                model.load_state_dict(best.state)
+                optimizer.scale_learning_rates(config.plateau_decay)
             if collective.rank == 0:
                 figures = "".join(f", {name} {figure:.4f}" for name, figure in (validation or {}).items()
                                   if name.endswith(f"{config.validation_metric}@{config.validation_k}"))
                 log(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {result.loss:.4f}{figures}, "
                     f"{result.examples:,} examples in {seconds:.1f}s ({result.examples_per_second:,.0f}/s)")
+                if back_to_best:
+                    log(f"{phase.name}: back to {best.name}, every learning rate x {config.plateau_decay:g}")
             if last and best is not None and best.epoch != epoch:
                 model.load_state_dict(best.state)
                 if collective.rank == 0:
-                    kept = f"epoch {best.epoch + 1}" if best.epoch >= 0 else "the weights it started from"
-                    log(f"{phase.name}: {'stopped early, ' if stop else ''}keeping {kept} ({best.key} {best.value:.4f})")
+                    log(f"{phase.name}: {'stopped early, ' if stop else ''}keeping {best.name} "
+                        f"({best.key} {best.value:.4f})")
             if collective.rank == 0 and checkpoint_dir:
                 save_checkpoint(checkpoint_dir, {
                     "model": model.state_dict(),
