@@ -212,9 +212,9 @@ def test_an_epoch_below_the_best_sends_training_back_to_its_weights_at_smaller_r
 
         run(phases, checkpoint_dir=checkpoint_dir, model=model, batches=batches, validate=scripted_validate,
             config=config)
-        return model, starts, ends
+        return starts, ends
 
-    _, starts, ends = recorded_run(str(tmp_path / "full"))
+    starts, ends = recorded_run(str(tmp_path / "full"))
 
     def moved(epoch):
         return float((ends[epoch]["item_embedding.weight"] - starts[epoch]["item_embedding.weight"]).norm())
@@ -231,7 +231,7 @@ def test_an_epoch_below_the_best_sends_training_back_to_its_weights_at_smaller_r
     # epoch 1's weights, the best, so epoch 4's are compared before that.)
     with pytest.raises(Killed):
         recorded_run(str(tmp_path / "killed"), dies_at_epoch=3)
-    _, _, resumed_ends = recorded_run(str(tmp_path / "killed"))
+    _, resumed_ends = recorded_run(str(tmp_path / "killed"))
     for name, tensor in ends[3].items():
         torch.testing.assert_close(resumed_ends[3][name], tensor, rtol=0, atol=1e-6, msg=name)
 

@@ -415,11 +415,13 @@ def train(
                         log(f"{phase.name}: stopped after epoch {epoch + 1} by the trial's rule (below the "
                             "earlier trials' median, or past the tune budget)")
             last = stop or epoch + 1 == phase.epochs
-            back_to_best = validation is not None and not last and best.epoch != epoch and config.plateau_decay < 1
-            if back_to_best:
-                # Past the best epoch the steps overshoot: smaller ones from the best weights (saved with the
-                # optimizer's rates in the checkpoint, so a resumed run goes on from the same point).
+            below_best = best is not None and best.epoch != epoch
+            # Past the best epoch the steps overshoot: smaller ones from the best weights (saved with the
+            # optimizer's rates in the checkpoint, so a resumed run goes on from the same point).
+            back_to_best = below_best and not last and config.plateau_decay < 1
+            if below_best and (last or back_to_best):
                 model.load_state_dict(best.state)
+            if back_to_best:
                 optimizer.scale_learning_rates(config.plateau_decay)
             if collective.rank == 0:
                 figures = "".join(f", {name} {figure:.4f}" for name, figure in (validation or {}).items()
@@ -428,11 +430,9 @@ def train(
                     f"{result.examples:,} examples in {seconds:.1f}s ({result.examples_per_second:,.0f}/s)")
                 if back_to_best:
                     log(f"{phase.name}: back to {best.name}, every learning rate x {config.plateau_decay:g}")
-            if last and best is not None and best.epoch != epoch:
-                model.load_state_dict(best.state)
-                if collective.rank == 0:
-                    log(f"{phase.name}: {'stopped early, ' if stop else ''}keeping {best.name} "
-                        f"({best.key} {best.value:.4f})")
+            if last and below_best and collective.rank == 0:
+                log(f"{phase.name}: {'stopped early, ' if stop else ''}keeping {best.name} "
+                    f"({best.key} {best.value:.4f})")
             if collective.rank == 0 and checkpoint_dir:
                 save_checkpoint(checkpoint_dir, {
                     "model": model.state_dict(),
