@@ -1,16 +1,19 @@
 """The tune stage's search loop: seeded, robust to a failed trial, clear when every trial fails, and its
-median stopping rule.
-(The stage itself runs for real in tests/test_pipeline_e2e.py.)"""
+median stopping rule; the ALS fit it chooses is the one the train stage serves.
+(The whole stage also runs in tests/test_pipeline_e2e.py.)"""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from xdrec import files
 from xdrec.config import load_config
 from xdrec.errors import XdrecError
+from xdrec.training import artifact, factors
 from xdrec.training.loop import below_median
-from xdrec.training.tune import (METHOD_SPACE, epoch_medians, first_method_points, inside, method_space,
-                                 run_search, seeded_study, suggest, trial_deadline, tuned, tuning_path)
+from xdrec.training.train import fit_factor_model, read_inputs, training_rows
+from xdrec.training.tune import (METHOD_SPACE, epoch_medians, first_method_points, inside, method_space, run_search,
+                                 run_tune, seeded_study, suggest, trial_deadline, tuned, tuning_path)
 
 
 def quadratic(trial) -> float:
@@ -105,3 +108,20 @@ def test_the_chosen_settings_are_laid_over_the_config_as_a_config_file_would_set
     chosen = tuned(config)
     assert chosen.train.temperature == [0.2] and chosen.train.learning_rate == 0.003 and chosen.als.rank == 64
     assert chosen.train.methods == config.train.methods and chosen.warehouse == config.warehouse
+
+
+def test_the_train_stage_reuses_the_als_fit_the_search_chose(spark, make_config, featured_copy, tmp_path):
+    """Without training trials (the demo's search), the best ALS trial's fit is kept as the als_merged artifact
+    of the chosen settings: the train stage reuses it, and it is the model a fit of its own would give."""
+    config = make_config(featured_copy(tmp_path), "tune.als_trials=3", "tune.method_trials=0")
+    run_tune(spark, config)
+    chosen = tuned(config)
+    inputs = read_inputs(spark, chosen)
+    rows = training_rows(spark, chosen, inputs.versions)
+    meta = fit_factor_model(chosen, "als_merged", inputs, rows)
+    assert meta.get("reused") and meta["config"]["als"] == chosen.to_dict()["als"]
+    kept = artifact.load(artifact.latest_path(chosen.warehouse, "als_merged")).model
+    fitted = factors.fit_factor_model("als_merged", rows, chosen.data.source_domain, chosen.data.target_domain,
+                                      inputs.num_users, inputs.num_items, chosen.als)
+    for part in ("user_embedding", "item_embedding"):
+        torch.testing.assert_close(getattr(kept, part).weight, getattr(fitted, part).weight)

@@ -416,8 +416,9 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
     data = stage_method_examples(spark, config, method, inputs.versions[tables.TRAINING_EXAMPLES])
     checkpoint_dir = files.join(config.warehouse, "checkpoints", method, version)
     spec = train_spec(config, method, inputs, data, checkpoint_dir, starting_factors(spark, config, inputs, method))
-    processes = {"horovod": f"{config.train.num_proc} Horovod processes",
-                 "torch_distributor": f"{config.train.num_proc} TorchDistributor processes",
+    plural = "es" if config.train.num_proc > 1 else ""
+    processes = {"horovod": f"{config.train.num_proc} Horovod process{plural}",
+                 "torch_distributor": f"{config.train.num_proc} TorchDistributor process{plural}",
                  "local": "1 local process"}[config.train.launcher]
     log.info(f"{method}: model {version}, {processes}, phases "
              + ", ".join(f"{phase.name} ({'+'.join(phase.domains)}, {phase.epochs} epochs)" for phase in spec.phases)
@@ -448,16 +449,21 @@ def training_rows(spark: SparkSession, config: Config, versions: dict[str, int])
 def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_rows: DataFrame) -> dict:
     """Fit one factor model (Spark ALS, EMCDR over ALS, popularity) on ``train_rows`` and save it as an
     artifact, like a trained method; skip if that exact version already exists."""
-    version = model_version(name, config, inputs.versions)
-    reused = reused_artifact(config, name, version)
+    reused = reused_artifact(config, name, model_version(name, config, inputs.versions))
     if reused is not None:
         return reused
+    started = time.perf_counter()
+    model = factors.fit_factor_model(name, train_rows, config.data.source_domain, config.data.target_domain,
+                                     inputs.num_users, inputs.num_items, config.als)
+    return save_factor_model(config, name, inputs, model, time.perf_counter() - started)
+
+
+def save_factor_model(config: Config, name: str, inputs: TrainingInputs, model: FactorModel, seconds: float) -> dict:
+    """Save factor model ``name``, fitted with ``config``'s settings in ``seconds``, as the artifact of its
+    version (which a later fit of the same version reuses)."""
+    version = model_version(name, config, inputs.versions)
     path = files.join(artifact.models_dir(config.warehouse, name), version)
     with tracking.run(config, name, version) as run_id:
-        started = time.perf_counter()
-        model = factors.fit_factor_model(name, train_rows, config.data.source_domain, config.data.target_domain,
-                                         inputs.num_users, inputs.num_items, config.als)
-        seconds = time.perf_counter() - started
         meta = artifact_meta(config, name, version, inputs, [], seconds, run_id)
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)

@@ -38,8 +38,8 @@ from xdrec.logs import get_logger
 from xdrec.training import factors
 from xdrec.training.loop import Collective, below_median, selecting_key
 from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, last_phase_curve, read_inputs,
-                                  stage_method_examples, starting_factors, train_at_best_temperature, train_spec,
-                                  training_rows)
+                                  reused_artifact, model_version, save_factor_model, stage_method_examples,
+                                  starting_factors, train_at_best_temperature, train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
 
 log = get_logger("tune")
@@ -142,25 +142,38 @@ def _trial_log(family: str, number: int, params: dict[str, Any], value: float, s
     log.info(f"{family} trial {number + 1}: {settings} -> {value:.4f} ({seconds:.0f}s)")
 
 
-def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seconds: float) -> Any:
-    """The ALS search: each trial fits ALS on both domains merged and ranks the validation users."""
+def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seconds: float) -> tuple[Any, dict]:
+    """The ALS search: each trial fits ALS on both domains merged and ranks the validation users. Returns
+    the study and the best trial's fit (its number, model and seconds)."""
     train_rows = training_rows(spark, config, inputs.versions).cache()
+    best: dict[str, Any] = {"value": -1.0}  # one model kept in memory, not one per trial
 
     def objective(trial) -> float:
         started = time.perf_counter()
         als = config.als.model_copy(update=suggest(trial, ALS_SPACE))
         model = factors.fit_factor_model("als_merged", train_rows, config.data.source_domain,
                                          config.data.target_domain, inputs.num_users, inputs.num_items, als)
+        seconds = time.perf_counter() - started
         figures = ranking_figures(model, inputs.validation, config.train.validation_k, Collective())
         value = figures[selecting_key(config.train, figures)]
+        if value > best["value"]:
+            best.update(value=value, number=trial.number, model=model, seconds=seconds)
         _trial_log("als", trial.number, trial.params, value, time.perf_counter() - started)
         return value
 
     try:
-        return run_search(seeded_study(config.tune.seed), objective, "als", config.tune.als_trials, seconds,
-                          first=(inside(ALS_SPACE, config.als.model_dump()),))
+        study = run_search(seeded_study(config.tune.seed), objective, "als", config.tune.als_trials, seconds,
+                           first=(inside(ALS_SPACE, config.als.model_dump()),))
     finally:
         train_rows.unpersist()
+    return study, best
+
+
+def keep_chosen_als(config: Config, inputs: TrainingInputs, best: dict) -> None:
+    """Save the ALS search's best fit as the als_merged artifact of the chosen settings (``config``), which
+    the train stage and the training trials then reuse instead of fitting it again."""
+    if reused_artifact(config, "als_merged", model_version("als_merged", config, inputs.versions)) is None:
+        save_factor_model(config, "als_merged", inputs, best["model"], best["seconds"])
 
 
 def method_space(has_text: bool) -> dict[str, tuple]:
@@ -279,14 +292,17 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
     record: dict[str, Any] = {"search": search_key, "als": {}, "train": {}, "searches": {}, "inputs": inputs.versions,
                               "selected_on": f"validation {config.train.validation_group}/"
                                              f"{config.train.validation_metric}@{config.train.validation_k}"}
+    # Trials that start from ALS start from the ALS chosen first.
+    chosen_als = config
     if config.tune.als_trials:
-        study = search_als(spark, config, inputs, budget / 2)
+        study, best = search_als(spark, config, inputs, budget / 2)
         record["als"] = study.best_params
         record["searches"]["als"] = {"best": study.best_value, "trials": _trials(study)}
+        chosen_als = config.model_copy(update={"als": config.als.model_copy(update=record["als"])})
+        if best["number"] == study.best_trial.number:
+            keep_chosen_als(chosen_als, inputs, best)
     if config.tune.method_trials and method is not None:
         remaining = max(budget - (time.perf_counter() - started), 1.0)
-        # Trials that start from ALS start from the ALS just chosen.
-        chosen_als = config.model_copy(update={"als": config.als.model_copy(update=record["als"])})
         study = search_method(spark, chosen_als, inputs, method, remaining)
         record["train"] = study.best_params
         record["searches"][method] = {"best": study.best_value, "trials": _trials(study)}
