@@ -38,7 +38,7 @@ from xdrec.logs import get_logger
 from xdrec.training import factors
 from xdrec.training.loop import Collective, below_median, selecting_key
 from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, last_phase_curve, read_inputs,
-                                  reused_artifact, model_version, save_factor_model, stage_method_examples,
+                                  model_version, reused_artifact, save_factor_model, stage_method_examples,
                                   starting_factors, train_at_best_temperature, train_spec, training_rows)
 from xdrec.training.validation import ranking_figures
 
@@ -144,7 +144,7 @@ def _trial_log(family: str, number: int, params: dict[str, Any], value: float, s
 
 def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seconds: float) -> tuple[Any, dict]:
     """The ALS search: each trial fits ALS on both domains merged and ranks the validation users. Returns
-    the study and the best trial's fit (its number, model and seconds)."""
+    the study and the best trial's fit (its settings, model and seconds)."""
     train_rows = training_rows(spark, config, inputs.versions).cache()
     best: dict[str, Any] = {"value": -1.0}  # one model kept in memory, not one per trial
 
@@ -157,7 +157,7 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
         figures = ranking_figures(model, inputs.validation, config.train.validation_k, Collective())
         value = figures[selecting_key(config.train, figures)]
         if value > best["value"]:
-            best.update(value=value, number=trial.number, model=model, seconds=seconds)
+            best.update(value=value, als=als, model=model, seconds=seconds)
         _trial_log("als", trial.number, trial.params, value, time.perf_counter() - started)
         return value
 
@@ -167,13 +167,6 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
     finally:
         train_rows.unpersist()
     return study, best
-
-
-def keep_chosen_als(config: Config, inputs: TrainingInputs, best: dict) -> None:
-    """Save the ALS search's best fit as the als_merged artifact of the chosen settings (``config``), which
-    the train stage and the training trials then reuse instead of fitting it again."""
-    if reused_artifact(config, "als_merged", model_version("als_merged", config, inputs.versions)) is None:
-        save_factor_model(config, "als_merged", inputs, best["model"], best["seconds"])
 
 
 def method_space(has_text: bool) -> dict[str, tuple]:
@@ -292,15 +285,15 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
     record: dict[str, Any] = {"search": search_key, "als": {}, "train": {}, "searches": {}, "inputs": inputs.versions,
                               "selected_on": f"validation {config.train.validation_group}/"
                                              f"{config.train.validation_metric}@{config.train.validation_k}"}
-    # Trials that start from ALS start from the ALS chosen first.
-    chosen_als = config
+    chosen_als = config  # training trials that start from ALS start from the ALS chosen first
     if config.tune.als_trials:
         study, best = search_als(spark, config, inputs, budget / 2)
-        record["als"] = study.best_params
+        record["als"] = {name: getattr(best["als"], name) for name in ALS_SPACE}
         record["searches"]["als"] = {"best": study.best_value, "trials": _trials(study)}
-        chosen_als = config.model_copy(update={"als": config.als.model_copy(update=record["als"])})
-        if best["number"] == study.best_trial.number:
-            keep_chosen_als(chosen_als, inputs, best)
+        chosen_als = config.model_copy(update={"als": best["als"]})
+        # The train stage and the training trials reuse the best trial's fit instead of fitting it again.
+        if reused_artifact(chosen_als, "als_merged", model_version("als_merged", chosen_als, inputs.versions)) is None:
+            save_factor_model(chosen_als, "als_merged", inputs, best["model"], best["seconds"])
     if config.tune.method_trials and method is not None:
         remaining = max(budget - (time.perf_counter() - started), 1.0)
         study = search_method(spark, chosen_als, inputs, method, remaining)
