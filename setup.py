@@ -15,6 +15,7 @@ setup(
     packages=[*find_packages("lib"), "xdrec.conf"],
     package_data={"xdrec": ["log4j2.properties"], "xdrec.conf": ["*.yaml"]},
     python_requires=">=3.10",
-    install_requires=["pyspark", "delta-spark", "torch", "pyyaml", "pydantic>=2.7", "optuna", "pandas", "numpy", "pyarrow"],
+    install_requires=["pyspark", "delta-spark", "torch", "pyyaml", "pydantic>=2.7", "optuna", "pandas", "numpy", "scipy",
+                      "pyarrow"],
     entry_points={"console_scripts": ["xdrec = xdrec.cli:main"]},
 )

@@ -41,8 +41,8 @@ def test_every_stage_writes_its_tables(spark, pipeline_run):
     assert {"summary.md", "metrics.json", "warm_vs_cold.png", "training_curves.png"} <= set(os.listdir(report))
     with open(os.path.join(report, "metrics.json")) as handle:
         evaluated = json.load(handle)["metrics"]
-    models = {"finetune", "joint", "target_only", "popularity", "als_target", "als_merged", "emcdr", "ensemble",
-              "blend"}
+    models = {"finetune", "joint", "target_only", "popularity", "als_target", "als_merged", "emcdr", "ease",
+              "ensemble", "blend"}
     assert set(evaluated["full"]) == models and set(evaluated["sampled"]) == models
 
 

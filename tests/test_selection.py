@@ -90,7 +90,7 @@ def test_the_ensemble_sums_the_two_best_transfer_methods_and_the_blend_the_best_
 
 
 def test_selection_is_offered_the_ensemble_only_with_two_transfer_methods():
-    every = ["popularity", "als_merged", "emcdr", "blend"]
+    every = ["popularity", "als_merged", "emcdr", "ease", "blend"]
     assert served_candidates(TrainConfig(ensemble=True)) == ["joint", "finetune", "ensemble", *every]  # default methods
     assert served_candidates(TrainConfig(ensemble=True, methods=["joint", "target_only"])) == ["joint", "target_only",
                                                                                                *every]

@@ -88,6 +88,9 @@ Part = Literal[PARTS]
 Method = Literal["target_only", "finetune", "joint", "adversarial", "distill", "self_training", "bridge_emcdr",
                  "bridge_ptupcdr"]
 Baseline = Literal["popularity", "als_target", "als_merged", "emcdr"]
+# The factor models the train stage offers to selection: the baselines, and EASE, which chooses its
+# regularisation on the validation split and so is fitted by the train stage only.
+FactorModelName = Literal["popularity", "als_target", "als_merged", "emcdr", "ease"]
 Fetcher = Literal["movielens-1m", "cdrib", "synthetic", "none"]
 WarmHoldout = Literal["random", "leave_last_out", "none", "given"]
 DistillTeacher = Literal["joint", "finetune"]
@@ -257,9 +260,9 @@ class TrainConfig(_Section):
     methods: ListOf[Method] = ["joint", "finetune"]
     """Methods the pipeline trains (see docs/methods.md); the first one but target_only is the one the tune
     stage tunes."""
-    factor_models: ListOf[Baseline] = ["popularity", "als_merged", "emcdr"]
-    """Factor models (section ``als``) fitted beside the methods and offered to model selection, which
-    serves whichever validates best (docs/methods.md, "Model selection")."""
+    factor_models: ListOf[FactorModelName] = ["popularity", "als_merged", "emcdr", "ease"]
+    """Factor models (sections ``als`` and ``ease``) fitted beside the methods and offered to model
+    selection, which serves whichever validates best (docs/methods.md, "Model selection")."""
     ensemble: bool = False
     """Also offer selection the ensemble of the two best transfer methods (with two or more in ``methods``):
     their scores, each divided by its spread, weighted by the weight that validates best. Off by default:
@@ -490,6 +493,24 @@ class AlsConfig(_Section):
     """Seed of ALS's initial factors and of EMCDR's mapping."""
 
 
+class EaseConfig(_Section):
+    """EASE (Steck, WWW 2019), the ``ease`` factor model: a linear item-to-item model over both domains'
+    training interactions, so that a user's source items score target items (docs/methods.md, "EASE")."""
+
+    regularization: ListOf[PositiveFloat] = Field([2.0, 8.0, 32.0], min_length=1)
+    """L2 weights tried, as multiples of the mean number of training users per item (so they follow the
+    data's scale); the one that validates best is kept."""
+    rank: PositiveInt = 1024
+    """The served vectors' dimension: a target catalogue this size or smaller is served exactly, a larger
+    one through the top singular directions of the item-to-target-item weights."""
+    max_items: PositiveInt = 20_000
+    """Items in the model at most, the most interacted-with first: it inverts an items x items matrix, and
+    holds three copies of it at once (20,000 items: 1.6 GB a copy, about a minute a weight on 2 cores).
+    Rarer items score zero."""
+    seed: Int = 2024
+    """Seed of the randomized singular value decomposition."""
+
+
 class TuneConfig(_Section):
     """The tune stage: seeded Optuna searches on the validation split (never the test split) of the ALS
     settings and of the methods' training settings (docs/methods.md, "Tuning")."""
@@ -559,6 +580,8 @@ class Config(_Section):
     """Offline evaluation."""
     als: AlsConfig = Field(default_factory=AlsConfig)
     """The ALS factor models."""
+    ease: EaseConfig = Field(default_factory=EaseConfig)
+    """The EASE factor model."""
     tune: TuneConfig = Field(default_factory=TuneConfig)
     """The tune stage."""
     spark: SparkConfig = Field(default_factory=SparkConfig)

@@ -6,21 +6,30 @@ offers to model selection (``train.factor_models``) and that evaluation fits as 
   matrix (``als_merged``: users shared across domains carry source behaviour to the target);
 - ``emcdr``: EMCDR (Man et al., IJCAI 2017) over matrix factorisation: ALS factors per domain, and an
   MLP mapping source user factors to target user factors, fitted on users warm in both domains; cold
-  users are scored with their mapped factors.
+  users are scored with their mapped factors;
+- ``ease``: EASE (Steck, WWW 2019) on both domains' interactions merged: item-to-item weights in closed
+  form, so a cold-start user's source items score the target items. The train stage fits it alone,
+  since it chooses its regularisation on the validation users.
 
 Each is a :class:`~xdrec.modeling.model.FactorModel`, so it is ranked and served like a trained model.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import scipy.sparse
 import torch
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from torch import nn
 
-from xdrec.config import AlsConfig
+from xdrec.config import AlsConfig, EaseConfig
+from xdrec.logs import get_logger
 from xdrec.modeling.model import FactorModel
+
+log = get_logger("train")
 
 
 def popularity(train: DataFrame, num_users: int, num_items: int) -> FactorModel:
@@ -95,3 +104,85 @@ def fit_factor_model(name: str, train: DataFrame, source_domain: str, target_dom
     if name == "emcdr":
         return emcdr(train.where(F.col("domain") == source_domain), target_train, num_users, num_items, **settings)
     raise ValueError(f"unknown factor model {name!r}")
+
+
+class ScoreTable(nn.Module):
+    """Scores computed beforehand for some users over some items, answering ``score_matrix`` like a model:
+    how a candidate is validated without building the vectors of every user."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, scores: np.ndarray, num_users: int, num_items: int):
+        super().__init__()
+        self.scores = nn.Parameter(torch.as_tensor(scores, dtype=torch.float32), requires_grad=False)
+        self.register_buffer("row", torch.full((num_users,), -1, dtype=torch.long))
+        self.row[torch.as_tensor(users)] = torch.arange(len(users))
+        self.register_buffer("column", torch.full((num_items,), -1, dtype=torch.long))
+        self.column[torch.as_tensor(items)] = torch.arange(len(items))
+
+    def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.scores[self.row[users]][:, self.column[items]]
+
+
+def ease_weights(gram: torch.Tensor, columns: torch.Tensor, regularization: float) -> torch.Tensor:
+    """EASE's closed form, the columns ``columns`` of B = I - P diag(1/diag(P)) with P = (G + λI)⁻¹ and
+    a zero diagonal: how much each item's interaction adds to each of those items' scores.
+
+    >>> gram = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
+    >>> ease_weights(gram, torch.tensor([1]), 1.0)  # P = [[3, -1], [-1, 3]] / 8
+    tensor([[0.3333],
+            [0.0000]])
+    """
+    factor = gram.clone()
+    factor.diagonal().add_(regularization)
+    factor = torch.linalg.cholesky(factor)  # rebound, so that no more than three copies are held at once
+    inverse = torch.cholesky_inverse(factor)
+    weights = inverse[:, columns] / -inverse.diagonal()[columns]
+    weights[columns, torch.arange(len(columns))] = 0.0
+    return weights
+
+
+def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndarray, settings: EaseConfig,
+         validation_users: np.ndarray, validate: Callable[[nn.Module], float]) -> tuple[FactorModel, dict]:
+    """EASE on the training rows (user_idx, item_idx) of both domains, scoring ``target_items``: the
+    ``settings.max_items`` most interacted-with items, each weight of ``settings.regularization`` (times the
+    mean number of users per item) solved in closed form and scored by ``validate`` on the
+    ``validation_users``, the best one kept. A user's vector is the sum of the weights' rows of the user's
+    items: exact over at most ``settings.rank`` target items, else in the top ``settings.rank`` singular
+    directions. Returns the model and ``{"regularization", "multiple", "validation": {multiple: figure},
+    "items", "rank"}``."""
+    pairs = train.select("user_idx", "item_idx").distinct()
+    counts = pairs.groupBy("item_idx").count().toPandas().sort_values(["count", "item_idx"], ascending=[False, True])
+    kept = np.sort(counts["item_idx"].to_numpy(np.int64)[:settings.max_items])
+    position = np.full(num_items, -1, dtype=np.int64)
+    position[kept] = np.arange(len(kept))
+    rows = pairs.toPandas()
+    rows = rows[position[rows["item_idx"].to_numpy()] >= 0]
+    interactions = scipy.sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows["user_idx"].to_numpy(), position[rows["item_idx"].to_numpy()])),
+        shape=(num_users, len(kept)))
+    gram = torch.from_numpy((interactions.T @ interactions).toarray())
+    scored = target_items[position[target_items] >= 0]
+    columns = torch.from_numpy(position[scored])
+    mean_users = float(gram.diagonal().mean())
+    figures, best, best_weights = {}, None, None
+    for multiple in settings.regularization:
+        weights = ease_weights(gram, columns, multiple * mean_users)
+        scores = interactions[validation_users] @ weights.numpy()
+        figures[multiple] = validate(ScoreTable(validation_users, scored, scores, num_users, num_items))
+        log.info(f"ease: regularization {multiple} x {mean_users:.1f} users an item, validation {figures[multiple]:.4f}")
+        if best is None or figures[multiple] > figures[best]:
+            best, best_weights = multiple, weights
+    del gram
+    if len(scored) <= settings.rank:
+        user_side, item_side = best_weights.numpy(), np.eye(len(scored), dtype=np.float32)
+    else:
+        rank = settings.rank
+        with torch.random.fork_rng():
+            torch.manual_seed(settings.seed)
+            # A few directions more than kept, as randomized decompositions need them to find the top ones.
+            left, singular, right = torch.svd_lowrank(best_weights, q=min(rank + 16, len(scored)), niter=4)
+        user_side, item_side = (left[:, :rank] * singular[:rank]).numpy(), right[:, :rank].numpy()
+    item_factors = np.zeros((num_items, item_side.shape[1]), dtype=np.float32)
+    item_factors[scored] = item_side
+    chosen = {"regularization": best * mean_users, "multiple": best, "validation": figures, "items": len(kept),
+              "rank": item_side.shape[1]}
+    return FactorModel(interactions @ user_side, item_factors), chosen

@@ -35,7 +35,7 @@ from xdrec.logs import get_logger
 from xdrec.modeling.methods import Phase, model_options, phases_for
 from xdrec.modeling.model import FactorModel, TwoTower
 from xdrec.training import artifact, distributed, factors, loop, selection, tracking
-from xdrec.training.validation import ValidationSet
+from xdrec.training.validation import ValidationSet, ranking_figures
 
 log = get_logger("train")
 
@@ -75,10 +75,15 @@ def code_version(package: str = os.path.dirname(os.path.dirname(os.path.abspath(
 
 def model_version(method: str, config: Config, input_versions: dict[str, int]) -> str:
     """Same method, settings, split, input versions and code -> same version. A method's settings are the
-    train section's (and the als section's when it starts from ALS); a factor model's the als section's."""
+    train section's (and the als section's when it starts from ALS); a factor model's the als section's,
+    EASE's the ease section's and how it is validated."""
     values = config.to_dict()
     if method in BASELINES:
         settings = {"als": values["als"]}
+    elif method == "ease":
+        train = config.train
+        settings = {"ease": values["ease"], "validation": [train.validation_group, train.validation_metric,
+                                                           train.validation_k, train.validation_max_users, train.seed]}
     else:
         settings = {"train": {key: value for key, value in values["train"].items() if key not in _NOT_IN_VERSION}}
         if starts_from_als(config, method):
@@ -447,24 +452,39 @@ def training_rows(spark: SparkSession, config: Config, versions: dict[str, int])
 
 
 def fit_factor_model(config: Config, name: str, inputs: TrainingInputs, train_rows: DataFrame) -> dict:
-    """Fit one factor model (Spark ALS, EMCDR over ALS, popularity) on ``train_rows`` and save it as an
-    artifact, like a trained method; skip if that exact version already exists."""
+    """Fit one factor model (Spark ALS, EMCDR over ALS, popularity, EASE) on ``train_rows`` and save it as
+    an artifact, like a trained method; skip if that exact version already exists."""
     reused = reused_artifact(config, name, model_version(name, config, inputs.versions))
     if reused is not None:
         return reused
     started = time.perf_counter()
+    if name == "ease":
+        model, chosen = fit_ease(config, inputs, train_rows)
+        return save_factor_model(config, name, inputs, model, time.perf_counter() - started, {"ease": chosen})
     model = factors.fit_factor_model(name, train_rows, config.data.source_domain, config.data.target_domain,
                                      inputs.num_users, inputs.num_items, config.als)
     return save_factor_model(config, name, inputs, model, time.perf_counter() - started)
 
 
-def save_factor_model(config: Config, name: str, inputs: TrainingInputs, model: FactorModel, seconds: float) -> dict:
+def fit_ease(config: Config, inputs: TrainingInputs, train_rows: DataFrame) -> tuple[FactorModel, dict]:
+    """EASE (:func:`factors.ease`) with its regularisation chosen on the validation figure that selects
+    models."""
+    def validated(scorer: nn.Module) -> float:
+        figures = ranking_figures(scorer, inputs.validation, config.train.validation_k, loop.Collective())
+        return figures[loop.selecting_key(config.train, figures)]
+
+    return factors.ease(train_rows, inputs.num_users, inputs.num_items, inputs.validation.candidates, config.ease,
+                        inputs.validation.users, validated)
+
+
+def save_factor_model(config: Config, name: str, inputs: TrainingInputs, model: FactorModel, seconds: float,
+                      chosen: dict | None = None) -> dict:
     """Save factor model ``name``, fitted with ``config``'s settings in ``seconds``, as the artifact of its
-    version (which a later fit of the same version reuses)."""
+    version (which a later fit of the same version reuses), with the settings it chose on validation (``chosen``)."""
     version = model_version(name, config, inputs.versions)
     path = files.join(artifact.models_dir(config.warehouse, name), version)
     with tracking.run(config, name, version) as run_id:
-        meta = artifact_meta(config, name, version, inputs, [], seconds, run_id)
+        meta = {**artifact_meta(config, name, version, inputs, [], seconds, run_id), **(chosen or {})}
         artifact.save(path, model, meta, inputs.user_index, inputs.item_index)
         tracking.log_training(run_id, config, meta, path)
     log.info(f"{name}: fitted and saved {path} ({seconds:.0f}s)")

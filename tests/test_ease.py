@@ -1,0 +1,109 @@
+"""The EASE factor model: Steck's closed form over both domains' interactions, its regularisation chosen on
+validation, served exactly or through its top singular directions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_config
+from xdrec.config import EaseConfig
+from xdrec.modeling.model import FactorModel
+from xdrec.training.factors import ease
+from xdrec.training.loop import Collective
+from xdrec.training.train import model_version
+from xdrec.training.validation import ValidationSet, ranking_figures
+
+NUM_USERS, SOURCE_ITEMS, TARGET_ITEMS = 60, 12, 10
+NUM_ITEMS = SOURCE_ITEMS + TARGET_ITEMS
+TARGET = np.arange(SOURCE_ITEMS, NUM_ITEMS, dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def interactions(spark):
+    """(domain, user_idx, item_idx): users 0-39 in both domains, 40-59 source-only (cold-start). A user's
+    source taste (item % 3) predicts the target items they pick, so a weight learns the link."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for user in range(NUM_USERS):
+        taste = user % 3
+        for item in rng.choice([i for i in range(SOURCE_ITEMS) if i % 3 == taste], size=3, replace=False):
+            rows.append(("source", user, int(item)))
+        if user < 40:
+            for item in rng.choice([i for i in TARGET if i % 3 == taste], size=2, replace=False):
+                rows.append(("target", user, int(item)))
+    return spark.createDataFrame(rows, "domain string, user_idx int, item_idx int")
+
+
+def closed_form(pairs: np.ndarray, kept: np.ndarray, regularization: float) -> tuple[np.ndarray, np.ndarray]:
+    """(X, B) in float64 by the paper's formula, over the ``kept`` items' columns."""
+    interactions = np.zeros((NUM_USERS, NUM_ITEMS))
+    interactions[pairs[:, 0], pairs[:, 1]] = 1.0
+    interactions = interactions[:, kept]
+    inverse = np.linalg.inv(interactions.T @ interactions + regularization * np.eye(len(kept)))
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return interactions, weights
+
+
+def cold_validation() -> ValidationSet:
+    """The cold-start users, each to find the target items of their taste."""
+    users = np.arange(40, NUM_USERS, dtype=np.int64)
+    return ValidationSet(users=users, cold=np.ones(len(users), dtype=bool),
+                         relevant=[TARGET[TARGET % 3 == user % 3] for user in users],
+                         seen=[np.empty(0, dtype=np.int64)] * len(users), candidates=TARGET)
+
+
+def fit(interactions, **settings):
+    validation = cold_validation()
+
+    def validated(scorer) -> float:
+        return ranking_figures(scorer, validation, 3, Collective())["cold/NDCG@3"]
+
+    return ease(interactions, NUM_USERS, NUM_ITEMS, TARGET, EaseConfig(**settings), validation.users, validated)
+
+
+def test_ease_scores_users_by_the_closed_form_at_the_weight_that_validates_best(interactions):
+    model, chosen = fit(interactions, regularization=[0.5, 4.0, 64.0])
+    pairs = np.array([[row.user_idx, row.item_idx] for row in interactions.collect()])
+    kept = np.arange(NUM_ITEMS)
+    mean_users = np.bincount(pairs[:, 1], minlength=NUM_ITEMS).mean()
+    figures = {}
+    for multiple in (0.5, 4.0, 64.0):
+        matrix, weights = closed_form(pairs, kept, multiple * mean_users)
+        exact = FactorModel(matrix @ weights[:, TARGET], np.eye(NUM_ITEMS)[:, SOURCE_ITEMS:])
+        figures[multiple] = ranking_figures(exact, cold_validation(), 3, Collective())["cold/NDCG@3"]
+    assert chosen["validation"] == pytest.approx(figures, abs=1e-6)
+    assert chosen["multiple"] == max(figures, key=figures.get)
+    assert chosen["regularization"] == pytest.approx(chosen["multiple"] * mean_users, rel=1e-6)
+    # Ten target items, rank 1024: served exactly, one column per target item.
+    assert chosen["rank"] == TARGET_ITEMS and chosen["items"] == NUM_ITEMS
+    matrix, weights = closed_form(pairs, kept, chosen["regularization"])
+    expected = torch.as_tensor(matrix @ weights[:, TARGET], dtype=torch.float32)
+    with torch.no_grad():
+        served = model.score_matrix(torch.arange(NUM_USERS), torch.as_tensor(TARGET))
+    torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ease_keeps_the_most_interacted_with_items_and_serves_a_larger_catalogue_in_fewer_directions(interactions):
+    pairs = np.array([[row.user_idx, row.item_idx] for row in interactions.collect()])
+    counts = np.bincount(pairs[:, 1], minlength=NUM_ITEMS)
+    kept = np.sort(np.lexsort((np.arange(NUM_ITEMS), -counts))[:18])
+    model, chosen = fit(interactions, regularization=[4.0], rank=4, max_items=18)
+    assert chosen["items"] == 18 and chosen["rank"] == 4
+    matrix, weights = closed_form(pairs, kept, chosen["regularization"])
+    scored = np.isin(kept, TARGET)
+    left, singular, right = np.linalg.svd(weights[:, scored], full_matrices=False)
+    expected = np.zeros((NUM_USERS, TARGET_ITEMS))
+    expected[:, np.isin(TARGET, kept)] = matrix @ (left[:, :4] * singular[:4]) @ right[:4]  # the best rank-4 weights
+    with torch.no_grad():
+        served = model.score_matrix(torch.arange(NUM_USERS), torch.as_tensor(TARGET)).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-3)  # a randomized decomposition: 1e-3 of scores near 1
+    assert not served[:, ~np.isin(TARGET, kept)].any()  # the rarest items, left out, score zero
+
+
+def test_an_ease_version_follows_its_own_settings_and_how_it_is_validated(tmp_path):
+    version = model_version("ease", synthetic_config(str(tmp_path)), {"inputs": 0})
+    assert version == model_version("ease", synthetic_config(str(tmp_path), "als.rank=7"), {"inputs": 0})
+    for change in ("ease.rank=16", "ease.regularization=[1.0]", "train.validation_k=5"):
+        assert model_version("ease", synthetic_config(str(tmp_path), change), {"inputs": 0}) != version
