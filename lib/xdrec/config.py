@@ -90,7 +90,7 @@ Method = Literal["target_only", "finetune", "joint", "adversarial", "distill", "
 Baseline = Literal["popularity", "als_target", "als_merged", "emcdr"]
 # The factor models the train stage offers to selection: the baselines, and EASE, which chooses its
 # regularisation on the validation split and so is fitted by the train stage only.
-FactorModelName = Literal["popularity", "als_target", "als_merged", "emcdr", "ease"]
+FactorModelName = Literal[Baseline, "ease"]
 Fetcher = Literal["movielens-1m", "cdrib", "synthetic", "none"]
 WarmHoldout = Literal["random", "leave_last_out", "none", "given"]
 DistillTeacher = Literal["joint", "finetune"]
