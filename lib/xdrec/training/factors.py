@@ -149,12 +149,12 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     items: exact over at most ``settings.rank`` target items, else in the top ``settings.rank`` singular
     directions. Returns the model and ``{"regularization", "multiple", "validation": {multiple: figure},
     "items", "rank"}``."""
-    pairs = train.select("user_idx", "item_idx").distinct()
-    counts = pairs.groupBy("item_idx").count().toPandas().sort_values(["count", "item_idx"], ascending=[False, True])
-    kept = np.sort(counts["item_idx"].to_numpy(np.int64)[:settings.max_items])
+    rows = train.select("user_idx", "item_idx").distinct().toPandas()
+    counts = np.bincount(rows["item_idx"].to_numpy(), minlength=num_items)
+    # The most interacted-with items (on a tie the lower index), the only Spark action being the collect above.
+    kept = np.sort(np.lexsort((np.arange(num_items), -counts))[:min(settings.max_items, int((counts > 0).sum()))])
     position = np.full(num_items, -1, dtype=np.int64)
     position[kept] = np.arange(len(kept))
-    rows = pairs.toPandas()
     rows = rows[position[rows["item_idx"].to_numpy()] >= 0]
     interactions = scipy.sparse.csr_matrix(
         (np.ones(len(rows), dtype=np.float32), (rows["user_idx"].to_numpy(), position[rows["item_idx"].to_numpy()])),
