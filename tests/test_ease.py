@@ -69,7 +69,8 @@ def test_ease_scores_users_by_the_closed_form_at_the_weight_that_validates_best(
     kept = np.arange(NUM_ITEMS)
     mean_users = np.bincount(pairs[:, 1], minlength=NUM_ITEMS).mean()
     figures = {}
-    for multiple in (0.5, 4.0, 64.0):
+    assert list(chosen["validation"])[:3] == [0.5, 4.0, 64.0]
+    for multiple in chosen["validation"]:
         matrix, weights = closed_form(pairs, kept, multiple * mean_users)
         exact = FactorModel(matrix @ weights[:, TARGET], np.eye(NUM_ITEMS)[:, SOURCE_ITEMS:])
         figures[multiple] = ranking_figures(exact, cold_validation(), 3, Collective())["cold/NDCG@3"]
@@ -83,6 +84,31 @@ def test_ease_scores_users_by_the_closed_form_at_the_weight_that_validates_best(
     with torch.no_grad():
         served = model.score_matrix(torch.arange(NUM_USERS), torch.as_tensor(TARGET))
     torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_weight_search_goes_on_past_an_end_of_the_list_while_the_best_weight_is_there(interactions):
+    """A figure that peaks at the multiple 8 (how near the validation scores' mean size comes to theirs at 8,
+    a size that falls as the weight grows) is followed past either end of the list, as far as ``extend`` lets
+    it go."""
+    pairs = np.array([[row.user_idx, row.item_idx] for row in interactions.collect()])
+    mean_users = np.bincount(pairs[:, 1], minlength=NUM_ITEMS).mean()
+    matrix, weights = closed_form(pairs, np.arange(NUM_ITEMS), 8.0 * mean_users)
+    users = cold_validation().users
+    size_at_peak = np.abs(matrix[users] @ weights[:, TARGET]).mean()
+
+    def peaked(scorer) -> float:
+        return -abs(float(scorer.scores.abs().mean()) - size_at_peak)
+
+    def searched(grid: list[float], extend: int) -> tuple[list[float], float]:
+        _, chosen = ease(interactions, NUM_USERS, NUM_ITEMS, TARGET, EaseConfig(regularization=grid, extend=extend),
+                         users, peaked)
+        return list(chosen["validation"]), chosen["multiple"]
+
+    assert searched([0.5], 2) == ([0.5, 2.0, 8.0], 8.0)  # upwards, 4 times further each, a list of one
+    assert searched([0.5], 1) == ([0.5, 2.0], 2.0)  # out of steps before the peak
+    assert searched([128.0, 64.0], 3) == ([64.0, 128.0, 32.0, 16.0, 8.0], 8.0)  # downwards, by the list's ratio
+    assert searched([0.5, 2.0], 4) == ([0.5, 2.0, 8.0, 32.0], 8.0)  # stops once the best is inside
+    assert searched([2.0, 8.0, 32.0], 2) == ([2.0, 8.0, 32.0], 8.0)  # bracketed already
 
 
 def test_ease_keeps_the_most_interacted_with_items_and_serves_a_larger_catalogue_in_fewer_directions(interactions):
@@ -105,5 +131,5 @@ def test_ease_keeps_the_most_interacted_with_items_and_serves_a_larger_catalogue
 def test_an_ease_version_follows_its_own_settings_and_how_it_is_validated(tmp_path):
     version = model_version("ease", synthetic_config(str(tmp_path)), {"inputs": 0})
     assert version == model_version("ease", synthetic_config(str(tmp_path), "als.rank=7"), {"inputs": 0})
-    for change in ("ease.rank=16", "ease.regularization=[1.0]", "train.validation_k=5"):
+    for change in ("ease.rank=16", "ease.regularization=[1.0]", "ease.extend=0", "train.validation_k=5"):
         assert model_version("ease", synthetic_config(str(tmp_path), change), {"inputs": 0}) != version

@@ -144,8 +144,8 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
          validation_users: np.ndarray, validate: Callable[[nn.Module], float]) -> tuple[FactorModel, dict]:
     """EASE on the training rows (user_idx, item_idx) of both domains, scoring ``target_items``: the
     ``settings.max_items`` most interacted-with items, each weight of ``settings.regularization`` (times the
-    mean number of users per item) solved in closed form and scored by ``validate`` on the
-    ``validation_users``, the best one kept. A user's vector is the sum of the weights' rows of the user's
+    mean number of users per item), and up to ``settings.extend`` more past an end of them while the best one
+    is there, solved in closed form and scored by ``validate`` on the ``validation_users``, the best one kept. A user's vector is the sum of the weights' rows of the user's
     items: exact over at most ``settings.rank`` target items, else in the top ``settings.rank`` singular
     directions. Returns the model and ``{"regularization", "multiple", "validation": {multiple: figure},
     "items", "rank"}``."""
@@ -163,14 +163,22 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     scored = target_items[position[target_items] >= 0]
     columns = torch.from_numpy(position[scored])
     mean_users = float(gram.diagonal().mean())
-    figures, best, best_weights = {}, None, None
-    for multiple in settings.regularization:
+    grid = sorted(settings.regularization)
+    ratio = grid[-1] / grid[-2] if len(grid) > 1 else 4.0
+    figures, best, best_weights, pending, extensions = {}, None, None, grid, settings.extend
+    while pending:
+        multiple, *pending = pending
         weights = ease_weights(gram, columns, multiple * mean_users)
         scores = interactions[validation_users] @ weights.numpy()
         figures[multiple] = validate(ScoreTable(validation_users, scored, scores, num_users, num_items))
-        log.info(f"ease: regularization {multiple} x {mean_users:.1f} users an item, validation {figures[multiple]:.4f}")
+        log.info(f"ease: regularization {multiple:g} x {mean_users:.1f} users an item, validation {figures[multiple]:.4f}")
         if best is None or figures[multiple] > figures[best]:
             best, best_weights = multiple, weights
+        # While the best weight is at an end of those tried, the search goes on past that end: the list's
+        # spacing need not bracket a new dataset's optimum.
+        if not pending and extensions > 0:
+            extensions -= 1
+            pending = [best * ratio] if best == max(figures) else [best / ratio] if best == min(figures) else []
     del gram
     if len(scored) <= settings.rank:
         user_side, item_side = best_weights.numpy(), np.eye(len(scored), dtype=np.float32)
