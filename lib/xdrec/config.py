@@ -501,8 +501,8 @@ class EaseConfig(_Section):
     """L2 weights tried, as multiples of the mean number of training users per item (so they follow the
     data's scale); the one that validates best is kept."""
     extend: NonNegativeInt = 2
-    """Weights tried at most past an end of ``regularization`` while the best one is at that end, each the
-    list's last ratio (4 for a list of one) further out."""
+    """At most this many more weights are tried past an end of ``regularization`` while the best one is at
+    that end, each the list's last ratio (4 for a list of one) further out."""
     rank: PositiveInt = 1024
     """The served vectors' dimension: a target catalogue this size or smaller is served exactly, a larger
     one through the top singular directions of the item-to-target-item weights."""

@@ -144,10 +144,10 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
          validation_users: np.ndarray, validate: Callable[[nn.Module], float]) -> tuple[FactorModel, dict]:
     """EASE on the training rows (user_idx, item_idx) of both domains, scoring ``target_items``: the
     ``settings.max_items`` most interacted-with items, each weight of ``settings.regularization`` (times the
-    mean number of users per item), and up to ``settings.extend`` more past an end of them while the best one
-    is there, solved in closed form and scored by ``validate`` on the ``validation_users``, the best one kept. A user's vector is the sum of the weights' rows of the user's
-    items: exact over at most ``settings.rank`` target items, else in the top ``settings.rank`` singular
-    directions. Returns the model and ``{"regularization", "multiple", "validation": {multiple: figure},
+    mean number of users per item), and up to ``settings.extend`` more past an end of them while the best
+    one is there, solved in closed form and scored by ``validate`` on the ``validation_users``, the best one
+    kept. A user's vector is the sum of the weights' rows of the user's items: exact over at most
+    ``settings.rank`` target items, else in the top ``settings.rank`` singular directions. Returns the model and ``{"regularization", "multiple", "validation": {multiple: figure},
     "items", "rank"}``."""
     rows = train.select("user_idx", "item_idx").distinct().toPandas()
     counts = np.bincount(rows["item_idx"].to_numpy(), minlength=num_items)
@@ -163,7 +163,7 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     scored = target_items[position[target_items] >= 0]
     columns = torch.from_numpy(position[scored])
     mean_users = float(gram.diagonal().mean())
-    grid = sorted(settings.regularization)
+    grid = sorted(set(settings.regularization))
     ratio = grid[-1] / grid[-2] if len(grid) > 1 else 4.0
     figures, best, best_weights, pending, extensions = {}, None, None, grid, settings.extend
     while pending:
