@@ -147,8 +147,8 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     mean number of users per item), and up to ``settings.extend`` more past an end of them while the best
     one is there, solved in closed form and scored by ``validate`` on the ``validation_users``, the best one
     kept. A user's vector is the sum of the weights' rows of the user's items: exact over at most
-    ``settings.rank`` target items, else in the top ``settings.rank`` singular directions. Returns the model and ``{"regularization", "multiple", "validation": {multiple: figure},
-    "items", "rank"}``."""
+    ``settings.rank`` target items, else in the top ``settings.rank`` singular directions. Returns the model
+    and ``{"regularization", "multiple", "validation": {multiple: figure}, "items", "rank"}``."""
     rows = train.select("user_idx", "item_idx").distinct().toPandas()
     counts = np.bincount(rows["item_idx"].to_numpy(), minlength=num_items)
     # The most interacted-with items (on a tie the lower index), the only Spark action being the collect above.
@@ -176,9 +176,9 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
             best, best_weights = multiple, weights
         # While the best weight is at an end of those tried, the search goes on past that end: the list's
         # spacing need not bracket a new dataset's optimum.
-        if not pending and extensions > 0:
+        if not pending and extensions > 0 and best in (min(figures), max(figures)):
             extensions -= 1
-            pending = [best * ratio] if best == max(figures) else [best / ratio] if best == min(figures) else []
+            pending = [best * ratio if best == max(figures) else best / ratio]
     del gram
     if len(scored) <= settings.rank:
         user_side, item_side = best_weights.numpy(), np.eye(len(scored), dtype=np.float32)
