@@ -7,8 +7,8 @@ import pytest
 from reference_metrics import reference_user_metrics
 from xdrec.evaluation import baselines
 from xdrec.evaluation.evaluate import (FULL, SERVED, compare_best, coverage, draw_per_group, full_ranking_metrics,
-                                       group_means, long_format, paired_bootstrap, rating_error_means,
-                                       sampled_metrics, sampled_names, seed_pooled, target_test_users)
+                                       group_means, long_format, negative_draws, paired_bootstrap,
+                                       rating_error_means, sampled_metrics, sampled_names, seed_pooled, target_test_users)
 from xdrec.modeling.metrics import metric_names
 from xdrec.modeling.model import FactorModel
 
@@ -101,6 +101,22 @@ def test_sampled_protocol_is_seeded_and_ranks_among_negatives(spark, indexed, or
     assert 0 < fives < 50
     # Both models rank against the same draws: reversed, item 6 is beaten by every drawn 8 and 9.
     assert 1 / values[("reversed", 3, 6)]["MRR"] - 1 == 50 - fives
+
+
+def test_a_lines_negative_draws_are_its_own_and_uniform():
+    users, items = np.arange(2_000) % 50, np.arange(2_000) // 50
+    drawn = negative_draws(3, users, items, pool_size=10, count=100)
+    assert drawn.shape == (2_000, 100) and drawn.min() == 0 and drawn.max() == 9
+    # A line's draws are the same alone, among other lines, under another seed they are not.
+    assert (negative_draws(3, users[[17]], items[[17]], 10, 100) == drawn[17]).all()
+    assert (negative_draws(4, users[[17]], items[[17]], 10, 100) != drawn[17]).any()
+    # (user, item) is not (item, user): user 1 with item 2 draws unlike user 2 with item 1.
+    assert (negative_draws(3, np.array([1]), np.array([2]), 10, 100)
+            != negative_draws(3, np.array([2]), np.array([1]), 10, 100)).any()
+    # 200,000 draws over 10 positions: each count is binomial with sd 134; 6 sd allows a chance failure of
+    # about 1 in 10^8.
+    counts = np.bincount(drawn.ravel(), minlength=10)
+    assert np.abs(counts - 20_000).max() < 6 * np.sqrt(200_000 * 0.1 * 0.9)
 
 
 def test_paired_bootstrap():

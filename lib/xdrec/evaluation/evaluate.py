@@ -99,6 +99,12 @@ def _group_counts(users: DataFrame) -> dict[str, int]:
     return {("cold" if row["cold"] else "warm"): row["count"] for row in users.groupBy("cold").count().collect()}
 
 
+def _spread(frame: DataFrame) -> DataFrame:
+    """``frame`` in one partition per core, by user. Each row costs model calls, which its few bytes do not
+    show: the planner coalesced MovieLens-1M's 121,458 test lines into one task, one core of two."""
+    return frame.repartition(frame.sparkSession.sparkContext.defaultParallelism, "user_idx")
+
+
 def full_ranking_metrics(users: DataFrame, scorers: dict[str, str], candidates: np.ndarray,
                          ks: list[int]) -> DataFrame:
     """(model, user_idx, cold, relevant_count, candidate_count, values array) for every model of ``scorers``
@@ -123,7 +129,7 @@ def full_ranking_metrics(users: DataFrame, scorers: dict[str, str], candidates: 
                     "candidate_count": [counts[row] for row in ranked],
                     "values": [_ordered(user_metrics(ranks[row], counts[row], ks), names) for row in ranked]})
 
-    return users.select("user_idx", "cold", "relevant", "seen").mapInPandas(
+    return _spread(users.select("user_idx", "cold", "relevant", "seen")).mapInPandas(
         rank_users, "model string, user_idx int, cold boolean, relevant_count int, candidate_count int, "
                     "values array<double>")
 
@@ -133,8 +139,8 @@ def sampled_metrics(lines: DataFrame, scorers: dict[str, str], train_items: np.n
     """(model, user_idx, item_idx, cold, values array) for every model of ``scorers`` ({name: folder}) and test
     line, values in ``sampled_names(ks)`` order.
 
-    One pass over ``lines``, each scorer loaded once per task. A line's negatives come from a generator
-    seeded by (seed, user, item): the same on every run and partitioning, and for every model.
+    One pass over ``lines``, each scorer loaded once per task. A line's negatives are
+    :func:`negative_draws`: the same on every run and partitioning, and for every model.
     """
     names = sampled_names(ks)
     train_items = np.asarray(train_items, dtype=np.int64)
@@ -145,15 +151,38 @@ def sampled_metrics(lines: DataFrame, scorers: dict[str, str], train_items: np.n
             scorer = load_scorer(path)
             for frame in frames:
                 users, items = frame["user_idx"].to_numpy(dtype=np.int64), frame["item_idx"].to_numpy(dtype=np.int64)
-                drawn = (np.stack([np.random.default_rng([seed, user, item]).integers(0, len(train_items), negatives)
-                                   for user, item in zip(users, items)])
-                         if len(users) else np.empty((0, negatives)))
+                drawn = negative_draws(seed, users, items, len(train_items), negatives)
                 ranks = sampled_ranks(scorer, users, items, train_items, drawn)
                 yield pd.DataFrame({"model": model, "user_idx": users, "item_idx": items, "cold": frame["cold"],
                                     "values": [_ordered(sampled_line_metrics(int(rank), ks), names) for rank in ranks]})
 
-    return lines.select("user_idx", "item_idx", "cold").mapInPandas(
+    return _spread(lines.select("user_idx", "item_idx", "cold")).mapInPandas(
         rank_lines, "model string, user_idx int, item_idx int, cold boolean, values array<double>")
+
+
+def _mixed(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: each uint64 to one that looks independent of it (wrapping arithmetic)."""
+    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+def negative_draws(seed: int, users: np.ndarray, items: np.ndarray, pool_size: int, count: int) -> np.ndarray:
+    """``count`` positions in a pool of ``pool_size`` items for each test line (user, item), uniform with
+    replacement: a hash of (seed, user, item, draw), so a line's draws do not depend on the lines beside it,
+    on the partitioning or on the model. One vectorised pass, where a generator seeded per line cost about
+    90 µs a line (half of the sampled protocol's time on MovieLens-1M).
+
+    >>> negative_draws(7, np.array([0, 0]), np.array([3, 4]), pool_size=100, count=5).shape
+    (2, 5)
+    """
+    golden = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / φ: SplitMix64's step between counters
+    key = _mixed(np.full(len(users), seed & (2**64 - 1), dtype=np.uint64) + golden)
+    key = _mixed(key ^ np.asarray(users).astype(np.uint64))
+    key = _mixed(key ^ np.asarray(items).astype(np.uint64))
+    hashed = _mixed(key[:, None] + np.arange(1, count + 1, dtype=np.uint64) * golden)
+    # The top 32 bits times the pool size, over 2^32: uniform to within pool_size / 2^32, without a modulo.
+    return ((hashed >> np.uint64(32)) * np.uint64(pool_size) >> np.uint64(32)).astype(np.int64)
 
 
 def _ordered(values: dict[str, float], names: list[str]) -> list[float]:
