@@ -8,9 +8,11 @@ from reference_metrics import reference_user_metrics
 from xdrec.evaluation import baselines
 from xdrec.evaluation.evaluate import (FULL, SERVED, compare_best, coverage, draw_per_group, full_ranking_metrics,
                                        group_means, long_format, negative_draws, paired_bootstrap,
-                                       rating_error_means, sampled_metrics, sampled_names, seed_pooled, target_test_users)
+                                       rating_error_means, sampled_metrics, sampled_names, seed_pooled,
+                                       target_test_users)
 from xdrec.modeling.metrics import metric_names
 from xdrec.modeling.model import FactorModel
+from xdrec.training import factors
 
 KS = [1, 5]
 CANDIDATES = np.arange(10)  # target items 0..9; items 10..11 belong to another domain
@@ -117,6 +119,27 @@ def test_a_lines_negative_draws_are_its_own_and_uniform():
     # about 1 in 10^8.
     counts = np.bincount(drawn.ravel(), minlength=10)
     assert np.abs(counts - 20_000).max() < 6 * np.sqrt(200_000 * 0.1 * 0.9)
+
+
+def test_als_on_the_target_alone_is_read_from_emcdrs_target_half(spark):
+    """The als_target baseline taken from EMCDR's model equals ALS fitted on the target alone, real Spark ALS
+    both times with the same settings and rows."""
+    draw = np.random.default_rng(5)
+    books = [("books", user, int(item)) for user in range(30) for item in draw.choice(10, 4, replace=False)]
+    movies = [("movies", user, int(item)) for user in range(20) for item in draw.choice(range(10, 18), 3, False)]
+    train = spark.createDataFrame(books + movies, "domain string, user_idx int, item_idx int").cache()
+    target = train.where("domain = 'movies'")
+    settings = dict(rank=4, iterations=5, regularization=0.1, alpha=1.0, seed=3)
+    emcdr = factors.emcdr(train.where("domain = 'books'"), target, 32, 18, **settings)
+    user_factors, item_factors = factors.als_factors(target, 32, 18, **settings)
+    derived = baselines.als_target_from_emcdr(emcdr, target)
+    # Users 20..29 have only source rows: EMCDR maps them, ALS on the target leaves them at zero.
+    assert (emcdr.user_embedding.weight[20:30] != 0).any(dim=1).all()
+    # Spark sums each normal equation in the order its shuffle delivers the rows, which may differ between two
+    # fits in the last bits; nothing else differs.
+    np.testing.assert_allclose(derived.user_embedding.weight.numpy(), user_factors, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(derived.item_embedding.weight.numpy(), item_factors, rtol=1e-4, atol=1e-6)
+    train.unpersist()
 
 
 def test_paired_bootstrap():

@@ -7,7 +7,8 @@ that MAE and RMSE are reported for (xdrec's own models rank implicit feedback an
 Each baseline becomes a :class:`~xdrec.modeling.model.FactorModel` saved as ``factors.npz`` under
 ``<warehouse>/baselines/<name>/``, which the evaluation UDFs load just as they load a model artifact.
 A baseline that the train stage fitted as a servable model (``train.factor_models``) is evaluated from
-its artifact instead.
+its artifact instead, and ``als_target`` is read from the train stage's EMCDR when that ran with the same
+ALS settings (:func:`als_target_from_emcdr`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ def save_scorer(path: str, model: FactorModel) -> str:
              item_factors=model.item_embedding.weight.numpy(), item_bias=model.item_bias.weight[:, 0].numpy())
     files.write_bytes(files.join(path, FACTORS_FILE), buffer.getvalue())
     return path
+
+
+def als_target_from_emcdr(emcdr: FactorModel, target_train: DataFrame) -> FactorModel:
+    """The ``als_target`` baseline read from an EMCDR model fitted with the same ALS settings, rather than
+    fitted again: EMCDR keeps ALS-on-the-target's factors for every user with target training rows
+    (``target_train``: the target domain's training rows, user_idx) and maps the others', which ALS on the
+    target alone leaves at zero.
+
+    >>> als_target_from_emcdr(artifact.load(emcdr_path).model, train.where("domain = 'movies'"))  # doctest: +SKIP
+    """
+    user_factors = emcdr.user_embedding.weight.numpy()
+    known = np.zeros(len(user_factors), dtype=bool)
+    known[[row["user_idx"] for row in target_train.select("user_idx").distinct().collect()]] = True
+    return FactorModel(np.where(known[:, None], user_factors, 0.0), emcdr.item_embedding.weight.numpy())
 
 
 def load_scorer(path: str) -> FactorModel:

@@ -257,19 +257,28 @@ def paired_bootstrap(first: np.ndarray, second: np.ndarray, samples: int, seed: 
             "users": int(len(differences)), "significant": bool(low > 0 or high < 0)}
 
 
-def fit_baselines(config: Config, indexed: DataFrame, num_users: int, num_items: int) -> dict[str, str]:
+def fit_baselines(config: Config, indexed: DataFrame, num_users: int, num_items: int,
+                  trained: dict[str, str]) -> dict[str, str]:
     """Fit every configured baseline that the train stage did not fit as a factor model, on the training
-    split; return {name: folder of its factors}."""
+    split; return {name: folder of its factors}. ``trained``: the train stage's models ({name: folder}), whose
+    EMCDR holds ``als_target`` when it ran with the same ALS settings."""
     train = indexed.where(F.col("split") == "train").select("domain", "user_idx", "item_idx")
+    emcdr = artifacts.load(trained["emcdr"]) if "emcdr" in trained else None
     paths = {}
     for name in config.evaluate.baselines:
         if name in config.train.factor_models:
             continue
         started = time.perf_counter()
-        model = factors.fit_factor_model(name, train, config.data.source_domain, config.data.target_domain,
-                                         num_users, num_items, config.als)
+        if name == "als_target" and emcdr is not None and emcdr.meta["config"]["als"] == config.to_dict()["als"]:
+            target_train = train.where(F.col("domain") == config.data.target_domain)
+            model = baselines.als_target_from_emcdr(emcdr.model, target_train)
+            how = "read from emcdr's target half"
+        else:
+            model = factors.fit_factor_model(name, train, config.data.source_domain, config.data.target_domain,
+                                             num_users, num_items, config.als)
+            how = "fitted"
         paths[name] = baselines.save_scorer(files.join(config.warehouse, "baselines", name), model)
-        log.info(f"baseline {name} fitted in {time.perf_counter() - started:.1f}s")
+        log.info(f"baseline {name} {how} in {time.perf_counter() - started:.1f}s")
     return paths
 
 
@@ -380,7 +389,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict[str, Any]:
     num_users = int(tables.read(spark, config.warehouse, tables.USER_INDEX, versions[tables.USER_INDEX])
                     .agg(F.max("user_idx")).first()[0]) + 1
     num_items = int(item_index["item_idx"].max()) + 1
-    scorers.update(fit_baselines(config, indexed, num_users, num_items))
+    scorers.update(fit_baselines(config, indexed, num_users, num_items, scorers))
     yardsticks = [name for name in scorers if name not in config.train.methods and name not in selection.COMBINED]
     # The ensemble is the transfer methods' own: it competes with them, not as a yardstick.
     transfer = [name for name in scorers if name in config.train.methods or name == selection.ENSEMBLE]
