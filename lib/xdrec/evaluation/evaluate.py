@@ -263,13 +263,13 @@ def fit_baselines(config: Config, indexed: DataFrame, num_users: int, num_items:
     split; return {name: folder of its factors}. ``trained``: the train stage's models ({name: folder}), whose
     EMCDR holds ``als_target`` when it ran with the same ALS settings."""
     train = indexed.where(F.col("split") == "train").select("domain", "user_idx", "item_idx")
-    emcdr = artifacts.load(trained["emcdr"]) if "emcdr" in trained else None
     paths = {}
     for name in config.evaluate.baselines:
         if name in config.train.factor_models:
             continue
         started = time.perf_counter()
-        if name == "als_target" and emcdr is not None and emcdr.meta["config"]["als"] == config.to_dict()["als"]:
+        emcdr = artifacts.load(trained["emcdr"]) if name == "als_target" and "emcdr" in trained else None
+        if emcdr is not None and emcdr.meta["config"]["als"] == config.to_dict()["als"]:
             target_train = train.where(F.col("domain") == config.data.target_domain)
             model = baselines.als_target_from_emcdr(emcdr.model, target_train)
             how = "read from emcdr's target half"
