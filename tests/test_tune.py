@@ -3,6 +3,9 @@ median stopping rule; the ALS fit it chooses is the one the train stage serves.
 (The whole stage also runs in tests/test_pipeline_e2e.py.)"""
 from __future__ import annotations
 
+import datetime
+import time
+
 import pytest
 import torch
 
@@ -49,6 +52,20 @@ def test_a_search_whose_every_trial_failed_names_the_cause():
 
     with pytest.raises(XdrecError, match="every finetune trial failed; the first: ValueError: at epoch 2"):
         run_search(seeded_study(0), diverges, "finetune", trials=2, seconds=60)
+
+
+def test_whole_trials_start_only_while_the_slowest_so_far_would_end_within_the_budget():
+    def fit(trial) -> float:  # a fit of a quarter of a second that cannot stop midway, such as an ALS fit
+        time.sleep(0.25)
+        return quadratic(trial)
+
+    # Optuna alone starts a trial whenever the budget is not spent: the second, 0.25 s in, ends at 0.5 s.
+    assert len(run_search(seeded_study(0), fit, "als", trials=5, seconds=0.4).trials) == 2
+    # With whole trials, 0.15 s are left after the first: less than it took, so no second one starts.
+    assert len(run_search(seeded_study(0), fit, "als", trials=5, seconds=0.4, whole_trials=True).trials) == 1
+    study = run_search(seeded_study(0), fit, "als", trials=20, seconds=1.4, whole_trials=True)
+    assert 2 <= len(study.trials) <= 5
+    assert study.trials[-1].datetime_complete - study.trials[0].datetime_start <= datetime.timedelta(seconds=1.4)
 
 
 def test_the_configs_own_settings_are_tried_first():

@@ -529,7 +529,8 @@ class TuneConfig(_Section):
     """The method whose runs tune the training settings; "": the first of ``train.methods`` that is not
     target_only."""
     minutes: PositiveFloat = 30.0
-    """Wall-clock budget of the stage: the ALS search may use half; no trial starts after it is spent."""
+    """Wall-clock budget of the stage: the ALS search may use half (all of it when ``method_trials`` is 0), and
+    starts no fit that the slowest so far would not finish within that; no trial starts after it is spent."""
     prune_after_epochs: NonNegativeInt = 3
     """A training trial that has validated more than this many epochs stops as soon as its best figure is
     below the median of the finished trials' figures at the same epoch (Optuna's median rule); 0: trials

@@ -4,7 +4,9 @@ Two seeded Optuna searches (TPE sampler, seed ``tune.seed``), one after the othe
 of ``tune.minutes``:
 
 1. the ALS factor models' settings (``als.rank``, ``als.regularization``, ``als.alpha``): each trial fits
-   Spark ALS on both domains merged and ranks the validation users with it;
+   Spark ALS on both domains merged and ranks the validation users with it, within half the budget (all
+   of it when no training search follows); a fit cannot stop midway, so none starts unless the slowest
+   so far would still end within that share;
 2. the methods' training settings (``METHOD_SPACE``: learning rate, dimension, loss, user encoder,
    start...; where the items have text, whether the model reads it): each trial trains ``tune.method``
    through the same launcher and loop as the train stage, which chooses the temperature of
@@ -108,18 +110,24 @@ def seeded_study(seed: int):
     return optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
 
 
-def run_search(study, objective, family: str, trials: int, seconds: float, first: tuple[dict[str, Any], ...] = ()):
+def run_search(study, objective, family: str, trials: int, seconds: float, first: tuple[dict[str, Any], ...] = (),
+               whole_trials: bool = False):
     """Run the search, trying the points of ``first`` first, in order; a failed trial (a diverged run, a lost
     worker) is recorded and the search goes on, but a search whose every trial failed stops the stage with
-    the first failure's cause."""
+    the first failure's cause. Optuna starts no trial once ``seconds`` are spent; with ``whole_trials``
+    (trials that cannot stop midway, such as an ALS fit) none starts unless the slowest so far would
+    still end within them."""
     import optuna
 
     for point in first:
         study.enqueue_trial(point)
 
     failures: list[Exception] = []
+    deadline, slowest = time.perf_counter() + seconds, 0.0
 
     def recorded(trial) -> float:
+        nonlocal slowest
+        started = time.perf_counter()
         try:
             return objective(trial)
         except optuna.TrialPruned:
@@ -127,6 +135,10 @@ def run_search(study, objective, family: str, trials: int, seconds: float, first
         except Exception as error:  # Optuna logs it with its traceback and marks the trial failed
             failures.append(error)
             raise
+        finally:
+            slowest = max(slowest, time.perf_counter() - started)
+            if whole_trials and deadline - time.perf_counter() < slowest:
+                study.stop()
 
     study.optimize(recorded, n_trials=trials, timeout=seconds, catch=(Exception,))
     if not any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
@@ -163,7 +175,7 @@ def search_als(spark: SparkSession, config: Config, inputs: TrainingInputs, seco
 
     try:
         study = run_search(seeded_study(config.tune.seed), objective, "als", config.tune.als_trials, seconds,
-                           first=(inside(ALS_SPACE, config.als.model_dump()),))
+                           first=(inside(ALS_SPACE, config.als.model_dump()),), whole_trials=True)
     finally:
         train_rows.unpersist()
     return study, best
@@ -286,15 +298,16 @@ def run_tune(spark: SparkSession, config: Config) -> dict[str, Any]:
                               "selected_on": f"validation {config.train.validation_group}/"
                                              f"{config.train.validation_metric}@{config.train.validation_k}"}
     chosen_als = config  # training trials that start from ALS start from the ALS chosen first
+    searches_method = bool(config.tune.method_trials and method is not None)
     if config.tune.als_trials:
-        study, best = search_als(spark, config, inputs, budget / 2)
+        study, best = search_als(spark, config, inputs, budget / 2 if searches_method else budget)
         record["als"] = {name: getattr(best["als"], name) for name in ALS_SPACE}
         record["searches"]["als"] = {"best": study.best_value, "trials": _trials(study)}
         chosen_als = config.model_copy(update={"als": best["als"]})
         # The train stage and the training trials reuse the best trial's fit instead of fitting it again.
         if reused_artifact(chosen_als, "als_merged", model_version("als_merged", chosen_als, inputs.versions)) is None:
             save_factor_model(chosen_als, "als_merged", inputs, best["model"], best["seconds"])
-    if config.tune.method_trials and method is not None:
+    if searches_method:
         remaining = max(budget - (time.perf_counter() - started), 1.0)
         study = search_method(spark, chosen_als, inputs, method, remaining)
         record["train"] = study.best_params
