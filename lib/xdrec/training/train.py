@@ -45,7 +45,7 @@ PAIRS_PER_FILE = 1_000_000
 STAGED_BLOCK_BYTES = 64 * 1024 * 1024
 INPUT_TABLES = (tables.TRAINING_EXAMPLES, tables.USER_INDEX, tables.ITEM_INDEX, tables.INDEXED_INTERACTIONS)
 # When the best of train.temperature is its smallest or largest, how many halvings or doublings past it
-# train_at_best_temperature tries at most: enough to go 8 times further than the list, at an epoch each.
+# next_temperature tries at most: enough to go 8 times further than the list, at an epoch each.
 PROBES_PAST_THE_LIST = 3
 # How many of the temperatures that rank best after one epoch are trained to the end, the best kept epoch
 # deciding: one epoch favours the temperature that learns fastest, which is not always the one that ends best.
@@ -313,6 +313,38 @@ def with_runner_up(model: TwoTower, spec: distributed.TrainSpec, probe: dict, in
     return (model if ensemble["weight"] == 1.0 else blend), ensemble
 
 
+def next_temperature(listed: list[float], after_one_epoch: dict[float, float]) -> float | None:
+    """The next temperature of ``listed`` (``train.temperature``) to train one epoch at, given the figures
+    ``after_one_epoch`` so far, or None when the search is done. A temperature of 0 (plain dot products) is
+    off the scale and tried first. The others are tried from the middle of the list outwards, towards the
+    better of its two middle values, while each validates better than the best so far, and past the list's
+    end (half its smallest, twice its largest) at most :data:`PROBES_PAST_THE_LIST` times: the figure after
+    one epoch rises to one best temperature and falls past it on every dataset measured (docs/methods.md,
+    "Choosing the temperature"), so the far side of the best is not tried, and both its neighbours are::
+
+        next_temperature([0.05, 0.1, 0.2, 0.4], {0.1: 0.36, 0.2: 0.37})              # 0.4
+        next_temperature([0.05, 0.1, 0.2, 0.4], {0.1: 0.36, 0.2: 0.37, 0.4: 0.34})   # None: 0.05 is not tried
+        next_temperature([0.05, 0.1, 0.2, 0.4], {0.1: 0.18, 0.2: 0.12, 0.05: 0.19})  # 0.025, past the list
+    """
+    pending = [t for t in listed if t <= 0 and t not in after_one_epoch]
+    scale = sorted({t for t in listed if t > 0})
+    middle = max(0, (len(scale) - 1) // 2)
+    pending += [t for t in scale[middle:middle + 2] if t not in after_one_epoch]
+    if pending or len(scale) < 2:
+        return pending[0] if pending else None
+    tried = sorted(t for t in after_one_epoch if t > 0)
+    best = max(tried, key=after_one_epoch.get)
+    if best not in (tried[0], tried[-1]):
+        return None
+    further = [t for t in scale if t < best] if best == tried[0] else [t for t in scale if t > best]
+    if further:
+        return further[-1] if best == tried[0] else further[0]
+    past = sum(t < scale[0] or t > scale[-1] for t in tried)
+    if past >= PROBES_PAST_THE_LIST:
+        return None
+    return best / 2 if best == tried[0] else best * 2
+
+
 def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.TrainSpec, list[dict], dict]:
     """Train ``spec`` at the temperature of ``train.temperature`` that validates best; returns the run's spec
     (its temperature, and the checkpoint folder holding its final weights), its history, and what was
@@ -322,9 +354,9 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
     Every temperature first trains one epoch of every phase, from the same start. With one phase that
     epoch is the first of the temperature's whole run, checkpointed in ``temperature-<temperature>`` of
     the spec's checkpoint folder and paused there; with several it is a run of its own, one epoch a
-    phase, in ``probe-<temperature>``. A rerun reuses either. When the best is the list's smallest or
-    largest (above 0), half or twice it is tried too, and so on while that validates better, at most
-    :data:`PROBES_PAST_THE_LIST` times. The :data:`FINALISTS` best then train to the end (in
+    phase, in ``probe-<temperature>``. A rerun reuses either. The temperatures are tried in the order
+    :func:`next_temperature` gives: from the middle of the list outwards while they validate better, and
+    past its ends. The :data:`FINALISTS` best then train to the end (in
     ``temperature-<temperature>``: a paused run goes on from its first epoch), and the one whose kept
     epoch validates best is the model. One temperature: ``spec`` trained as it is, and {}.
 
@@ -354,15 +386,8 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
         log.info(f"temperature {temperature:g}: {key} {curve[0]:.4f} after one epoch")
         return key
 
-    key = [probe(temperature) for temperature in temperatures][-1]
-    for _ in range(PROBES_PAST_THE_LIST):
-        best, tried = max(after_one_epoch, key=after_one_epoch.get), sorted(t for t in after_one_epoch if t > 0)
-        if len(tried) < 2 or best not in (tried[0], tried[-1]):
-            break
-        beyond = best / 2 if best == tried[0] else best * 2
-        probe(beyond)
-        if after_one_epoch[beyond] <= after_one_epoch[best]:
-            break
+    while (temperature := next_temperature(temperatures, after_one_epoch)) is not None:
+        key = probe(temperature)
     # sorted() is stable: on a tie, the first tried goes first.
     finalists = sorted(after_one_epoch, key=after_one_epoch.get, reverse=True)[:FINALISTS]
     runs: dict[float, tuple[distributed.TrainSpec, list[dict]]] = {}
@@ -373,9 +398,11 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
         kept[temperature] = max(last_phase_curve(spec.train, runs[temperature][1], spec.phases)[1])
         log.info(f"temperature {temperature:g}: {key} {kept[temperature]:.4f} at the kept epoch")
     chosen = max(kept, key=kept.get)  # on a tie, the better after one epoch
+    skipped = [f"{t:g}" for t in temperatures if t not in after_one_epoch]
     log.info(f"temperature {chosen:g} chosen, the best on validation {key} of "
              + ", ".join(f"{temperature:g}" for temperature in after_one_epoch)
-             + f" (after one epoch; {' and '.join(f'{t:g}' for t in finalists)} trained to the end)")
+             + f" (after one epoch; {' and '.join(f'{t:g}' for t in finalists)} trained to the end"
+             + (f"; {', '.join(skipped)} not tried, past a temperature that validated lower)" if skipped else ")"))
     return (*runs[chosen], {"chosen": chosen, "selected_on": key,
                             "validation": {f"{t:g}": f for t, f in after_one_epoch.items()},
                             "finalists": {f"{t:g}": f for t, f in kept.items()}})
