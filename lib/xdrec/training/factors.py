@@ -41,12 +41,20 @@ def popularity(train: DataFrame, num_users: int, num_items: int) -> FactorModel:
 
 
 def als_factors(train: DataFrame, num_users: int, num_items: int, rank: int, iterations: int,
-                regularization: float, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Implicit-feedback ALS on (user_idx, item_idx) rows; dense factor matrices indexed by idx."""
+                regularization: float, alpha: float, seed: int,
+                blocks: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit-feedback ALS on (user_idx, item_idx) rows; dense factor matrices indexed by idx.
+
+    Users and items go into ``blocks`` blocks each, by default as many as Spark's default parallelism
+    rather than MLlib's 10: implicit ALS sums the blocks' Gram matrices in the order their tasks end, and
+    with 10 blocks the factors differed in their last bit between fresh sessions, enough to move joint,
+    which starts from them, by its seed spread (``benchmarks/bench_als_repeat.py``). A sum of two does not
+    depend on the order: on two cores every session fits the same factors."""
     ratings = train.select("user_idx", "item_idx").distinct().withColumn("rating", F.lit(1.0))
+    blocks = blocks or train.sparkSession.sparkContext.defaultParallelism
     model = ALS(rank=rank, maxIter=iterations, regParam=regularization, alpha=alpha, implicitPrefs=True,
-                userCol="user_idx", itemCol="item_idx", ratingCol="rating", seed=seed,
-                coldStartStrategy="nan").fit(ratings)
+                userCol="user_idx", itemCol="item_idx", ratingCol="rating", seed=seed, numUserBlocks=blocks,
+                numItemBlocks=blocks, coldStartStrategy="nan").fit(ratings)
     user_factors = np.zeros((num_users, rank), dtype=np.float32)
     item_factors = np.zeros((num_items, rank), dtype=np.float32)
     for row in model.userFactors.collect():
