@@ -46,10 +46,10 @@ def als_factors(train: DataFrame, num_users: int, num_items: int, rank: int, ite
     """Implicit-feedback ALS on (user_idx, item_idx) rows; dense factor matrices indexed by idx.
 
     Users and items go into ``blocks`` blocks each, by default as many as Spark's default parallelism
-    rather than MLlib's 10: implicit ALS sums the blocks' Gram matrices in the order their tasks end, and
-    with 10 blocks the factors differed in their last bit between fresh sessions, enough to move joint,
-    which starts from them, by its seed spread (``benchmarks/bench_als_repeat.py``). A sum of two does not
-    depend on the order: on two cores every session fits the same factors."""
+    rather than MLlib's 10. With 10 the factors differed in their last bit between fresh sessions, enough to
+    move joint, which starts from them, by its seed spread; with 2 every session fitted the same factors
+    (``benchmarks/bench_als_repeat.py``). The likely cause: implicit ALS sums the blocks' Gram matrices in
+    the order their tasks end, and a sum of two does not depend on the order."""
     ratings = train.select("user_idx", "item_idx").distinct().withColumn("rating", F.lit(1.0))
     blocks = blocks or train.sparkSession.sparkContext.defaultParallelism
     model = ALS(rank=rank, maxIter=iterations, regParam=regularization, alpha=alpha, implicitPrefs=True,
