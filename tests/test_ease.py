@@ -9,7 +9,7 @@ import torch
 from conftest import synthetic_config
 from xdrec.config import EaseConfig
 from xdrec.modeling.model import FactorModel
-from xdrec.training.factors import ease
+from xdrec.training.factors import ease, item_gram, user_vectors
 from xdrec.training.loop import Collective
 from xdrec.training.train import model_version
 from xdrec.training.validation import ValidationSet, ranking_figures
@@ -61,6 +61,34 @@ def fit(interactions, **settings):
         return ranking_figures(scorer, validation, 3, Collective())["cold/NDCG@3"]
 
     return ease(interactions, NUM_USERS, NUM_ITEMS, TARGET, EaseConfig(**settings), validation.users, validated)
+
+
+@pytest.fixture(scope="module")
+def pairs(spark):
+    """(user_idx, column) of 200 users over 30 columns, on several partitions, and the same as a 0/1 matrix;
+    users 150-199 have no row."""
+    rng = np.random.default_rng(5)
+    matrix = (rng.random((200, 30)) < 0.3) & (np.arange(200) < 150)[:, None]
+    users, columns = np.nonzero(matrix)
+    frame = spark.createDataFrame([(int(u), int(c)) for u, c in zip(users, columns)], "user_idx int, column int")
+    return frame.repartition(4), matrix.astype(np.float32)
+
+
+@pytest.mark.parametrize("block_values", [1 << 24, 7])
+def test_the_gram_matrix_is_summed_over_the_tasks_in_blocks_exactly(pairs, block_values):
+    """Whole at once, and in blocks of 7 nonzeros at most, so that a row of more (about 45 users share two
+    columns) goes alone: the counts are integers, so equal to the last bit."""
+    frame, matrix = pairs
+    np.testing.assert_array_equal(item_gram(frame, 30, block_values), matrix.T @ matrix)
+
+
+def test_every_user_vector_is_the_users_row_times_the_weights_and_zero_without_rows(pairs):
+    frame, matrix = pairs
+    weights = np.random.default_rng(6).standard_normal((30, 4)).astype(np.float32)
+    vectors = user_vectors(frame, weights, 220)
+    assert vectors.shape == (220, 4) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors[:200], matrix @ weights, rtol=1e-5, atol=1e-5)
+    assert not vectors[150:].any()
 
 
 def test_ease_scores_users_by_the_closed_form_at_the_weight_that_validates_best(interactions):

@@ -38,7 +38,7 @@ from xdrec.evaluation import baselines, report
 from xdrec.logs import get_logger
 from xdrec.modeling.metrics import metric_names, sampled_line_metrics, user_metrics
 from xdrec.modeling.ranking import full_ranks, sampled_ranks
-from xdrec.spark import progress
+from xdrec.spark import progress, spread_by_user
 from xdrec.training import artifact as artifacts, factors, selection
 
 log = get_logger("evaluate")
@@ -99,12 +99,6 @@ def _group_counts(users: DataFrame) -> dict[str, int]:
     return {("cold" if row["cold"] else "warm"): row["count"] for row in users.groupBy("cold").count().collect()}
 
 
-def _spread(frame: DataFrame) -> DataFrame:
-    """``frame`` in one partition per core, by user. Each row costs model calls, which its few bytes do not
-    show: the planner coalesced MovieLens-1M's 121,458 test lines into one task, one core of two."""
-    return frame.repartition(frame.sparkSession.sparkContext.defaultParallelism, "user_idx")
-
-
 def full_ranking_metrics(users: DataFrame, scorers: dict[str, str], candidates: np.ndarray,
                          ks: list[int]) -> DataFrame:
     """(model, user_idx, cold, relevant_count, candidate_count, values array) for every model of ``scorers``
@@ -129,7 +123,7 @@ def full_ranking_metrics(users: DataFrame, scorers: dict[str, str], candidates: 
                     "candidate_count": [counts[row] for row in ranked],
                     "values": [_ordered(user_metrics(ranks[row], counts[row], ks), names) for row in ranked]})
 
-    return _spread(users.select("user_idx", "cold", "relevant", "seen")).mapInPandas(
+    return spread_by_user(users.select("user_idx", "cold", "relevant", "seen")).mapInPandas(
         rank_users, "model string, user_idx int, cold boolean, relevant_count int, candidate_count int, "
                     "values array<double>")
 
@@ -156,7 +150,7 @@ def sampled_metrics(lines: DataFrame, scorers: dict[str, str], train_items: np.n
                 yield pd.DataFrame({"model": model, "user_idx": users, "item_idx": items, "cold": frame["cold"],
                                     "values": [_ordered(sampled_line_metrics(int(rank), ks), names) for rank in ranks]})
 
-    return _spread(lines.select("user_idx", "item_idx", "cold")).mapInPandas(
+    return spread_by_user(lines.select("user_idx", "item_idx", "cold")).mapInPandas(
         rank_lines, "model string, user_idx int, item_idx int, cold boolean, values array<double>")
 
 

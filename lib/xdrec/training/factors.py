@@ -15,9 +15,10 @@ Each is a :class:`~xdrec.modeling.model.FactorModel`, so it is ranked and served
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import scipy.sparse
 import torch
 from pyspark.ml.recommendation import ALS
@@ -28,15 +29,22 @@ from torch import nn
 from xdrec.config import AlsConfig, EaseConfig
 from xdrec.logs import get_logger
 from xdrec.modeling.model import FactorModel
+from xdrec.spark import spread_by_user
 
 log = get_logger("train")
 
 
+def item_counts(rows: DataFrame, num_items: int) -> np.ndarray:
+    """Each item's number of ``rows`` (with an item_idx), indexed by item_idx."""
+    counts = np.zeros(num_items, dtype=np.int64)
+    for row in rows.groupBy("item_idx").count().collect():
+        counts[row["item_idx"]] = row["count"]
+    return counts
+
+
 def popularity(train: DataFrame, num_users: int, num_items: int) -> FactorModel:
     """Bias-only scorer: an item's score is its number of training interactions."""
-    counts = np.zeros(num_items, dtype=np.float32)
-    for row in train.groupBy("item_idx").count().collect():
-        counts[row["item_idx"]] = row["count"]
+    counts = item_counts(train, num_items).astype(np.float32)
     return FactorModel(np.zeros((num_users, 1)), np.zeros((num_items, 1)), counts)
 
 
@@ -148,6 +156,81 @@ def ease_weights(gram: torch.Tensor, columns: torch.Tensor, regularization: floa
     return weights
 
 
+GRAM_BLOCK_VALUES = 1 << 24
+"""Nonzeros of a task's part of the Gram matrix that one output row carries at most (64 MiB of counts), far
+under the 2 GiB an Arrow value may hold."""
+GRAM_SCHEMA = "start int, stop int, indptr binary, indices binary, counts binary"
+
+
+def _user_matrix(frames: list[pd.DataFrame], size: int, dtype: type) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
+    """A task's (user_idx, column) rows: its users, sorted, and their 0/1 matrix of ``size`` columns."""
+    frame = pd.concat(frames, ignore_index=True)
+    users, rows = np.unique(frame["user_idx"].to_numpy(np.int64), return_inverse=True)
+    matrix = scipy.sparse.csr_matrix((np.ones(len(frame), dtype=dtype), (rows, frame["column"].to_numpy(np.int64))),
+                                     shape=(len(users), size))
+    return users, matrix
+
+
+def item_gram(pairs: DataFrame, size: int, block_values: int = GRAM_BLOCK_VALUES) -> np.ndarray:
+    """The Gram matrix XᵀX (float32, ``size`` x ``size``) of the 0/1 users x items matrix X of ``pairs``
+    (user_idx, column; distinct rows): how many users have both items. Each task sums its own users' part;
+    the driver adds the parts a block of rows (of ``block_values`` nonzeros at most, or one row) at a time, so
+    it holds the matrix and one block, never the pairs.
+
+    >>> item_gram(spark.createDataFrame([(0, 0), (0, 1), (1, 1)], "user_idx int, column int"), 2)
+    array([[1., 1.],
+           [1., 2.]], dtype=float32)
+    """
+    def partial_grams(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        frames = list(frames)
+        if not frames:
+            return
+        _, matrix = _user_matrix(frames, size, np.int32)
+        gram = (matrix.T @ matrix).tocsr()
+        start = 0
+        while start < size:
+            stop = int(np.searchsorted(gram.indptr, gram.indptr[start] + block_values, side="right")) - 1
+            stop = min(size, max(stop, start + 1))
+            block = gram[start:stop]
+            yield pd.DataFrame({"start": [start], "stop": [stop], "indptr": [block.indptr.astype(np.int64).tobytes()],
+                                "indices": [block.indices.astype(np.int32).tobytes()],
+                                "counts": [block.data.astype(np.int32).tobytes()]})
+            start = stop
+
+    gram = np.zeros((size, size), dtype=np.float32)
+    for part in spread_by_user(pairs).mapInPandas(partial_grams, GRAM_SCHEMA).toLocalIterator():
+        indptr = np.frombuffer(part["indptr"], dtype=np.int64)
+        rows = part["start"] + np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        gram[rows, np.frombuffer(part["indices"], dtype=np.int32)] += np.frombuffer(part["counts"], dtype=np.int32)
+    return gram
+
+
+def user_vectors(pairs: DataFrame, weights: np.ndarray, num_users: int) -> np.ndarray:
+    """Every user's row of X·``weights`` ([num_users, weights' columns] float32, zero for users with no row), for
+    the 0/1 matrix X of ``pairs`` (user_idx, column; distinct rows): each task multiplies its own users' rows,
+    and only their products reach the driver.
+
+    >>> user_vectors(spark.createDataFrame([(0, 0), (0, 1), (2, 1)], "user_idx int, column int"),
+    ...              np.array([[1.0], [2.0]], dtype=np.float32), 3)
+    array([[3.],
+           [0.],
+           [2.]], dtype=float32)
+    """
+    size = len(weights)
+
+    def products(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        frames = list(frames)
+        if frames:
+            users, matrix = _user_matrix(frames, size, np.float32)
+            yield pd.DataFrame({"user_idx": users, "vector": list(matrix @ weights)})
+
+    rows = spread_by_user(pairs).mapInPandas(products, "user_idx long, vector array<float>").toPandas()
+    vectors = np.zeros((num_users, weights.shape[1]), dtype=np.float32)
+    if len(rows):
+        vectors[rows["user_idx"].to_numpy()] = np.stack(rows["vector"].to_numpy())
+    return vectors
+
+
 def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndarray, settings: EaseConfig,
          validation_users: np.ndarray, validate: Callable[[nn.Module], float]) -> tuple[FactorModel, dict]:
     """EASE on the training rows (user_idx, item_idx) of both domains, scoring ``target_items``: the
@@ -156,49 +239,63 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     one is there, solved in closed form and scored by ``validate`` on the ``validation_users``, the best one
     kept. A user's vector is the sum of the weights' rows of the user's items: exact over at most
     ``settings.rank`` target items, else in the top ``settings.rank`` singular directions. Returns the model
-    and ``{"regularization", "multiple", "validation": {multiple: figure}, "items", "rank"}``."""
-    rows = train.select("user_idx", "item_idx").distinct().toPandas()
-    counts = np.bincount(rows["item_idx"].to_numpy(), minlength=num_items)
-    # The most interacted-with items (on a tie the lower index), the only Spark action being the collect above.
+    and ``{"regularization", "multiple", "validation": {multiple: figure}, "items", "rank"}``.
+
+    The interactions stay on the executors (:func:`item_gram`, :func:`user_vectors`): the driver collects
+    the items' counts, the Gram matrix, the validation users' rows and the users' vectors."""
+    spark = train.sparkSession
+    rows = train.select("user_idx", "item_idx").distinct()
+    counts = item_counts(rows, num_items)
+    # The most interacted-with items, on a tie the lower index.
     kept = np.sort(np.lexsort((np.arange(num_items), -counts))[:min(settings.max_items, int((counts > 0).sum()))])
     position = np.full(num_items, -1, dtype=np.int64)
     position[kept] = np.arange(len(kept))
-    rows = rows[position[rows["item_idx"].to_numpy()] >= 0]
-    interactions = scipy.sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows["user_idx"].to_numpy(), position[rows["item_idx"].to_numpy()])),
-        shape=(num_users, len(kept)))
-    gram = torch.from_numpy((interactions.T @ interactions).toarray())
-    scored = target_items[position[target_items] >= 0]
-    columns = torch.from_numpy(position[scored])
-    mean_users = float(gram.diagonal().mean())
-    grid = sorted(set(settings.regularization))
-    ratio = grid[-1] / grid[-2] if len(grid) > 1 else 4.0
-    figures, best, best_weights, pending, extensions = {}, None, None, grid, settings.extend
-    while pending:
-        multiple, *pending = pending
-        weights = ease_weights(gram, columns, multiple * mean_users)
-        scores = interactions[validation_users] @ weights.numpy()
-        figures[multiple] = validate(ScoreTable(validation_users, scored, scores, num_users, num_items))
-        log.info(f"ease: regularization {multiple:g} x {mean_users:.1f} users an item, validation {figures[multiple]:.4f}")
-        if best is None or figures[multiple] > figures[best]:
-            best, best_weights = multiple, weights
-        # While the best weight is at an end of those tried, the search goes on past that end: the list's
-        # spacing need not bracket a new dataset's optimum.
-        if not pending and extensions > 0 and best in (min(figures), max(figures)):
-            extensions -= 1
-            pending = [best * ratio if best == max(figures) else best / ratio]
-    del gram
-    if len(scored) <= settings.rank:
-        user_side, item_side = best_weights.numpy(), np.eye(len(scored), dtype=np.float32)
-    else:
-        rank = settings.rank
-        with torch.random.fork_rng():
-            torch.manual_seed(settings.seed)
-            # A few directions more than kept, as randomized decompositions need them to find the top ones.
-            left, singular, right = torch.svd_lowrank(best_weights, q=min(rank + 16, len(scored)), niter=4)
-        user_side, item_side = (left[:, :rank] * singular[:rank]).numpy(), right[:, :rank].numpy()
+    columns_of_kept = spark.createDataFrame(pd.DataFrame({"item_idx": kept, "column": np.arange(len(kept))}))
+    pairs = rows.join(F.broadcast(columns_of_kept), "item_idx").select("user_idx", "column").persist()
+    try:
+        gram = torch.from_numpy(item_gram(pairs, len(kept)))
+        validation_rows = pairs.join(spark.createDataFrame(pd.DataFrame({"user_idx": validation_users})),
+                                     "user_idx").toPandas()
+        row_of_user = pd.Series(np.arange(len(validation_users)), index=validation_users)
+        validation_matrix = scipy.sparse.csr_matrix(
+            (np.ones(len(validation_rows), dtype=np.float32),
+             (row_of_user.loc[validation_rows["user_idx"]].to_numpy(), validation_rows["column"].to_numpy(np.int64))),
+            shape=(len(validation_users), len(kept)))
+        scored = target_items[position[target_items] >= 0]
+        columns = torch.from_numpy(position[scored])
+        mean_users = float(gram.diagonal().mean())
+        grid = sorted(set(settings.regularization))
+        ratio = grid[-1] / grid[-2] if len(grid) > 1 else 4.0
+        figures, best, best_weights, pending, extensions = {}, None, None, grid, settings.extend
+        while pending:
+            multiple, *pending = pending
+            weights = ease_weights(gram, columns, multiple * mean_users)
+            scores = validation_matrix @ weights.numpy()
+            figures[multiple] = validate(ScoreTable(validation_users, scored, scores, num_users, num_items))
+            log.info(f"ease: regularization {multiple:g} x {mean_users:.1f} users an item, "
+                     f"validation {figures[multiple]:.4f}")
+            if best is None or figures[multiple] > figures[best]:
+                best, best_weights = multiple, weights
+            # While the best weight is at an end of those tried, the search goes on past that end: the list's
+            # spacing need not bracket a new dataset's optimum.
+            if not pending and extensions > 0 and best in (min(figures), max(figures)):
+                extensions -= 1
+                pending = [best * ratio if best == max(figures) else best / ratio]
+        del gram
+        if len(scored) <= settings.rank:
+            user_side, item_side = best_weights.numpy(), np.eye(len(scored), dtype=np.float32)
+        else:
+            rank = settings.rank
+            with torch.random.fork_rng():
+                torch.manual_seed(settings.seed)
+                # A few directions more than kept, as randomized decompositions need them to find the top ones.
+                left, singular, right = torch.svd_lowrank(best_weights, q=min(rank + 16, len(scored)), niter=4)
+            user_side, item_side = (left[:, :rank] * singular[:rank]).numpy(), right[:, :rank].numpy()
+        user_factors = user_vectors(pairs, user_side, num_users)
+    finally:
+        pairs.unpersist()
     item_factors = np.zeros((num_items, item_side.shape[1]), dtype=np.float32)
     item_factors[scored] = item_side
     chosen = {"regularization": best * mean_users, "multiple": best, "validation": figures, "items": len(kept),
               "rank": item_side.shape[1]}
-    return FactorModel(interactions @ user_side, item_factors), chosen
+    return FactorModel(user_factors, item_factors), chosen
