@@ -74,10 +74,10 @@ def pairs(spark):
     return frame.repartition(4), matrix.astype(np.float32)
 
 
-@pytest.mark.parametrize("block_values", [1 << 24, 7])
+@pytest.mark.parametrize("block_values", [1 << 24, 100, 7])
 def test_the_gram_matrix_is_summed_over_the_tasks_in_blocks_exactly(pairs, block_values):
-    """Whole at once, and in blocks of 7 nonzeros at most, so that a row of more (about 45 users share two
-    columns) goes alone: the counts are integers, so equal to the last bit."""
+    """Whole at once, in blocks of a few rows, and in blocks of 7 nonzeros at most, so that a row of more
+    (about 45 users share two columns) goes alone: the counts are integers, so equal to the last bit."""
     frame, matrix = pairs
     np.testing.assert_array_equal(item_gram(frame, 30, block_values), matrix.T @ matrix)
 

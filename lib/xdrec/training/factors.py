@@ -157,8 +157,8 @@ def ease_weights(gram: torch.Tensor, columns: torch.Tensor, regularization: floa
 
 
 GRAM_BLOCK_VALUES = 1 << 24
-"""Nonzeros of a task's part of the Gram matrix that one output row carries at most (64 MiB of counts), far
-under the 2 GiB an Arrow value may hold."""
+"""Nonzeros of a task's part of the Gram matrix that it computes and sends in one output row at most (64 MiB of
+counts), far under the 2 GiB an Arrow value may hold."""
 GRAM_SCHEMA = "start int, stop int, indptr binary, indices binary, counts binary"
 
 
@@ -173,9 +173,10 @@ def _user_matrix(frames: list[pd.DataFrame], size: int, dtype: type) -> tuple[np
 
 def item_gram(pairs: DataFrame, size: int, block_values: int = GRAM_BLOCK_VALUES) -> np.ndarray:
     """The Gram matrix XᵀX (float32, ``size`` x ``size``) of the 0/1 users x items matrix X of ``pairs``
-    (user_idx, column; distinct rows): how many users have both items. Each task sums its own users' part;
-    the driver adds the parts a block of rows (of ``block_values`` nonzeros at most, or one row) at a time, so
-    it holds the matrix and one block, never the pairs.
+    (user_idx, column; distinct rows): how many users have both items. Each task computes its own users' part
+    a block of rows at a time (of ``block_values`` nonzeros at most, or one row) and sends each block as it
+    is done; the driver adds them into the matrix. So a task holds its rows and one block, never its whole
+    part (on dense data, nearly ``size`` x ``size``), and the driver the matrix and one block, never the pairs.
 
     >>> item_gram(spark.createDataFrame([(0, 0), (0, 1), (1, 1)], "user_idx int, column int"), 2)
     array([[1., 1.],
@@ -186,15 +187,20 @@ def item_gram(pairs: DataFrame, size: int, block_values: int = GRAM_BLOCK_VALUES
         if not frames:
             return
         _, matrix = _user_matrix(frames, size, np.int32)
-        gram = (matrix.T @ matrix).tocsr()
+        by_column = matrix.tocsc()
+        # Row j of XᵀX has at most as many nonzeros as its item's users have rows in all, and at most size.
+        row_bounds = np.minimum(by_column.T @ np.diff(matrix.indptr).astype(np.int64), size)
+        bounds_before = np.concatenate([[0], np.cumsum(row_bounds)])
         start = 0
         while start < size:
-            stop = int(np.searchsorted(gram.indptr, gram.indptr[start] + block_values, side="right")) - 1
+            stop = int(np.searchsorted(bounds_before, bounds_before[start] + block_values, side="right")) - 1
             stop = min(size, max(stop, start + 1))
-            block = gram[start:stop]
-            yield pd.DataFrame({"start": [start], "stop": [stop], "indptr": [block.indptr.astype(np.int64).tobytes()],
-                                "indices": [block.indices.astype(np.int32).tobytes()],
-                                "counts": [block.data.astype(np.int32).tobytes()]})
+            block = (by_column[:, start:stop].T @ matrix).tocsr()
+            if block.nnz:
+                yield pd.DataFrame({"start": [start], "stop": [stop],
+                                    "indptr": [block.indptr.astype(np.int64).tobytes()],
+                                    "indices": [block.indices.astype(np.int32).tobytes()],
+                                    "counts": [block.data.astype(np.int32).tobytes()]})
             start = stop
 
     gram = np.zeros((size, size), dtype=np.float32)
