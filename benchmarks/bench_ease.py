@@ -1,5 +1,6 @@
 """The EASE factor model fitted alone, as the train stage fits it, on a warehouse's training rows: its time,
-the driver Python's memory, its choice on validation and a digest of the vectors it serves.
+peak memory (the driver Python's, the Spark JVM's and the largest Spark Python worker's, sampled as
+bench_scale.py samples them), its choice on validation and a digest of the vectors it serves.
 
     $VENV/bin/python benchmarks/bench_ease.py --conf demo --set warehouse=<a demo's warehouse>
     PYTHONPATH=<another checkout>/lib $VENV/bin/python benchmarks/bench_ease.py ... --compare /tmp/bench_ease.npz
@@ -11,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import resource
 import time
 
 import numpy as np
+from bench_scale import PeakMemory
 
 from xdrec.config import load_config
 from xdrec.spark import get_spark
 from xdrec.training import train, tune
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -36,14 +33,16 @@ def main() -> None:
     spark = get_spark(config.spark)
     inputs = train.read_inputs(spark, config)
     rows = train.training_rows(spark, config, inputs.versions).cache()
-    print(f"{rows.count():,} training rows, {inputs.num_users:,} users, {inputs.num_items:,} items; "
-          f"driver Python peak before the fit {peak_mib():,.0f} MiB", flush=True)
+    print(f"{rows.count():,} training rows, {inputs.num_users:,} users, {inputs.num_items:,} items", flush=True)
+    sampler = PeakMemory()
+    sampler.start()
     started = time.perf_counter()
     model, chosen = train.fit_ease(config, inputs, rows)
     seconds = time.perf_counter() - started
+    peaks = sampler.stop()
     users, items = model.user_embedding.weight.numpy(), model.item_embedding.weight.numpy()
     digest = hashlib.sha256(users.tobytes() + items.tobytes()).hexdigest()[:12]
-    print(f"fitted in {seconds:.1f}s; driver Python peak {peak_mib():,.0f} MiB; {chosen['items']:,} items, "
+    print(f"fitted in {seconds:.1f}s; peak MiB {peaks}; {chosen['items']:,} items, "
           f"rank {chosen['rank']}, multiple {chosen['multiple']:g}, validation "
           + ", ".join(f"{multiple:g}: {figure:.4f}" for multiple, figure in chosen["validation"].items())
           + f"; vectors {digest}")

@@ -2,6 +2,8 @@
 
     $VENV/bin/python benchmarks/bench_scale.py --sizes 1,4 --out docs/scale              # ~25 min on 2 cores
     $VENV/bin/python benchmarks/bench_scale.py --sizes 0.02 --out /tmp/scale-smoke      # the CI smoke's size, ~1.5 min
+    $VENV/bin/python benchmarks/bench_scale.py --sizes 4 --stages ingest,features --work /tmp/x --out /tmp/x/report
+        # only a warehouse, /tmp/x/x4/warehouse with its config /tmp/x/x4/scale.yaml, for another benchmark
 
 For each size s the script generates two domains of realistic shape (:func:`generate`) with s × MovieLens-1M's
 1,000,209 interactions, 6,040 users and 3,706 items in all, as CSV files and an item catalogue with titles.
@@ -184,7 +186,7 @@ class PeakMemory(threading.Thread):
         return {kind: round(rss / 2**20) for kind, rss in sorted(self.peaks.items())}
 
 
-def run_size(spark, size: float, work: str, seed: int, train_steps: int) -> list[dict]:
+def run_size(spark, size: float, work: str, seed: int, train_steps: int, stages: list[str]) -> list[dict]:
     raw = os.path.join(work, "raw")
     started = time.perf_counter()
     counts = generate(raw, size, seed)
@@ -194,7 +196,7 @@ def run_size(spark, size: float, work: str, seed: int, train_steps: int) -> list
           + f" (generated in {time.perf_counter() - started:.0f}s)", flush=True)
     config = load_config(config_for(work, raw, size, train_steps))
     rows = []
-    for stage in STAGES:
+    for stage in stages:
         sampler = PeakMemory()
         sampler.start()
         started = time.perf_counter()
@@ -208,12 +210,17 @@ def run_size(spark, size: float, work: str, seed: int, train_steps: int) -> list
     return rows
 
 
+def stages_run(rows: list[dict]) -> list[str]:
+    """The stages of ``rows``, in the pipeline's order."""
+    return [stage for stage in STAGES if any(row["stage"] == stage for row in rows)]
+
+
 def growth(rows: list[dict]) -> list[dict]:
     """Per stage and consecutive sizes: (time ratio) / (interactions ratio); 1.0 is a constant cost per row.
     Interactions, not the nominal size: the generator drops repeated picks, more of them in small catalogues."""
     out = []
     sizes = sorted({row["size"] for row in rows})
-    for stage in STAGES:
+    for stage in stages_run(rows):
         by_size = {row["size"]: row for row in rows if row["stage"] == stage}
         for small, large in zip(sizes, sizes[1:]):
             time_ratio = by_size[large]["seconds"] / by_size[small]["seconds"]
@@ -245,7 +252,7 @@ def write_report(out: str, rows: list[dict], ratios: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for stage in STAGES:
+    for stage in stages_run(rows):
         staged = [row for row in rows if row["stage"] == stage]
         sizes = [row["size"] for row in staged]
         time_axis.plot(sizes, [row["seconds"] for row in staged], marker="o", label=stage)
@@ -270,7 +277,12 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--train-steps", type=int, default=250,
                         help="steps per training epoch at every size; 0: one full pass over the pairs")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="the stages to run, in order; the first ones build a warehouse the others can read")
     args = parser.parse_args()
+    stages = args.stages.split(",")
+    if unknown := sorted(set(stages) - set(STAGES)):
+        parser.error(f"--stages: unknown {', '.join(unknown)} (stages: {', '.join(STAGES)})")
     sizes = [float(size) for size in args.sizes.split(",")]
     works = {size: os.path.join(args.work, f"x{size:g}") for size in sizes}
     for work in works.values():
@@ -279,7 +291,7 @@ def main() -> None:
     spark = get_spark(SparkConfig(master="local[2]", driver_memory=args.driver_memory))
     rows = []
     for size in sizes:
-        rows += run_size(spark, size, works[size], args.seed, args.train_steps)
+        rows += run_size(spark, size, works[size], args.seed, args.train_steps, stages)
         write_report(args.out, rows, growth(rows))  # after every size, so a long run shows what it has
     print("\n" + open(os.path.join(args.out, "scale.md")).read())
 

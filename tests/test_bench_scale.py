@@ -69,3 +69,13 @@ def test_growth_and_the_report_from_two_sizes(tmp_path):
     assert [ratio["per_row_growth"] for ratio in ratios] == [1.0] * len(bench_scale.STAGES)
     bench_scale.write_report(str(tmp_path / "out"), rows + doubled, ratios)
     assert {"scale.json", "scale.md", "scale.png"} <= set(os.listdir(tmp_path / "out"))
+
+
+def test_growth_and_the_report_of_the_first_stages_only(tmp_path):
+    """--stages ingest,features: the report covers the stages that ran and no others."""
+    rows = [{"size": size, "stage": stage, "interactions": 3000 * size, "seconds": 10.0 * size, "rows_per_s": 300,
+             "peak_rss_mib": {"driver_python": 600}} for size in (1, 4) for stage in ("ingest", "features")]
+    ratios = bench_scale.growth(rows)
+    assert [ratio["stage"] for ratio in ratios] == ["ingest", "features"]
+    bench_scale.write_report(str(tmp_path / "out"), rows, ratios)
+    assert "| features | 1x → 4x |" in (tmp_path / "out" / "scale.md").read_text()

@@ -2,6 +2,8 @@
 validation, served exactly or through its top singular directions."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -54,13 +56,14 @@ def cold_validation() -> ValidationSet:
                          seen=[np.empty(0, dtype=np.int64)] * len(users), candidates=TARGET)
 
 
-def fit(interactions, **settings):
+def fit(interactions, folder, **settings):
     validation = cold_validation()
 
     def validated(scorer) -> float:
         return ranking_figures(scorer, validation, 3, Collective())["cold/NDCG@3"]
 
-    return ease(interactions, NUM_USERS, NUM_ITEMS, TARGET, EaseConfig(**settings), validation.users, validated)
+    return ease(interactions, NUM_USERS, NUM_ITEMS, TARGET, EaseConfig(**settings), validation.users, validated,
+                str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +78,30 @@ def pairs(spark):
 
 
 @pytest.mark.parametrize("block_values", [1 << 24, 100, 7])
-def test_the_gram_matrix_is_summed_over_the_tasks_in_blocks_exactly(pairs, block_values):
-    """Whole at once, in blocks of a few rows, and in blocks of 7 nonzeros at most, so that a row of more
-    (about 45 users share two columns) goes alone: the counts are integers, so equal to the last bit."""
+def test_the_gram_matrix_is_summed_over_the_tasks_in_blocks_exactly(pairs, block_values, tmp_path):
+    """Whole at once, in blocks of 3 rows (100 nonzeros at most), and a row at a time (7 nonzeros or fewer
+    leave one row): the counts are integers, so equal to the last bit. The blocks' folder goes after."""
     frame, matrix = pairs
-    np.testing.assert_array_equal(item_gram(frame, 30, block_values), matrix.T @ matrix)
+    folder = str(tmp_path / "gram")
+    np.testing.assert_array_equal(item_gram(frame, 30, folder, block_values), matrix.T @ matrix)
+    assert not os.path.exists(folder)
 
 
-def test_every_user_vector_is_the_users_row_times_the_weights_and_zero_without_rows(pairs):
+@pytest.mark.parametrize("block_values", [1 << 24, 9])
+def test_every_user_vector_is_the_users_row_times_the_weights_and_zero_without_rows(pairs, block_values, tmp_path):
+    """All of a task's users in one block, and two users a block (9 floats of vectors 4 wide)."""
     frame, matrix = pairs
     weights = np.random.default_rng(6).standard_normal((30, 4)).astype(np.float32)
-    vectors = user_vectors(frame, weights, 220)
+    folder = str(tmp_path / "vectors")
+    vectors = user_vectors(frame, weights, 220, folder, block_values)
     assert vectors.shape == (220, 4) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors[:200], matrix @ weights, rtol=1e-5, atol=1e-5)
     assert not vectors[150:].any()
+    assert not os.path.exists(folder)
 
 
-def test_ease_scores_users_by_the_closed_form_at_the_weight_that_validates_best(interactions):
-    model, chosen = fit(interactions, regularization=[0.5, 4.0, 64.0])
+def test_ease_scores_users_by_the_closed_form_at_the_weight_that_validates_best(interactions, tmp_path):
+    model, chosen = fit(interactions, tmp_path / "gram", regularization=[0.5, 4.0, 64.0])
     pairs = np.array([[row.user_idx, row.item_idx] for row in interactions.collect()])
     kept = np.arange(NUM_ITEMS)
     mean_users = np.bincount(pairs[:, 1], minlength=NUM_ITEMS).mean()
@@ -114,7 +123,7 @@ def test_ease_scores_users_by_the_closed_form_at_the_weight_that_validates_best(
     torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_the_weight_search_goes_on_past_an_end_of_the_list_while_the_best_weight_is_there(interactions):
+def test_the_weight_search_goes_on_past_an_end_of_the_list_while_the_best_weight_is_there(interactions, tmp_path):
     """A figure that peaks at the multiple 8 (how near the validation scores' mean size comes to theirs at 8,
     a size that falls as the weight grows) is followed past either end of the list, as far as ``extend`` lets
     it go."""
@@ -129,7 +138,7 @@ def test_the_weight_search_goes_on_past_an_end_of_the_list_while_the_best_weight
 
     def searched(grid: list[float], extend: int) -> tuple[list[float], float]:
         _, chosen = ease(interactions, NUM_USERS, NUM_ITEMS, TARGET, EaseConfig(regularization=grid, extend=extend),
-                         users, peaked)
+                         users, peaked, str(tmp_path / "gram"))
         return list(chosen["validation"]), chosen["multiple"]
 
     assert searched([0.5], 2) == ([0.5, 2.0, 8.0], 8.0)  # upwards, 4 times further each, a list of one
@@ -139,11 +148,12 @@ def test_the_weight_search_goes_on_past_an_end_of_the_list_while_the_best_weight
     assert searched([2.0, 8.0, 32.0], 2) == ([2.0, 8.0, 32.0], 8.0)  # bracketed already
 
 
-def test_ease_keeps_the_most_interacted_with_items_and_serves_a_larger_catalogue_in_fewer_directions(interactions):
+def test_ease_keeps_the_most_interacted_with_items_and_serves_a_larger_catalogue_in_fewer_directions(
+        interactions, tmp_path):
     pairs = np.array([[row.user_idx, row.item_idx] for row in interactions.collect()])
     counts = np.bincount(pairs[:, 1], minlength=NUM_ITEMS)
     kept = np.sort(np.lexsort((np.arange(NUM_ITEMS), -counts))[:18])
-    model, chosen = fit(interactions, regularization=[4.0], rank=4, max_items=18)
+    model, chosen = fit(interactions, tmp_path / "gram", regularization=[4.0], rank=4, max_items=18)
     assert chosen["items"] == 18 and chosen["rank"] == 4
     matrix, weights = closed_form(pairs, kept, chosen["regularization"])
     scored = np.isin(kept, TARGET)

@@ -15,6 +15,8 @@ Each is a :class:`~xdrec.modeling.model.FactorModel`, so it is ranked and served
 """
 from __future__ import annotations
 
+import io
+import uuid
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -26,6 +28,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from torch import nn
 
+from xdrec import files
 from xdrec.config import AlsConfig, EaseConfig
 from xdrec.logs import get_logger
 from xdrec.modeling.model import FactorModel
@@ -157,9 +160,28 @@ def ease_weights(gram: torch.Tensor, columns: torch.Tensor, regularization: floa
 
 
 GRAM_BLOCK_VALUES = 1 << 24
-"""Nonzeros of a task's part of the Gram matrix that it computes and sends in one output row at most (64 MiB of
-counts), far under the 2 GiB an Arrow value may hold."""
-GRAM_SCHEMA = "start int, stop int, indptr binary, indices binary, counts binary"
+"""Nonzeros of a block of the Gram matrix's rows at most (64 MiB of counts): what a task computes and writes,
+and the driver reads and adds, at once."""
+VECTOR_BLOCK_VALUES = 1 << 24
+"""Floats of a block of users' vectors at most (64 MiB), likewise."""
+
+
+def _write_block(folder: str, **arrays: np.ndarray) -> str:
+    """Write ``arrays`` as one ``.npz`` file of a new name in ``folder``; return its path. A task's blocks go
+    through files rather than through Spark, whose driver would hold a task's whole output at once."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = files.join(folder, f"{uuid.uuid4().hex}.npz")  # a retried task's blocks go beside, unread
+    files.write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _read_blocks(written: DataFrame) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+    """Each (row, its block's arrays) of ``written``'s rows, which name their block's file in a column "path",
+    read one at a time (no pickles)."""
+    for row in written.collect():
+        with np.load(io.BytesIO(files.read_bytes(row["path"]))) as block:
+            yield row.asDict(), {name: block[name] for name in block.files}
 
 
 def _user_matrix(frames: list[pd.DataFrame], size: int, dtype: type) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
@@ -171,74 +193,85 @@ def _user_matrix(frames: list[pd.DataFrame], size: int, dtype: type) -> tuple[np
     return users, matrix
 
 
-def item_gram(pairs: DataFrame, size: int, block_values: int = GRAM_BLOCK_VALUES) -> np.ndarray:
+def item_gram(pairs: DataFrame, size: int, folder: str, block_values: int = GRAM_BLOCK_VALUES) -> np.ndarray:
     """The Gram matrix XᵀX (float32, ``size`` x ``size``) of the 0/1 users x items matrix X of ``pairs``
-    (user_idx, column; distinct rows): how many users have both items. Each task computes its own users' part
-    a block of rows at a time (of ``block_values`` nonzeros at most, or one row) and sends each block as it
-    is done; the driver adds them into the matrix. So a task holds its rows and one block, never its whole
-    part (on dense data, nearly ``size`` x ``size``), and the driver the matrix and one block, never the pairs.
+    (user_idx, column; distinct rows): how many users have both items. Each task computes its own users'
+    part a block of rows at a time (``block_values`` nonzeros at most, or one row) and writes each block to
+    ``folder`` (a path or URI that the executors and the driver share) when it is done; the driver then
+    reads and adds the blocks one at a time, and removes ``folder``. So a task holds its rows and one block,
+    and the driver the matrix and one block: never a task's whole part (on dense data nearly ``size`` x
+    ``size``, which Spark would hold whole in the driver's JVM to pass it on), nor the pairs.
 
-    >>> item_gram(spark.createDataFrame([(0, 0), (0, 1), (1, 1)], "user_idx int, column int"), 2)
+    >>> item_gram(spark.createDataFrame([(0, 0), (0, 1), (1, 1)], "user_idx int, column int"), 2, "/tmp/gram")
     array([[1., 1.],
            [1., 2.]], dtype=float32)
     """
-    def partial_grams(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    rows_per_block = max(1, block_values // size)
+
+    def write_blocks(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         frames = list(frames)
         if not frames:
             return
         _, matrix = _user_matrix(frames, size, np.int32)
         by_column = matrix.tocsc()
-        # Row j of XᵀX has at most as many nonzeros as its item's users have rows in all, and at most size.
-        row_bounds = np.minimum(by_column.T @ np.diff(matrix.indptr).astype(np.int64), size)
-        bounds_before = np.concatenate([[0], np.cumsum(row_bounds)])
-        start = 0
-        while start < size:
-            stop = int(np.searchsorted(bounds_before, bounds_before[start] + block_values, side="right")) - 1
-            stop = min(size, max(stop, start + 1))
-            block = (by_column[:, start:stop].T @ matrix).tocsr()
+        written = []
+        for start in range(0, size, rows_per_block):
+            block = (by_column[:, start:start + rows_per_block].T @ matrix).tocsr()
             if block.nnz:
-                yield pd.DataFrame({"start": [start], "stop": [stop],
-                                    "indptr": [block.indptr.astype(np.int64).tobytes()],
-                                    "indices": [block.indices.astype(np.int32).tobytes()],
-                                    "counts": [block.data.astype(np.int32).tobytes()]})
-            start = stop
+                written.append((start, _write_block(folder, indptr=block.indptr.astype(np.int64),
+                                                    indices=block.indices.astype(np.int32),
+                                                    counts=block.data.astype(np.int32))))
+        yield pd.DataFrame(written, columns=["start", "path"])
 
     gram = np.zeros((size, size), dtype=np.float32)
-    for part in spread_by_user(pairs).mapInPandas(partial_grams, GRAM_SCHEMA).toLocalIterator():
-        indptr = np.frombuffer(part["indptr"], dtype=np.int64)
-        rows = part["start"] + np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-        gram[rows, np.frombuffer(part["indices"], dtype=np.int32)] += np.frombuffer(part["counts"], dtype=np.int32)
+    try:
+        written = spread_by_user(pairs).mapInPandas(write_blocks, "start int, path string")
+        for row, block in _read_blocks(written):
+            rows = row["start"] + np.repeat(np.arange(len(block["indptr"]) - 1), np.diff(block["indptr"]))
+            gram[rows, block["indices"]] += block["counts"]
+    finally:
+        files.remove(folder)
     return gram
 
 
-def user_vectors(pairs: DataFrame, weights: np.ndarray, num_users: int) -> np.ndarray:
+def user_vectors(pairs: DataFrame, weights: np.ndarray, num_users: int, folder: str,
+                 block_values: int = VECTOR_BLOCK_VALUES) -> np.ndarray:
     """Every user's row of X·``weights`` ([num_users, weights' columns] float32, zero for users with no row), for
-    the 0/1 matrix X of ``pairs`` (user_idx, column; distinct rows): each task multiplies its own users' rows,
-    and only their products reach the driver.
+    the 0/1 matrix X of ``pairs`` (user_idx, column; distinct rows): each task multiplies its own users' rows
+    a block of users at a time (``block_values`` floats at most, or one user) and writes each block to
+    ``folder``, as :func:`item_gram` does; the driver reads them one at a time, and removes ``folder``.
 
     >>> user_vectors(spark.createDataFrame([(0, 0), (0, 1), (2, 1)], "user_idx int, column int"),
-    ...              np.array([[1.0], [2.0]], dtype=np.float32), 3)
+    ...              np.array([[1.0], [2.0]], dtype=np.float32), 3, "/tmp/vectors")
     array([[3.],
            [0.],
            [2.]], dtype=float32)
     """
-    size = len(weights)
+    size, width = weights.shape
+    users_per_block = max(1, block_values // width)
 
-    def products(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def write_blocks(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         frames = list(frames)
-        if frames:
-            users, matrix = _user_matrix(frames, size, np.float32)
-            yield pd.DataFrame({"user_idx": users, "vector": list(matrix @ weights)})
+        if not frames:
+            return
+        users, matrix = _user_matrix(frames, size, np.float32)
+        paths = [_write_block(folder, users=users[start:start + users_per_block],
+                              vectors=matrix[start:start + users_per_block] @ weights)
+                 for start in range(0, len(users), users_per_block)]
+        yield pd.DataFrame({"path": paths})
 
-    rows = spread_by_user(pairs).mapInPandas(products, "user_idx long, vector array<float>").toPandas()
-    vectors = np.zeros((num_users, weights.shape[1]), dtype=np.float32)
-    if len(rows):
-        vectors[rows["user_idx"].to_numpy()] = np.stack(rows["vector"].to_numpy())
+    vectors = np.zeros((num_users, width), dtype=np.float32)
+    try:
+        for _, block in _read_blocks(spread_by_user(pairs).mapInPandas(write_blocks, "path string")):
+            vectors[block["users"]] = block["vectors"]
+    finally:
+        files.remove(folder)
     return vectors
 
 
 def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndarray, settings: EaseConfig,
-         validation_users: np.ndarray, validate: Callable[[nn.Module], float]) -> tuple[FactorModel, dict]:
+         validation_users: np.ndarray, validate: Callable[[nn.Module], float],
+         folder: str) -> tuple[FactorModel, dict]:
     """EASE on the training rows (user_idx, item_idx) of both domains, scoring ``target_items``: the
     ``settings.max_items`` most interacted-with items, each weight of ``settings.regularization`` (times the
     mean number of users per item), and up to ``settings.extend`` more past an end of them while the best
@@ -247,8 +280,9 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     ``settings.rank`` target items, else in the top ``settings.rank`` singular directions. Returns the model
     and ``{"regularization", "multiple", "validation": {multiple: figure}, "items", "rank"}``.
 
-    The interactions stay on the executors (:func:`item_gram`, :func:`user_vectors`): the driver collects
-    the items' counts, the Gram matrix, the validation users' rows and the users' vectors."""
+    The interactions stay on the executors (:func:`item_gram`, :func:`user_vectors`, which pass their
+    blocks through files in a new subfolder of ``folder`` each, removed after): the driver collects the
+    items' counts, the Gram matrix, the validation users' rows and the users' vectors."""
     spark = train.sparkSession
     rows = train.select("user_idx", "item_idx").distinct()
     counts = item_counts(rows, num_items)
@@ -259,7 +293,7 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     columns_of_kept = spark.createDataFrame(pd.DataFrame({"item_idx": kept, "column": np.arange(len(kept))}))
     pairs = rows.join(F.broadcast(columns_of_kept), "item_idx").select("user_idx", "column").persist()
     try:
-        gram = torch.from_numpy(item_gram(pairs, len(kept)))
+        gram = torch.from_numpy(item_gram(pairs, len(kept), files.join(folder, uuid.uuid4().hex)))
         validation_rows = pairs.join(spark.createDataFrame(pd.DataFrame({"user_idx": validation_users})),
                                      "user_idx").toPandas()
         row_of_user = pd.Series(np.arange(len(validation_users)), index=validation_users)
@@ -297,7 +331,7 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
                 # A few directions more than kept, as randomized decompositions need them to find the top ones.
                 left, singular, right = torch.svd_lowrank(best_weights, q=min(rank + 16, len(scored)), niter=4)
             user_side, item_side = (left[:, :rank] * singular[:rank]).numpy(), right[:, :rank].numpy()
-        user_factors = user_vectors(pairs, user_side, num_users)
+        user_factors = user_vectors(pairs, user_side, num_users, files.join(folder, uuid.uuid4().hex))
     finally:
         pairs.unpersist()
     item_factors = np.zeros((num_items, item_side.shape[1]), dtype=np.float32)

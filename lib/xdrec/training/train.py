@@ -501,7 +501,7 @@ def fit_ease(config: Config, inputs: TrainingInputs, train_rows: DataFrame) -> t
         return figures[loop.selecting_key(config.train, figures)]
 
     return factors.ease(train_rows, inputs.num_users, inputs.num_items, inputs.validation.candidates, config.ease,
-                        inputs.validation.users, validated)
+                        inputs.validation.users, validated, files.join(config.warehouse, "staging", "ease"))
 
 
 def save_factor_model(config: Config, name: str, inputs: TrainingInputs, model: FactorModel, seconds: float,
