@@ -159,11 +159,9 @@ def ease_weights(gram: torch.Tensor, columns: torch.Tensor, regularization: floa
     return weights
 
 
-GRAM_BLOCK_VALUES = 1 << 24
-"""Nonzeros of a block of the Gram matrix's rows at most (64 MiB of counts): what a task computes and writes,
-and the driver reads and adds, at once."""
-VECTOR_BLOCK_VALUES = 1 << 24
-"""Floats of a block of users' vectors at most (64 MiB), likewise."""
+BLOCK_VALUES = 1 << 24
+"""Values of a block at most (64 MiB of 4-byte counts or floats): what a task computes and writes, and the
+driver reads, at once (:func:`item_gram`, :func:`user_vectors`)."""
 
 
 def _write_block(folder: str, **arrays: np.ndarray) -> str:
@@ -193,7 +191,7 @@ def _user_matrix(frames: list[pd.DataFrame], size: int, dtype: type) -> tuple[np
     return users, matrix
 
 
-def item_gram(pairs: DataFrame, size: int, folder: str, block_values: int = GRAM_BLOCK_VALUES) -> np.ndarray:
+def item_gram(pairs: DataFrame, size: int, folder: str, block_values: int = BLOCK_VALUES) -> np.ndarray:
     """The Gram matrix XᵀX (float32, ``size`` x ``size``) of the 0/1 users x items matrix X of ``pairs``
     (user_idx, column; distinct rows): how many users have both items. Each task computes its own users'
     part a block of rows at a time (``block_values`` nonzeros at most, or one row) and writes each block to
@@ -235,7 +233,7 @@ def item_gram(pairs: DataFrame, size: int, folder: str, block_values: int = GRAM
 
 
 def user_vectors(pairs: DataFrame, weights: np.ndarray, num_users: int, folder: str,
-                 block_values: int = VECTOR_BLOCK_VALUES) -> np.ndarray:
+                 block_values: int = BLOCK_VALUES) -> np.ndarray:
     """Every user's row of X·``weights`` ([num_users, weights' columns] float32, zero for users with no row), for
     the 0/1 matrix X of ``pairs`` (user_idx, column; distinct rows): each task multiplies its own users' rows
     a block of users at a time (``block_values`` floats at most, or one user) and writes each block to
