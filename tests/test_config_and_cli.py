@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from xdrec.cli import guarded, run_job
-from xdrec.config import CONF_DIR, load_config
+from xdrec.config import CONF_DIR, Config, load_config
 from xdrec.errors import XdrecError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +23,15 @@ def test_every_shipped_config_loads(name):
     config = load_config(name)
     assert config.data.source_domain in config.data.domains
     assert config.data.target_domain in config.data.domains
+
+
+def test_the_template_for_new_data_keeps_every_default_but_the_data_and_warehouse():
+    # A new dataset starts from it: no setting fitted to another dataset may ride along.
+    template = load_config("template")
+    changed = {name for name, field in Config.model_fields.items()
+               if getattr(template, name) != field.get_default(call_default_factory=True)}
+    assert changed == {"warehouse", "data"}
+    assert template.data.fetch == "none" and template.data.target_domain in template.data.domains
 
 
 def test_overrides_are_typed():
