@@ -80,11 +80,11 @@ def pairs(spark):
 @pytest.mark.parametrize("block_values", [1 << 24, 100, 7])
 def test_the_gram_matrix_is_summed_over_the_tasks_in_blocks_exactly(pairs, block_values, tmp_path):
     """Whole at once, in blocks of 3 rows (100 nonzeros at most), and a row at a time (7 nonzeros or fewer
-    leave one row): the counts are integers, so equal to the last bit. The blocks' folder goes after."""
+    leave one row): the counts are integers, so equal to the last bit. The blocks' subfolder goes after."""
     frame, matrix = pairs
     folder = str(tmp_path / "gram")
     np.testing.assert_array_equal(item_gram(frame, 30, folder, block_values), matrix.T @ matrix)
-    assert not os.path.exists(folder)
+    assert os.listdir(folder) == []
 
 
 @pytest.mark.parametrize("block_values", [1 << 24, 9])
@@ -97,7 +97,7 @@ def test_every_user_vector_is_the_users_row_times_the_weights_and_zero_without_r
     assert vectors.shape == (220, 4) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors[:200], matrix @ weights, rtol=1e-5, atol=1e-5)
     assert not vectors[150:].any()
-    assert not os.path.exists(folder)
+    assert os.listdir(folder) == []
 
 
 def test_ease_scores_users_by_the_closed_form_at_the_weight_that_validates_best(interactions, tmp_path):

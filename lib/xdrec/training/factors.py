@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -174,6 +175,16 @@ def _write_block(folder: str, **arrays: np.ndarray) -> str:
     return path
 
 
+@contextmanager
+def _block_folder(folder: str) -> Iterator[str]:
+    """A new subfolder of ``folder`` for one computation's blocks, removed when it ends, however it ends."""
+    blocks = files.join(folder, uuid.uuid4().hex)
+    try:
+        yield blocks
+    finally:
+        files.remove(blocks)
+
+
 def _read_blocks(written: DataFrame) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
     """Each (row, its block's arrays) of ``written``'s rows, which name their block's file in a column "path",
     read one at a time (no pickles)."""
@@ -195,10 +206,10 @@ def item_gram(pairs: DataFrame, size: int, folder: str, block_values: int = BLOC
     """The Gram matrix XᵀX (float32, ``size`` x ``size``) of the 0/1 users x items matrix X of ``pairs``
     (user_idx, column; distinct rows): how many users have both items. Each task computes its own users'
     part a block of rows at a time (``block_values`` nonzeros at most, or one row) and writes each block to
-    ``folder`` (a path or URI that the executors and the driver share) when it is done; the driver then
-    reads and adds the blocks one at a time, and removes ``folder``. So a task holds its rows and one block,
-    and the driver the matrix and one block: never a task's whole part (on dense data nearly ``size`` x
-    ``size``, which Spark would hold whole in the driver's JVM to pass it on), nor the pairs.
+    a new subfolder of ``folder`` (a path or URI that the executors and the driver share) when it is done;
+    the driver then reads and adds the blocks one at a time, and removes that subfolder. So a task holds its
+    rows and one block, and the driver the matrix and one block: never a task's whole part (on dense data
+    nearly ``size`` x ``size``, which Spark would hold whole in the driver's JVM to pass it on), nor the pairs.
 
     >>> item_gram(spark.createDataFrame([(0, 0), (0, 1), (1, 1)], "user_idx int, column int"), 2, "/tmp/gram")
     array([[1., 1.],
@@ -207,6 +218,7 @@ def item_gram(pairs: DataFrame, size: int, folder: str, block_values: int = BLOC
     rows_per_block = max(1, block_values // size)
 
     def write_blocks(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        # ``blocks``, the subfolder made below, is set before Spark ships this function to its tasks.
         frames = list(frames)
         if not frames:
             return
@@ -216,19 +228,17 @@ def item_gram(pairs: DataFrame, size: int, folder: str, block_values: int = BLOC
         for start in range(0, size, rows_per_block):
             block = (by_column[:, start:start + rows_per_block].T @ matrix).tocsr()
             if block.nnz:
-                written.append((start, _write_block(folder, indptr=block.indptr.astype(np.int64),
+                written.append((start, _write_block(blocks, indptr=block.indptr.astype(np.int64),
                                                     indices=block.indices.astype(np.int32),
                                                     counts=block.data.astype(np.int32))))
         yield pd.DataFrame(written, columns=["start", "path"])
 
     gram = np.zeros((size, size), dtype=np.float32)
-    try:
+    with _block_folder(folder) as blocks:
         written = spread_by_user(pairs).mapInPandas(write_blocks, "start int, path string")
         for row, block in _read_blocks(written):
             rows = row["start"] + np.repeat(np.arange(len(block["indptr"]) - 1), np.diff(block["indptr"]))
             gram[rows, block["indices"]] += block["counts"]
-    finally:
-        files.remove(folder)
     return gram
 
 
@@ -236,8 +246,8 @@ def user_vectors(pairs: DataFrame, weights: np.ndarray, num_users: int, folder: 
                  block_values: int = BLOCK_VALUES) -> np.ndarray:
     """Every user's row of X·``weights`` ([num_users, weights' columns] float32, zero for users with no row), for
     the 0/1 matrix X of ``pairs`` (user_idx, column; distinct rows): each task multiplies its own users' rows
-    a block of users at a time (``block_values`` floats at most, or one user) and writes each block to
-    ``folder``, as :func:`item_gram` does; the driver reads them one at a time, and removes ``folder``.
+    a block of users at a time (``block_values`` floats at most, or one user) and writes each block to a new
+    subfolder of ``folder``, as :func:`item_gram` does; the driver reads them one at a time, and removes it.
 
     >>> user_vectors(spark.createDataFrame([(0, 0), (0, 1), (2, 1)], "user_idx int, column int"),
     ...              np.array([[1.0], [2.0]], dtype=np.float32), 3, "/tmp/vectors")
@@ -249,21 +259,20 @@ def user_vectors(pairs: DataFrame, weights: np.ndarray, num_users: int, folder: 
     users_per_block = max(1, block_values // width)
 
     def write_blocks(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        # ``blocks``, the subfolder made below, is set before Spark ships this function to its tasks.
         frames = list(frames)
         if not frames:
             return
         users, matrix = _user_matrix(frames, size, np.float32)
-        paths = [_write_block(folder, users=users[start:start + users_per_block],
+        paths = [_write_block(blocks, users=users[start:start + users_per_block],
                               vectors=matrix[start:start + users_per_block] @ weights)
                  for start in range(0, len(users), users_per_block)]
         yield pd.DataFrame({"path": paths})
 
     vectors = np.zeros((num_users, width), dtype=np.float32)
-    try:
+    with _block_folder(folder) as blocks:
         for _, block in _read_blocks(spread_by_user(pairs).mapInPandas(write_blocks, "path string")):
             vectors[block["users"]] = block["vectors"]
-    finally:
-        files.remove(folder)
     return vectors
 
 
@@ -291,7 +300,7 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     columns_of_kept = spark.createDataFrame(pd.DataFrame({"item_idx": kept, "column": np.arange(len(kept))}))
     pairs = rows.join(F.broadcast(columns_of_kept), "item_idx").select("user_idx", "column").persist()
     try:
-        gram = torch.from_numpy(item_gram(pairs, len(kept), files.join(folder, uuid.uuid4().hex)))
+        gram = torch.from_numpy(item_gram(pairs, len(kept), folder))
         validation_rows = pairs.join(spark.createDataFrame(pd.DataFrame({"user_idx": validation_users})),
                                      "user_idx").toPandas()
         row_of_user = pd.Series(np.arange(len(validation_users)), index=validation_users)
@@ -329,7 +338,7 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
                 # A few directions more than kept, as randomized decompositions need them to find the top ones.
                 left, singular, right = torch.svd_lowrank(best_weights, q=min(rank + 16, len(scored)), niter=4)
             user_side, item_side = (left[:, :rank] * singular[:rank]).numpy(), right[:, :rank].numpy()
-        user_factors = user_vectors(pairs, user_side, num_users, files.join(folder, uuid.uuid4().hex))
+        user_factors = user_vectors(pairs, user_side, num_users, folder)
     finally:
         pairs.unpersist()
     item_factors = np.zeros((num_items, item_side.shape[1]), dtype=np.float32)
