@@ -152,21 +152,23 @@ def test_rerun_reuses_the_model_the_recommendations_and_an_unchanged_evaluation(
 
 
 @pytest.mark.e2e
-def test_benchmark_takes_a_config_given_by_path(pipeline_run, tmp_path):
+def test_benchmark_takes_a_config_given_by_path(featured_copy, tmp_path):
     """A config file given by path names the report folder by its file name (it once became a folder path).
-    Two seeds are also compared together: each test user's mean over the seeds' served models."""
-    config, _ = pipeline_run
-    overrides = [f"warehouse={config.warehouse}", "train.methods=[target_only]", "train.launcher=local",
-                 "train.num_proc=1", "train.factor_models=[popularity]", "train.blend=false",
-                 "evaluate.baselines=[popularity]", "tune.enabled=false"]
+    The tune stage runs at the first seed's seeds, so that seed's train stage serves the ALS fit the tune
+    saved (the only model reused). Two seeds are also compared together: each test user's mean over the
+    seeds' served models."""
+    overrides = [f"warehouse={featured_copy(tmp_path)}", "train.methods=[target_only]", "train.launcher=local",
+                 "train.num_proc=1", "train.factor_models=[popularity, als_merged]", "train.blend=false",
+                 "evaluate.baselines=[popularity]", "tune.als_trials=1", "tune.method_trials=0"]
     out = tmp_path / "report"
     datasets = run_benchmark([str(CONF_DIR / "synthetic.yaml")], overrides, [5, 6], str(out), None)
     assert list(datasets) == ["synthetic"] and datasets["synthetic"]["seeds"] == [5, 6]
+    assert datasets["synthetic"]["reused_models"] == 1
     assert (out / "synthetic" / "seed5" / "summary.md").is_file()
     summary = (out / "summary.md").read_text()
     assert "### synthetic" in summary
     served = datasets["synthetic"]["bootstrap_pooled"]["served"]
-    assert served["transfer"] == "served" and set(served["versus"]) == {"popularity", "target_only"}
+    assert served["transfer"] == "served" and set(served["versus"]) == {"popularity", "als_merged", "target_only"}
     assert served["versus"]["popularity"][served["picked_on"]]["users"] > 0
     assert "- seeds 5, 6 together (each test user's mean over them), `served` minus" in summary
 

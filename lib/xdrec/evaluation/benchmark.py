@@ -217,8 +217,10 @@ def run_benchmark(config_names: list[str], overrides: list[str], seeds: list[int
         started = time.perf_counter()
         log.info(f"=== {label}: {base.data.name}, seeds {seeds} ===")
         with warehouse_lock(base.warehouse, "benchmark"):  # every seed's stages, as one pipeline run
+            # At the first seed's seeds: the ALS fit the tune saves is then the one that seed's train stage needs.
+            prepared = seeded(name, overrides, seeds[0])
             for stage in PREPARE_STAGES:
-                run_stage(spark, base, stage)
+                run_stage(spark, prepared, stage)
             per_seed, training_seconds, reused = [], 0.0, 0
             for seed in seeds:
                 config = seeded(name, overrides, seed)
