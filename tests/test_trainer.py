@@ -406,6 +406,21 @@ def test_a_pruned_run_stops_its_last_validated_phase_and_keeps_its_best_epoch():
     assert asked == [[0.1], [0.1, 0.3], [0.1, 0.3, 0.2]]
 
 
+def test_a_run_goes_on_from_a_pruned_runs_checkpoint_to_the_uninterrupted_runs_weights(tmp_path):
+    """The train stage goes on from the tune's best trial, which its deadline may have stopped mid-phase."""
+    phases = [Phase("source", [SOURCE], epochs=1, learning_rate=0.05),
+              Phase("target", [TARGET], epochs=4, learning_rate=0.05, validate=True)]
+    options = {"validate": validate, "config": TrainConfig(patience=5, plateau_decay=0.5)}
+    uninterrupted, full_history = run(phases, **options)
+    folder = str(tmp_path / "trial")
+    _, pruned_history = run(phases, checkpoint_dir=folder, prune=lambda so_far: len(so_far) == 2, **options)
+    assert [(r.phase, r.epoch) for r in pruned_history] == [("source", 0), ("target", 0), ("target", 1)]
+    resumed, resumed_history = run(phases, checkpoint_dir=folder, **options)
+    assert [r.validation for r in resumed_history] == [r.validation for r in full_history]
+    for name, tensor in uninterrupted.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
 # Writes a 16 MiB tensor, frees it and prints how many MiB the process gave back to the kernel.
 GIVEN_BACK = """
 import os, sys, torch

@@ -1,9 +1,11 @@
 """The tune stage's search loop: seeded, robust to a failed trial, clear when every trial fails, and its
-median stopping rule; the ALS fit it chooses is the one the train stage serves.
+median stopping rule; the ALS fit it chooses is the one the train stage serves, and the train stage goes on
+from its best training trial.
 (The whole stage also runs in tests/test_pipeline_e2e.py.)"""
 from __future__ import annotations
 
 import datetime
+import os
 import time
 
 import pytest
@@ -13,10 +15,11 @@ from xdrec import files
 from xdrec.config import load_config
 from xdrec.errors import XdrecError
 from xdrec.training import artifact, factors
-from xdrec.training.loop import below_median
-from xdrec.training.train import fit_factor_model, read_inputs, training_rows
+from xdrec.training.loop import below_median, load_checkpoint
+from xdrec.training.train import (checkpoints_of, fit_factor_model, model_version, read_inputs, train_method,
+                                  training_rows)
 from xdrec.training.tune import (METHOD_SPACE, epoch_medians, first_method_points, inside, method_space, run_search,
-                                 run_tune, seeded_study, suggest, trial_deadline, tuned, tuning_path)
+                                 run_tune, seeded_study, suggest, trial_deadline, tuned, tuned_method, tuning_path)
 
 
 def quadratic(trial) -> float:
@@ -142,3 +145,20 @@ def test_the_train_stage_reuses_the_als_fit_the_search_chose(spark, make_config,
                                       inputs.num_users, inputs.num_items, chosen.als)
     for part in ("user_embedding", "item_embedding"):
         torch.testing.assert_close(getattr(kept, part).weight, getattr(fitted, part).weight)
+
+
+def test_the_train_stage_goes_on_from_the_best_training_trials_checkpoints(spark, make_config, featured_copy, tmp_path):
+    """Of the training trials' checkpoints only the best trial's are kept, where the train stage checkpoints the
+    chosen settings; the train stage goes on from them: its model's first epochs are the trial's own, wall
+    times included, not trained again."""
+    config = make_config(featured_copy(tmp_path), "tune.als_trials=0", "tune.method_trials=2")
+    record = run_tune(spark, config)
+    assert len(record["searches"][tuned_method(config)]["trials"]) == 2
+    chosen, method = tuned(config), tuned_method(config)
+    inputs = read_inputs(spark, chosen)
+    version = model_version(method, chosen, inputs.versions)
+    assert os.listdir(os.path.join(chosen.warehouse, "checkpoints", method)) == [version]
+    trial_epochs = load_checkpoint(checkpoints_of(chosen, method, version))["history"]
+    meta = train_method(spark, chosen, method, inputs)
+    assert meta["model_version"] == version and trial_epochs
+    assert meta["history"][:len(trial_epochs)] == trial_epochs

@@ -287,7 +287,9 @@ def train(
     the optimizer, the position, the best epoch, a student's teacher and a self-training phase's labels; a
     restarted run with the same ``checkpoint_dir`` continues from there and ends where an uninterrupted one
     does. ``prune`` (a tune trial's stopping rule, such as :func:`below_median`) is asked after every validated
-    epoch of the last validated phase with that phase's figures so far, and stops the phase when it says so.
+    epoch of the last validated phase with that phase's figures so far; when it says stop, the run returns
+    with the phase's best epoch, its checkpoint left where an uninterrupted run would be (so the train stage
+    goes on from the tune's best trial).
     ``pause_after`` > 0 returns once the history holds that many epochs, checkpointed for a later run to go on
     from.
     """
@@ -399,7 +401,7 @@ def train(
                 validation=validation,
             )
             history.append(result)
-            stop = False
+            stop = pruned = False
             if validation is not None:
                 selecting = selecting_key(config, validation, phase.validation_group)
                 value = validation[selecting]
@@ -410,8 +412,8 @@ def train(
                     figures = [item.validation[selecting] for item in history
                                if item.phase == phase.name and item.validation]
                     # Any rank's yes stops them all: a rule that reads the clock may differ between ranks.
-                    stop = collective.average(float(prune(figures)), f"{phase.name}.{epoch}.prune") > 0
-                    if stop and collective.rank == 0:
+                    pruned = collective.average(float(prune(figures)), f"{phase.name}.{epoch}.prune") > 0
+                    if pruned and collective.rank == 0:
                         log(f"{phase.name}: stopped after epoch {epoch + 1} by the trial's rule (below the "
                             "earlier trials' median, or past the tune budget)")
             last = stop or epoch + 1 == phase.epochs
@@ -445,6 +447,10 @@ def train(
                     "pseudo_labels": labels.cpu() if labels is not None and not last else None,
                 })
             collective.barrier()
+            if pruned:  # checkpointed as an uninterrupted run would be: a later run goes on from this epoch
+                if below_best:
+                    model.load_state_dict(best.state)
+                return history
             if last:
                 break
         teacher = None

@@ -274,6 +274,12 @@ def last_phase_curve(train: TrainConfig, history: list[dict], phases: list[Phase
     return key, [max(epoch["validation"][key] for epoch in earlier if epoch["phase"] == earlier[-1]["phase"]), *curve]
 
 
+def checkpoints_of(config: Config, method: str, version: str) -> str:
+    """Where the run of ``method``'s model ``version`` checkpoints: a run of the same version, a rerun or
+    the tune trial of the same settings, goes on from it."""
+    return files.join(config.warehouse, "checkpoints", method, version)
+
+
 def temperature_dir(checkpoint_dir: str, folder: str, temperature: float) -> str:
     """Where :func:`train_at_best_temperature` checkpoints the run of one temperature: ``folder``
     "temperature" for its whole run, "probe" for the one-epoch run of a method with several phases."""
@@ -446,7 +452,7 @@ def train_method(spark: SparkSession, config: Config, method: str, inputs: Train
         return reused
 
     data = stage_method_examples(spark, config, method, inputs.versions[tables.TRAINING_EXAMPLES])
-    checkpoint_dir = files.join(config.warehouse, "checkpoints", method, version)
+    checkpoint_dir = checkpoints_of(config, method, version)
     spec = train_spec(config, method, inputs, data, checkpoint_dir, starting_factors(spark, config, inputs, method))
     plural = "es" if config.train.num_proc > 1 else ""
     processes = {"horovod": f"{config.train.num_proc} Horovod process{plural}",

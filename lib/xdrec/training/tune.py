@@ -20,7 +20,9 @@ Every trial is scored like model selection scores models: ``train.validation_met
 ``train.validation_k`` on ``train.validation_group`` of the validation users. The best settings are
 written to ``<warehouse>/tuning/best.json`` with every trial; :func:`tuned` lays them over the config of
 the stages that follow (train, score, evaluate), so the trained models, the served model and the ALS
-baselines all use them, and every artifact and MLflow run records them.
+baselines all use them, and every artifact and MLflow run records them. A training trial checkpoints
+where the train stage checkpoints the same settings, and the best trial's checkpoints are kept: the
+train stage goes on from that trial's epochs instead of training them again.
 """
 from __future__ import annotations
 
@@ -39,9 +41,10 @@ from xdrec.errors import XdrecError
 from xdrec.logs import get_logger
 from xdrec.training import factors
 from xdrec.training.loop import Collective, below_median, selecting_key
-from xdrec.training.train import (INPUT_TABLES, TrainingInputs, code_version, last_phase_curve, read_inputs,
-                                  model_version, reused_artifact, save_factor_model, stage_method_examples,
-                                  starting_factors, train_at_best_temperature, train_spec, training_rows)
+from xdrec.training.train import (INPUT_TABLES, TrainingInputs, checkpoints_of, code_version, last_phase_curve,
+                                  read_inputs, model_version, reused_artifact, save_factor_model,
+                                  stage_method_examples, starting_factors, train_at_best_temperature, train_spec,
+                                  training_rows)
 from xdrec.training.validation import ranking_figures
 
 log = get_logger("tune")
@@ -227,6 +230,7 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
     space = method_space(inputs.item_text is not None)
     seeded = first_method_points(space, config.train.model_dump())[:config.tune.method_trials]
     starts: dict[str, Any] = {}  # by train.init: ALS-merged is fitted once, when a trial first starts from it
+    checkpoints: dict[int, str] = {}  # by trial number
 
     def objective(trial) -> float:
         started = time.perf_counter()
@@ -235,17 +239,15 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         if train.init not in starts:
             starts[train.init] = starting_factors(spark, trial_config, inputs, method)
         data = stage_method_examples(spark, trial_config, method, inputs.versions[tables.TRAINING_EXAMPLES])
-        checkpoint_dir = files.join(files.parent(tuning_path(config.warehouse)), "trials",
-                                    f"{method}-{trial.number}-{time.time_ns()}")
+        # Where the train stage checkpoints these settings: it goes on from the best trial's epochs.
+        checkpoint_dir = checkpoints[trial.number] = checkpoints_of(
+            config, method, model_version(method, trial_config, inputs.versions))
         spec = train_spec(trial_config, method, inputs, data, checkpoint_dir, starts[train.init])
         spec.prune_below, spec.prune_after = epoch_medians(curves), config.tune.prune_after_epochs
         spec.deadline = trial_deadline(trial.number, len(seeded), time.time(), deadline)
-        try:
-            spec, history, probe = train_at_best_temperature(spec)
-            if probe:
-                trial.set_user_attr("temperature", probe["chosen"])
-        finally:
-            files.remove(checkpoint_dir)  # a trial's weights are not kept
+        spec, history, probe = train_at_best_temperature(spec)
+        if probe:
+            trial.set_user_attr("temperature", probe["chosen"])
         curve = last_phase_curve(train, history, spec.phases)[1]
         for epoch, figure in enumerate(curve):
             trial.report(figure, epoch)
@@ -255,8 +257,15 @@ def search_method(spark: SparkSession, config: Config, inputs: TrainingInputs, m
         curves.append(curve)
         return max(curve)
 
-    return run_search(seeded_study(config.tune.seed + 1), objective, method, config.tune.method_trials, seconds,
-                      first=seeded)
+    study = None
+    try:
+        study = run_search(seeded_study(config.tune.seed + 1), objective, method, config.tune.method_trials,
+                           seconds, first=seeded)
+    finally:  # only the best trial's checkpoints are kept, for the train stage
+        kept = checkpoints.get(study.best_trial.number) if study is not None else None
+        for folder in set(checkpoints.values()) - {kept}:
+            files.remove(folder)
+    return study
 
 
 def epoch_medians(curves: list[list[float]]) -> list[float]:
