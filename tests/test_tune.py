@@ -157,8 +157,9 @@ def test_the_train_stage_goes_on_from_the_best_training_trials_checkpoints(spark
     chosen, method = tuned(config), tuned_method(config)
     inputs = read_inputs(spark, chosen)
     version = model_version(method, chosen, inputs.versions)
-    assert os.listdir(os.path.join(chosen.warehouse, "checkpoints", method)) == [version]
-    trial_epochs = load_checkpoint(checkpoints_of(chosen, method, version))["history"]
+    folder = checkpoints_of(chosen, method, version)
+    assert os.listdir(os.path.dirname(folder)) == [version]
+    trial_epochs = load_checkpoint(folder)["history"]
     meta = train_method(spark, chosen, method, inputs)
     assert meta["model_version"] == version and trial_epochs
     assert meta["history"][:len(trial_epochs)] == trial_epochs
