@@ -1,6 +1,8 @@
 """The Spark evaluation path against hand-computed ranks and the plain-Python reference."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from xdrec.evaluation.evaluate import (FULL, SERVED, compare_best, coverage, dra
                                        target_test_users)
 from xdrec.modeling.metrics import metric_names
 from xdrec.modeling.model import FactorModel
+from xdrec.spark import native_blas_dir
 from xdrec.training import factors
 
 KS = [1, 5]
@@ -140,6 +143,16 @@ def test_als_on_the_target_alone_is_read_from_emcdrs_target_half(spark):
     np.testing.assert_allclose(derived.user_embedding.weight.numpy(), user_factors, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(derived.item_embedding.weight.numpy(), item_factors, rtol=1e-4, atol=1e-6)
     train.unpersist()
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="scripts/setup.sh fetches OpenBLAS with apt-get")
+def test_mllib_solves_through_the_openblas_that_setup_fetched(spark):
+    """The local session loads the OpenBLAS of scripts/setup.sh through netlib's JNI bindings, not netlib's
+    Java fallback, at half the speed for ALS (README, "Native BLAS for ALS")."""
+    assert native_blas_dir() is not None, "scripts/setup.sh did not fetch OpenBLAS into the cache"
+    netlib = spark.sparkContext._jvm.dev.ludovic.netlib
+    assert netlib.blas.BLAS.getInstance().getClass().getSimpleName() == "JNIBLAS"
+    assert netlib.lapack.LAPACK.getInstance().getClass().getSimpleName() == "JNILAPACK"
 
 
 def test_paired_bootstrap():

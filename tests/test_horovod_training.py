@@ -239,6 +239,25 @@ def test_torch_distributor_trains_what_horovod_trains(trained, tmp_path):
     assert (tmp_path / distributed.FINAL_WEIGHTS).is_file() and loop.load_checkpoint(str(tmp_path)) is not None
 
 
+def test_a_run_with_nothing_left_to_train_starts_no_processes(trained, tmp_path, capsys):
+    """A run whose checkpoint has ended (a rerun, or the train stage at a tune trial's settings) returns its
+    history and writes its final weights from that checkpoint without launching: asked for 3 Horovod
+    processes on 2 cores with a 1 s start timeout, a launch would fail."""
+    config, meta, spec = trained
+    ended = [path for path in Path(config.warehouse, "checkpoints", METHOD).rglob(loop.CHECKPOINT)
+             if loop.load_checkpoint(str(path.parent))["phase"] == len(spec.phases)]
+    assert ended
+    for name in (loop.CHECKPOINT, f"{loop.CHECKPOINT}.sha256"):
+        (tmp_path / name).write_bytes((ended[0].parent / name).read_bytes())
+    unlaunchable = spec.train.model_copy(update={"num_proc": 3, "start_timeout": 1})
+    history = distributed.run_spec(replace(spec, checkpoint_dir=str(tmp_path), train=unlaunchable))
+    checkpoint = loop.load_checkpoint(str(tmp_path))
+    assert history == checkpoint["history"] and "not started again" in capsys.readouterr().out
+    weights = torch.load(tmp_path / distributed.FINAL_WEIGHTS, weights_only=True)
+    assert weights.keys() == checkpoint["model"].keys()
+    assert all(torch.equal(weights[name], tensor) for name, tensor in checkpoint["model"].items())
+
+
 def test_run_records_its_inputs_and_is_tracked_in_mlflow(spark, trained):
     config, meta, _ = trained
     versions = meta["inputs"]["versions"]

@@ -51,6 +51,15 @@ def s3a_jars() -> list[str]:
     return sorted(glob.glob(os.path.join(cache_dir(), "jars", f"s3a-hadoop-{hadoop}", "*.jar")))
 
 
+def native_blas_dir() -> str | None:
+    """The folder of the OpenBLAS that ``scripts/setup.sh`` fetched for Spark MLlib, or None. A local session
+    loads it through netlib's JNI bindings: ALS solves a small system per user and item each iteration, and
+    its fits took less than half the time with it as with the Java fallback, the factors the same up to
+    their last bits (``benchmarks/bench_als_repeat.py --blas both``)."""
+    folder = os.path.join(cache_dir(), "openblas")
+    return folder if os.path.isfile(os.path.join(folder, ".complete")) else None
+
+
 def get_spark(config: SparkConfig | None = None) -> SparkSession:
     """The active SparkSession if there is one, else a local one with Delta configured."""
     active = SparkSession.getActiveSession()
@@ -64,6 +73,10 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     java_options = f"-Dlog4j2.configurationFile=file:{_LOG4J}"
+    blas = native_blas_dir()
+    if blas:
+        java_options += (f" -Ddev.ludovic.netlib.blas.nativeLibPath={blas}/libblas.so.3"
+                         f" -Ddev.ludovic.netlib.lapack.nativeLibPath={blas}/liblapack.so.3")
     # On the class path rather than in spark.jars: Spark would copy the SDK's 560 MB to every executor.
     class_path = os.pathsep.join(s3a_jars())
     builder = (
@@ -89,6 +102,8 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         # instead of the working directory.
         .config("spark.sql.warehouse.dir", os.path.join(tempfile.gettempdir(), f"xdrec-spark-sql-{getpass.getuser()}"))
     )
+    if blas:  # where the JVMs find the libraries OpenBLAS needs (libgfortran)
+        builder = builder.config("spark.driver.extraLibraryPath", blas).config("spark.executor.extraLibraryPath", blas)
     for key, value in config.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

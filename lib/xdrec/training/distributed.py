@@ -36,7 +36,7 @@ from xdrec.config import TrainConfig
 from xdrec.logs import get_logger
 from xdrec.modeling.methods import Batch, Phase, reads_negative_rows
 from xdrec.modeling.model import csr, csr_contains
-from xdrec.training.loop import Collective
+from xdrec.training.loop import Collective, load_checkpoint
 from xdrec.training.validation import ValidationSet
 
 log = get_logger("train")
@@ -519,9 +519,9 @@ def run_training(spec: TrainSpec, collective: Collective, device: torch.device,
     return model, history
 
 
-def save_final_weights(model: nn.Module, checkpoint_dir: str) -> None:
+def save_final_weights(weights: dict[str, torch.Tensor], checkpoint_dir: str) -> None:
     buffer = io.BytesIO()
-    torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, buffer)
+    torch.save({name: tensor.cpu() for name, tensor in weights.items()}, buffer)
     files.write_bytes(files.join(checkpoint_dir, FINAL_WEIGHTS), buffer.getvalue())
 
 
@@ -536,7 +536,7 @@ def train_worker(spec: TrainSpec) -> list[dict]:
     device = torch.device(f"cuda:{hvd.local_rank()}" if torch.cuda.is_available() else "cpu")
     model, history = run_training(spec, collective, device)
     if collective.rank == 0:
-        save_final_weights(model, spec.checkpoint_dir)
+        save_final_weights(model.state_dict(), spec.checkpoint_dir)
     hvd.shutdown()
     return [asdict(result) for result in history]
 
@@ -567,7 +567,7 @@ def torch_distributor_worker(spec: TrainSpec, threads: int) -> list[dict]:
         torch.set_num_threads(threads)
         model, history = run_training(spec, collective, device, read=read_parquet_shard)
         if collective.rank == 0:
-            save_final_weights(model, spec.checkpoint_dir)
+            save_final_weights(model.state_dict(), spec.checkpoint_dir)
     finally:
         dist.destroy_process_group()
     return [asdict(result) for result in history]
@@ -586,8 +586,27 @@ def launch_torch_distributor(spec: TrainSpec, num_proc: int) -> list[dict]:
     return distributor.run(torch_distributor_worker, spec, int(conf.get("spark.task.cpus", "1")))
 
 
+def trained_already(spec: TrainSpec) -> list[dict] | None:
+    """The history of ``spec``'s run when its checkpoint leaves nothing to train (the run ended, or it
+    pauses after ``spec.pause_after`` epochs and has them), with the final weights written from that
+    checkpoint as the run's processes would write them; else None. A rerun, or the train stage at a tune
+    trial's settings, then starts no processes for it (about 10 s each)."""
+    try:
+        checkpoint = load_checkpoint(spec.checkpoint_dir)
+    except Exception:  # noqa: BLE001 - the launched run sets a bad checkpoint aside and logs its cause
+        return None
+    if checkpoint is None or not (checkpoint["phase"] >= len(spec.phases)
+                                  or 0 < spec.pause_after <= len(checkpoint["history"])):
+        return None
+    save_final_weights(checkpoint["model"], spec.checkpoint_dir)
+    log.info(f"{spec.checkpoint_dir}: trained already ({len(checkpoint['history'])} epochs), not started again")
+    return checkpoint["history"]
+
+
 def run_spec(spec: TrainSpec) -> list[dict]:
     """Train ``spec`` with its launcher (``train.launcher``); returns rank 0's epoch history."""
+    if (history := trained_already(spec)) is not None:
+        return history
     train = spec.train
     if train.launcher == "horovod":
         return launch(spec, train.num_proc, train.start_timeout)
@@ -600,5 +619,5 @@ def run_local(spec: TrainSpec) -> list[dict]:
     """The same training in this process alone, without Horovod (for development and debugging)."""
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     model, history = run_training(spec, Collective(), device)
-    save_final_weights(model, spec.checkpoint_dir)
+    save_final_weights(model.state_dict(), spec.checkpoint_dir)
     return [asdict(result) for result in history]
