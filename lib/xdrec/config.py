@@ -507,9 +507,9 @@ class EaseConfig(_Section):
     """The served vectors' dimension: a target catalogue this size or smaller is served exactly, a larger
     one through the top singular directions of the item-to-target-item weights."""
     max_items: PositiveInt = 20_000
-    """Items in the model at most, the most interacted-with first: it inverts an items x items matrix, and
-    holds three copies of it at once (20,000 items: 1.6 GB a copy, about a minute a weight on 2 cores).
-    Rarer items score zero."""
+    """Items in the model at most, the most interacted-with first: it factorises an items x items matrix
+    for each weight, and holds three copies of it at once (20,000 items: 1.6 GB a copy). Rarer items score
+    zero."""
     seed: Int = 2024
     """Seed of the randomized singular value decomposition."""
 

@@ -142,22 +142,51 @@ class ScoreTable(nn.Module):
         return self.scores[self.row[users]][:, self.column[items]]
 
 
-def ease_weights(gram: torch.Tensor, columns: torch.Tensor, regularization: float) -> torch.Tensor:
-    """EASE's closed form, the columns ``columns`` of B = I - P diag(1/diag(P)) with P = (G + λI)⁻¹ and
-    a zero diagonal: how much each item's interaction adds to each of those items' scores.
+def ease_factor(gram: torch.Tensor, regularization: float) -> torch.Tensor:
+    """The lower Cholesky factor L of G + λI, from which EASE's weights and scores are solved."""
+    factor = gram.clone()
+    factor.diagonal().add_(regularization)
+    return torch.linalg.cholesky(factor)
 
-    >>> gram = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
-    >>> ease_weights(gram, torch.tensor([1]), 1.0)  # P = [[3, -1], [-1, 3]] / 8
+
+def _last_inverse_columns(factor: torch.Tensor, targets: int) -> torch.Tensor:
+    """L⁻¹'s last ``targets`` columns below its first ones, where they are nonzero: L is lower triangular,
+    so these are the inverse of its last block, a solve over that block alone."""
+    block = factor[len(factor) - targets:, len(factor) - targets:]
+    return torch.linalg.solve_triangular(block, torch.eye(targets, dtype=block.dtype), upper=False)
+
+
+def ease_weights(factor: torch.Tensor, targets: int) -> torch.Tensor:
+    """EASE's closed form at the last ``targets`` items, from ``factor`` (:func:`ease_factor`): the columns
+    of B = I - P diag(1/diag(P)) with P = (G + λI)⁻¹, how much each item's interaction adds to each of
+    those items' scores (zero for itself).
+
+    >>> ease_weights(ease_factor(torch.tensor([[2.0, 1.0], [1.0, 2.0]]), 1.0), 1)  # P = [[3, -1], [-1, 3]] / 8
     tensor([[0.3333],
             [0.0000]])
     """
-    factor = gram.clone()
-    factor.diagonal().add_(regularization)
-    factor = torch.linalg.cholesky(factor)  # rebound, so that no more than three copies are held at once
-    inverse = torch.cholesky_inverse(factor)
-    weights = inverse[:, columns] / -inverse.diagonal()[columns]
-    weights[columns, torch.arange(len(columns))] = 0.0
+    first = len(factor) - targets
+    inverse_columns = torch.zeros(len(factor), targets, dtype=factor.dtype)
+    inverse_columns[first:] = _last_inverse_columns(factor, targets)
+    columns = torch.linalg.solve_triangular(factor.mT, inverse_columns, upper=True)  # P's: L⁻ᵀ L⁻¹ E
+    weights = columns / -columns[first:].diagonal()
+    weights[first:].diagonal().fill_(0.0)
     return weights
+
+
+def ease_scores(factor: torch.Tensor, targets: int, rows: torch.Tensor) -> torch.Tensor:
+    """X B at the last ``targets`` items (as :func:`ease_weights` gives B) for the users of the 0/1 ``rows``
+    X (users x items), solved for those users alone: X - X P diag(1/diag(P)) there, where X P = (P Xᵀ)ᵀ
+    takes two triangular solves with a column per user rather than P's columns of every target item, and
+    P_jj is the squared norm of L⁻¹'s column j.
+
+    >>> factor, rows = ease_factor(torch.tensor([[2.0, 1.0], [1.0, 2.0]]), 1.0), torch.tensor([[1.0, 1.0]])
+    >>> ease_scores(factor, 1, rows)  # (X B)[0] = 1 x 1/3 + 1 x 0
+    tensor([[0.3333]])
+    """
+    first = len(factor) - targets
+    solved = torch.cholesky_solve(rows.T.contiguous(), factor)[first:].T
+    return rows[:, first:] - solved / _last_inverse_columns(factor, targets).square().sum(0)
 
 
 BLOCK_VALUES = 1 << 24
@@ -295,40 +324,41 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
     counts = item_counts(rows, num_items)
     # The most interacted-with items, on a tie the lower index.
     kept = np.sort(np.lexsort((np.arange(num_items), -counts))[:min(settings.max_items, int((counts > 0).sum()))])
-    position = np.full(num_items, -1, dtype=np.int64)
-    position[kept] = np.arange(len(kept))
+    # The target items last: the fit solves for the last columns alone (ease_weights, ease_scores).
+    is_target = np.isin(kept, target_items)
+    kept, targets = np.concatenate([kept[~is_target], kept[is_target]]), int(is_target.sum())
+    scored = kept[len(kept) - targets:]
     columns_of_kept = spark.createDataFrame(pd.DataFrame({"item_idx": kept, "column": np.arange(len(kept))}))
     pairs = rows.join(F.broadcast(columns_of_kept), "item_idx").select("user_idx", "column").persist()
     try:
         gram = torch.from_numpy(item_gram(pairs, len(kept), folder))
-        validation_rows = pairs.join(spark.createDataFrame(pd.DataFrame({"user_idx": validation_users})),
-                                     "user_idx").toPandas()
+        validation_pairs = pairs.join(spark.createDataFrame(pd.DataFrame({"user_idx": validation_users})),
+                                      "user_idx").toPandas()
         row_of_user = pd.Series(np.arange(len(validation_users)), index=validation_users)
-        validation_matrix = scipy.sparse.csr_matrix(
-            (np.ones(len(validation_rows), dtype=np.float32),
-             (row_of_user.loc[validation_rows["user_idx"]].to_numpy(), validation_rows["column"].to_numpy(np.int64))),
-            shape=(len(validation_users), len(kept)))
-        scored = target_items[position[target_items] >= 0]
-        columns = torch.from_numpy(position[scored])
+        validation_rows = torch.zeros(len(validation_users), len(kept))
+        validation_rows[row_of_user.loc[validation_pairs["user_idx"]].to_numpy(),
+                        validation_pairs["column"].to_numpy(np.int64)] = 1.0
         mean_users = float(gram.diagonal().mean())
         grid = sorted(set(settings.regularization))
         ratio = grid[-1] / grid[-2] if len(grid) > 1 else 4.0
-        figures, best, best_weights, pending, extensions = {}, None, None, grid, settings.extend
+        figures, best, pending, extensions = {}, None, grid, settings.extend
         while pending:
             multiple, *pending = pending
-            weights = ease_weights(gram, columns, multiple * mean_users)
-            scores = validation_matrix @ weights.numpy()
+            scores = ease_scores(ease_factor(gram, multiple * mean_users), targets, validation_rows).numpy()
             figures[multiple] = validate(ScoreTable(validation_users, scored, scores, num_users, num_items))
             log.info(f"ease: regularization {multiple:g} x {mean_users:.1f} users an item, "
                      f"validation {figures[multiple]:.4f}")
             if best is None or figures[multiple] > figures[best]:
-                best, best_weights = multiple, weights
+                best = multiple
             # While the best weight is at an end of those tried, the search goes on past that end: the list's
             # spacing need not bracket a new dataset's optimum.
             if not pending and extensions > 0 and best in (min(figures), max(figures)):
                 extensions -= 1
                 pending = [best * ratio if best == max(figures) else best / ratio]
+        factor = ease_factor(gram, best * mean_users)
         del gram
+        best_weights = ease_weights(factor, targets)
+        del factor
         if len(scored) <= settings.rank:
             user_side, item_side = best_weights.numpy(), np.eye(len(scored), dtype=np.float32)
         else:
