@@ -3,11 +3,12 @@ inside Spark -> artifact and MLflow run (each process reading its shard into mem
 reader is checked once too). Distillation exercises the most: two domains read at every step,
 a teacher phase, then a student phase that must get its teacher back after a crash.
 
-Thirteen to fifteen Horovod launches: the train stage with 2 processes (the reference), then the same
+Fourteen to sixteen Horovod launches: the train stage with 2 processes (the reference), then the same
 worker spec with 1 process, and with 2 processes killed mid-run and resumed; one single-process run with
 the streaming reader; a history-encoder model, a model started from ALS factors, a personalised-bridge
-model, a self-trained model and the choice of a temperature (one-epoch probes of two listed temperatures
-and of one to three past them, then the two best going on to the end) with 2 processes."""
+model, a self-trained model, the choice of a temperature (one-epoch probes of two listed temperatures
+and of one to three past them, then the two best going on to the end) and a tune trial's probe past its
+deadline with 2 processes."""
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ from planted_world import make_world, write_tables
 from xdrec.data import tables
 from xdrec.training import artifact, distributed, loop, tracking
 from xdrec.training.train import (FINALIST_WEIGHTS, FINALISTS, PROBES_PAST_THE_LIST, read_inputs, run_train,
-                                  stage_examples, train_method, train_spec)
+                                  stage_examples, train_at_best_temperature, train_method, train_spec)
 from xdrec.training.validation import ranking_figures
 
 METHOD = "distill"
@@ -191,6 +192,19 @@ def test_of_the_two_temperatures_best_after_one_epoch_the_one_that_ends_best_lea
     else:
         served = ranking_figures(model, inputs.validation, config.train.validation_k, loop.Collective())
         assert served[probe["selected_on"]] == pytest.approx(together["validation"][together["weight"]], rel=1e-6)
+
+
+def test_a_trial_past_its_deadline_probes_no_more_temperatures_and_trains_no_finalist_further(trained, tmp_path):
+    """A tune trial whose deadline passes during its first probe (here: before it) keeps to the tune's budget:
+    that probe's one epoch a phase is its figure, and no other temperature, nor a finalist's run, starts."""
+    _, _, spec = trained
+    train = spec.train.model_copy(update={"temperature": [0.1, 0.4]})
+    late = replace(spec, train=train, checkpoint_dir=str(tmp_path), deadline=time.time() - 1.0)
+    run, history, probe = train_at_best_temperature(late)
+    assert list(probe["validation"]) == ["0.1"] and probe["finalists"] == probe["validation"]
+    assert probe["chosen"] == 0.1 and [epoch["phase"] for epoch in history] == [p.name for p in spec.phases]
+    assert sorted(folder.name for folder in tmp_path.iterdir()) == ["probe-0.1"]  # its phases, one epoch each
+    assert run.checkpoint_dir == str(tmp_path / "probe-0.1")
 
 
 def test_bridge_processes_read_which_users_have_history_and_their_source_items(spark, make_config, trained):

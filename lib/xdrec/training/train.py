@@ -366,6 +366,9 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
     ``temperature-<temperature>``: a paused run goes on from its first epoch), and the one whose kept
     epoch validates best is the model. One temperature: ``spec`` trained as it is, and {}.
 
+    A tune trial past ``spec.deadline`` starts no more probes and trains no finalist further: its figures
+    are those after one epoch, and the train stage goes on from its probes (``tune.minutes`` kept).
+
     A temperature sets how sharply the loss weighs the negatives that score close to the positive, which
     suits one dataset and not another (docs/methods.md, "Choosing the temperature")."""
     temperatures = spec.train.temperature
@@ -375,6 +378,10 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
         raise XdrecError(f"train.temperature lists {len(temperatures)} temperatures to choose from on "
                          "validation, but the split has no target-domain validation users: give one temperature")
     after_one_epoch: dict[float, float] = {}
+    probes: dict[float, tuple[distributed.TrainSpec, list[dict]]] = {}
+
+    def out_of_time() -> bool:
+        return 0 < spec.deadline <= time.time()
 
     def at_temperature(temperature: float, folder: str, **changes) -> distributed.TrainSpec:
         return replace(spec, model={**spec.model, "temperature": temperature},
@@ -387,28 +394,40 @@ def train_at_best_temperature(spec: distributed.TrainSpec) -> tuple[distributed.
         else:
             folder, changes = "probe", {"phases": [replace(phase, epochs=1) for phase in spec.phases]}
         run = at_temperature(temperature, folder, prune_after=0, deadline=0.0, **changes)
-        key, curve = last_phase_curve(spec.train, distributed.run_spec(run), spec.phases)
+        probes[temperature] = run, distributed.run_spec(run)
+        key, curve = last_phase_curve(spec.train, probes[temperature][1], spec.phases)
         after_one_epoch[temperature] = curve[0]
         log.info(f"temperature {temperature:g}: {key} {curve[0]:.4f} after one epoch")
         return key
 
+    late = False  # whether the probes stopped at the deadline
     while (temperature := next_temperature(temperatures, after_one_epoch)) is not None:
+        if late := bool(after_one_epoch) and out_of_time():
+            break
         key = probe(temperature)
     # sorted() is stable: on a tie, the first tried goes first.
     finalists = sorted(after_one_epoch, key=after_one_epoch.get, reverse=True)[:FINALISTS]
     runs: dict[float, tuple[distributed.TrainSpec, list[dict]]] = {}
     kept: dict[float, float] = {}
     for temperature in finalists:
-        run = at_temperature(temperature, "temperature")
-        runs[temperature] = run, distributed.run_spec(run)
+        if out_of_time():
+            runs[temperature] = probes[temperature]
+        else:
+            run = at_temperature(temperature, "temperature")
+            runs[temperature] = run, distributed.run_spec(run)
         kept[temperature] = max(last_phase_curve(spec.train, runs[temperature][1], spec.phases)[1])
-        log.info(f"temperature {temperature:g}: {key} {kept[temperature]:.4f} at the kept epoch")
+        log.info(f"temperature {temperature:g}: {key} {kept[temperature]:.4f} "
+                 + ("at the kept epoch" if runs[temperature] is not probes[temperature]
+                    else "after one epoch, trained no further: past the trial's deadline"))
     chosen = max(kept, key=kept.get)  # on a tie, the better after one epoch
+    trained = [f"{t:g}" for t in finalists if runs[t] is not probes[t]]
     skipped = [f"{t:g}" for t in temperatures if t not in after_one_epoch]
     log.info(f"temperature {chosen:g} chosen, the best on validation {key} of "
              + ", ".join(f"{temperature:g}" for temperature in after_one_epoch)
-             + f" (after one epoch; {' and '.join(f'{t:g}' for t in finalists)} trained to the end"
-             + (f"; {', '.join(skipped)} not tried, past a temperature that validated lower)" if skipped else ")"))
+             + f" (after one epoch; {' and '.join(trained) or 'none'} trained to the end"
+             + (f"; {', '.join(skipped)} not tried, past "
+                + ("the trial's deadline" if late else "a temperature that validated lower") if skipped else "")
+             + ")")
     return (*runs[chosen], {"chosen": chosen, "selected_on": key,
                             "validation": {f"{t:g}": f for t, f in after_one_epoch.items()},
                             "finalists": {f"{t:g}": f for t, f in kept.items()}})
