@@ -8,8 +8,8 @@ starts from ALS-merged (``train.init``), and so of the demo's reproducibility.
 Each session is a fresh process with its own JVM. It fits ALS-merged, with the settings the tune stage
 chose (the config's when it has not run), on the warehouse's training rows, and prints the BLAS and LAPACK
 that MLlib used, the fit's time, a digest of the factors and their largest difference from the first
-session's. ``--blas java`` leaves out the OpenBLAS that ``scripts/setup.sh`` fetched (``xdrec.spark
-.native_blas_dir``); ``both`` alternates the two, session by session.
+session's. ``--blas java`` leaves out the OpenBLAS that ``scripts/setup.sh`` fetched
+(``xdrec.spark.native_blas_dir``); ``both`` alternates the two, session by session.
 """
 from __future__ import annotations
 

@@ -123,7 +123,8 @@ done
 
 # Native BLAS and LAPACK for Spark MLlib's ALS (xdrec.spark.native_blas_dir): Debian's single-threaded
 # OpenBLAS, unpacked into the cache rather than installed, so that setup needs no root. Where apt-get is
-# missing, MLlib keeps its Java implementation, the same factors at about half the speed.
+# missing or the download fails, MLlib keeps its Java implementation: the same factors up to their last
+# bits, at less than half the speed.
 blas="$cache/openblas"
 if [ ! -f "$blas/.complete" ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
   log "fetching Debian's OpenBLAS for Spark MLlib"
