@@ -355,6 +355,7 @@ def ease(train: DataFrame, num_users: int, num_items: int, target_items: np.ndar
             if not pending and extensions > 0 and best in (min(figures), max(figures)):
                 extensions -= 1
                 pending = [best * ratio if best == max(figures) else best / ratio]
+        # Factorised again rather than kept from the search: a kept factor would be a fourth copy held.
         factor = ease_factor(gram, best * mean_users)
         del gram
         best_weights = ease_weights(factor, targets)
